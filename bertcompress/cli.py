@@ -1,0 +1,105 @@
+"""Command line: one entry point, one sub-command per step, params.yaml plus `-S section.key=value` overrides.
+
+    bertcompress finetune --task mrpc                 # download + tokenize (cached) + fine-tune
+    bertcompress evaluate --task mrpc --model-dir outputs/mrpc/finetune-s42
+    bertcompress finetune --task cola -S model.name=bert-base-uncased -S finetune.lr=3e-5
+
+Bad input prints one line `error: ...` and exits with status 2 before any heavy work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import glue
+from . import params as P
+
+
+def prepared(task: str, p: P.Params, data_root: str = "data/glue", cache_dir: str = "data/tokenized") -> dict:
+    """Download the task if it is not there yet, tokenize train and validation (cached); return their paths."""
+    from .tokenize import tokenize
+
+    data_dir = Path(data_root) / task
+    if glue.downloaded_from(data_dir) != glue.resolve_source(p.data.source):
+        glue.download(task, data_dir, p.data.source)
+    limits = {"train": p.data.max_train_samples, "validation": p.data.max_eval_samples}
+    return {s: str(tokenize(data_dir, task, s, p.model.name, p.tokenize.max_length, cache_dir, limits[s])[0])
+            for s in glue.SPLITS}
+
+
+def preflight(task: str, p: P.Params) -> None:
+    """Every check that needs neither data nor training: task, model, max length, pruning schedule."""
+    from . import prune
+    from .tokenize import check_max_length
+
+    glue.get_task(task)
+    check_max_length(p.model.name, p.tokenize.max_length)
+    prune.validate(p.prune)
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)")
+    parser = argparse.ArgumentParser(prog="bertcompress", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in [("download", "validate a GLUE task and write data/glue/<task>/*.parquet"),
+                        ("tokenize", "tokenize train and validation into the cache"),
+                        ("finetune", "fine-tune (and prune, if prune.method=gradual) with the seed recipe"),
+                        ("evaluate", "evaluate a saved model on a split")]:
+        cmd = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        cmd.add_argument("--task", required=True, help=f"GLUE task: {', '.join(glue.TASKS)}")
+        if name == "finetune":
+            cmd.add_argument("--out", help="output folder (default: outputs/<task>/finetune-s<seed>)")
+        if name == "evaluate":
+            cmd.add_argument("--model-dir", required=True, help="a save_pretrained folder")
+            cmd.add_argument("--split", default="validation", choices=glue.SPLITS)
+            cmd.add_argument("--out", help="write the metrics JSON here too")
+    args = parser.parse_args(argv)
+    try:
+        params_path = args.params if Path(args.params).exists() or args.params != "params.yaml" else None
+        p = P.load(params_path, args.overrides)
+        return run(args, p)
+    except P.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args, p: P.Params) -> int:
+    task = args.task
+    if args.command == "download":
+        glue.get_task(task)
+        print(json.dumps(glue.download(task, Path("data/glue") / task, p.data.source), indent=2))
+        return 0
+    if args.command == "evaluate":
+        from .evaluate import evaluate
+
+        if not (Path(args.model_dir) / "config.json").is_file():
+            raise P.UserError(f"--model-dir {args.model_dir} holds no saved model (config.json); "
+                              "pass the folder `bertcompress finetune` wrote")
+        paths = prepared(task, p)
+        result = evaluate(args.model_dir, task, paths[args.split], p.finetune.eval_batch_size)
+        if args.out:
+            from .finetune import write_json
+
+            write_json(Path(args.out), result)
+        print(json.dumps(result, indent=2))
+        return 0
+    preflight(task, p)
+    paths = prepared(task, p)
+    if args.command == "tokenize":
+        print(json.dumps(paths, indent=2))
+        return 0
+    from .finetune import finetune
+
+    out = args.out or f"outputs/{task}/finetune-s{p.finetune.seed}"
+    result = finetune(p, task, paths["train"], paths["validation"], out)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

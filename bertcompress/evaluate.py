@@ -1,0 +1,49 @@
+"""Evaluate a saved model on a split: loss, accuracy, the task metric, parameters and size.
+
+    bertcompress evaluate --task mrpc --model-dir outputs/mrpc/finetune-s42 --split validation
+
+`predict` is the one evaluation loop: fine-tuning calls it every epoch, evaluation calls it here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics, sizes
+from .tokenize import Encoded
+
+
+@torch.inference_mode()
+def predict(model, data: Encoded, batch_size: int = 128, device: str = "cpu") -> tuple[float, np.ndarray]:
+    """(mean cross-entropy, predicted labels); batches go in length order to minimise padding."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort(data.lengths, kind="stable")
+    preds = np.empty(len(data), dtype=np.int64)
+    loss_sum = 0.0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(idx).items()}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        preds[idx] = logits.argmax(-1).cpu().numpy()
+    model.train(was_training)
+    return loss_sum / len(data), preds
+
+
+def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, device: str = "cpu") -> dict:
+    loss, preds = predict(model, data, batch_size, device)
+    params, nonzero = sizes.parameter_counts(model)
+    return {"loss": loss, **metrics.compute(task, data.labels, preds), "parameters": params,
+            "nonzero_parameters": nonzero, "size_mb": sizes.state_dict_bytes(model) / 1e6}
+
+
+def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 128) -> dict:
+    """Load a save_pretrained folder and evaluate it on one tokenized split."""
+    from .model import load_model
+    from .glue import get_task
+
+    model = load_model(model_dir, get_task(task).num_labels)
+    return evaluate_model(model, Encoded.load(tokenized_path), task, batch_size)

@@ -1,0 +1,170 @@
+"""Fine-tune a BERT-family classifier on a tokenized GLUE task with the seed recipe.
+
+    bertcompress finetune --task mrpc [-S finetune.lr=3e-5]
+
+AdamW (no decay on biases and LayerNorm), linear warm-up over warmup_ratio of the steps then linear decay,
+dynamic padding, a progress bar showing the loss. After every epoch: training loss and accuracy (from the
+training forward passes), validation loss, accuracy and task metric, and a checkpoint (weights as
+safetensors, optimizer, scheduler, RNG), written to a temp folder then renamed. The run works in
+`<out>.partial/`; rerunning an interrupted run resumes from its last complete checkpoint and ends with the
+same metrics. The finished folder `<out>/` (save_pretrained + tokenizer + metrics.json) appears atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from . import metrics, prune
+from .evaluate import predict
+from .glue import get_task
+from .model import load_model, load_tokenizer
+from .params import Params
+from .tokenize import Encoded
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The epoch's shuffled batches, a pure function of (seed, epoch) so a resumed run sees the same order."""
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(n, generator=g).numpy()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _save_checkpoint(work: Path, epoch: int, model, optimizer, scheduler, history: list) -> None:
+    final = work / "checkpoints" / f"epoch-{epoch}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(), "history": history}, tmp / "state.pt")
+    os.replace(tmp, final)
+    for old in (work / "checkpoints").glob("epoch-*"):  # keep only the newest complete checkpoint
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(work: Path, model, optimizer, scheduler) -> tuple[int, list]:
+    done = sorted((p for p in (work / "checkpoints").glob("epoch-*") if not p.name.endswith(".tmp")),
+                  key=lambda p: int(p.name.split("-")[1]))
+    if not done:
+        return 0, []
+    ckpt = done[-1]
+    model.load_state_dict(load_file(ckpt / "model.safetensors"))
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    return state["epoch"], state["history"]
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir: str,
+             on_epoch_end: Callable[[int, dict], None] | None = None, device: str | None = None) -> dict:
+    """Train, evaluate every epoch, save the model to out_dir; return the metrics written to metrics.json."""
+    f, spec = params.finetune, get_task(task)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if f.threads:
+        torch.set_num_threads(f.threads)
+    train, val = Encoded.load(train_path), Encoded.load(val_path)
+    steps_per_epoch = math.ceil(len(train) / f.batch_size)
+    total_steps = min(f.epochs * steps_per_epoch, f.max_steps or math.inf)
+    pruner = prune.make_pruner(params.prune, total_steps)  # None unless prune.method=gradual
+    seed_everything(f.seed)
+    model = load_model(params.model.name, spec.num_labels).to(device)
+    if pruner:
+        pruner.attach(model)
+    optimizer = make_optimizer(model, f.lr, f.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(f.warmup_ratio * total_steps), total_steps)
+
+    out, work = Path(out_dir), Path(str(out_dir) + ".partial")
+    start_epoch, history = _load_checkpoint(work, model, optimizer, scheduler)
+    step = start_epoch * steps_per_epoch
+    t0, seen = time.perf_counter(), 0
+    model.train()
+    for epoch in range(start_epoch, math.ceil(total_steps / steps_per_epoch)):
+        loss_sum = correct = count = 0
+        batches = epoch_batches(len(train), f.batch_size, f.seed, epoch)[:total_steps - step]
+        bar = tqdm(batches, desc=f"{task} epoch {epoch + 1}", leave=False, disable=None)
+        for idx in bar:
+            batch = {k: v.to(device, non_blocking=True) for k, v in train.batch(idx).items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            loss = F.cross_entropy(logits.float(), labels)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if pruner:
+                pruner.after_step(model, step)
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(-1) == labels).sum()
+            count += len(idx)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        seen += count
+        val_loss, val_preds = predict(model, val, f.eval_batch_size, device)
+        row = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / count,
+               "train_accuracy": float(correct) / count, "val_loss": val_loss,
+               **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, val_preds).items()}}
+        history.append(row)
+        _save_checkpoint(work, epoch + 1, model, optimizer, scheduler, history)
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        if on_epoch_end:
+            on_epoch_end(epoch + 1, row)
+    train_seconds = time.perf_counter() - t0
+
+    if pruner:
+        pruner.finish(model)
+    result = {"task": task, **{k: v for k, v in history[-1].items() if k.startswith("val_")},
+              "epochs": len(history), "steps": step, "train_seconds": train_seconds,
+              "train_samples_per_second": seen / train_seconds if train_seconds else 0.0,
+              "history": history, **({"sparsity": pruner.report(model)} if pruner else {})}
+    _save_final(model, params, work, result)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    return result
+
+
+def _save_final(model, params: Params, work: Path, result: dict) -> None:
+    model.save_pretrained(work, safe_serialization=True)
+    load_tokenizer(params.model.name).save_pretrained(work)
+    write_json(work / "metrics.json", result)
+    write_json(work / "params.json", params.to_dict())
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)

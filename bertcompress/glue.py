@@ -1,0 +1,161 @@
+"""GLUE: the task registry, loading from the hub or a local copy in the hub's parquet layout, validation.
+
+    bertcompress download --task mrpc      # writes data/glue/mrpc/{train,validation}.parquet
+
+Sources: `data.source` = hub (datasets.load_dataset("nyu-mll/glue", task)), a directory laid out as
+`<dir>/<task>/<split>-00000-of-00001.parquet` (like ../shared/glue), or auto: $GLUE_DIR if set, else the hub,
+falling back to ../shared/glue when the hub is offline.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from . import hub
+from .params import UserError
+
+HUB_ID = "nyu-mll/glue"
+SPLITS = ("train", "validation")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Task:
+    keys: tuple[str, ...]  # text columns: one sentence or a pair
+    num_labels: int
+    metric: str  # the task's headline metric: accuracy | f1 | matthews
+
+
+# One entry per GLUE classification task: adding a task is one line.
+TASKS = {
+    "cola": Task(("sentence",), 2, "matthews"),
+    "sst2": Task(("sentence",), 2, "accuracy"),
+    "mrpc": Task(("sentence1", "sentence2"), 2, "f1"),
+    "rte": Task(("sentence1", "sentence2"), 2, "accuracy"),
+    "wnli": Task(("sentence1", "sentence2"), 2, "accuracy"),
+    "qnli": Task(("question", "sentence"), 2, "accuracy"),
+    "qqp": Task(("question1", "question2"), 2, "f1"),
+    "mnli": Task(("premise", "hypothesis"), 3, "accuracy"),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def resolve_source(source: str) -> str:
+    """'hub' or a directory. auto = $GLUE_DIR, else the hub, else ../shared/glue when the hub is unreachable."""
+    if source == "auto":
+        if os.environ.get("GLUE_DIR"):
+            source = os.environ["GLUE_DIR"]
+        elif not (reason := hub.unreachable_reason()):
+            return "hub"
+        elif (REPO_ROOT.parent / "shared" / "glue").is_dir():
+            return str(REPO_ROOT.parent / "shared" / "glue")
+        else:
+            raise UserError(f"{reason} and no local GLUE was found; set GLUE_DIR to a directory holding "
+                            "<task>/<split>-00000-of-00001.parquet, or data.source=<dir>")
+    if source == "hub":
+        return source
+    if not Path(source).is_dir():
+        raise UserError(f"GLUE directory '{source}' does not exist; set GLUE_DIR or data.source to a directory "
+                        "holding <task>/<split>-00000-of-00001.parquet")
+    return str(Path(source).resolve())
+
+
+def _read_local(directory: str, task: str, split: str) -> pd.DataFrame:
+    path = Path(directory) / task / f"{split}-00000-of-00001.parquet"
+    if not path.is_file():
+        raise UserError(f"missing GLUE file {path}; the directory must hold <task>/<split>-00000-of-00001.parquet")
+    try:
+        return pq.read_table(path).to_pandas()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"cannot read {path} as parquet ({type(e).__name__}); replace the file with a good copy") \
+            from None
+
+
+def _read_hub(task: str, split: str) -> pd.DataFrame:
+    if reason := hub.unreachable_reason():
+        raise UserError(f"{reason} and {HUB_ID}/{task} is needed; set GLUE_DIR or data.source to a local "
+                        "GLUE directory")
+    import datasets  # heavy import, only on this path
+
+    try:
+        return datasets.load_dataset(HUB_ID, task, split=split).to_pandas()
+    except Exception as e:
+        raise UserError(f"cannot load {HUB_ID}/{task} from the hub ({type(e).__name__}: {str(e)[:120]}); "
+                        "check the network or set GLUE_DIR to a local copy") from None
+
+
+def validate(df: pd.DataFrame, task: str, split: str, where: str) -> None:
+    spec = get_task(task)
+    missing = [c for c in (*spec.keys, "label", "idx") if c not in df.columns]
+    if missing:
+        raise UserError(f"{where}: {task}/{split} lacks column(s) {', '.join(missing)} "
+                        f"(has {', '.join(map(str, df.columns))}); it is not GLUE {task} in the hub's layout")
+    bad = df[(df["label"] < 0) | (df["label"] >= spec.num_labels)]
+    if len(bad):
+        raise UserError(f"{where}: {task}/{split} has {len(bad)} label(s) outside 0..{spec.num_labels - 1} "
+                        f"(first: {bad['label'].iloc[0]} at idx {bad['idx'].iloc[0]}); use a labelled split")
+    for key in spec.keys:
+        if df[key].isna().any():
+            raise UserError(f"{where}: {task}/{split} column '{key}' has empty values; fix the data file")
+
+
+def content_hash(df: pd.DataFrame, task: str) -> str:
+    """sha256 over 'idx\\tlabel\\ttext1[\\ttext2]\\n' per row: the fingerprint shared/glue/README.md publishes."""
+    h = hashlib.sha256()
+    cols = [df["idx"].astype(str), df["label"].astype(int).astype(str)] + [df[k] for k in get_task(task).keys]
+    for row in zip(*cols):
+        h.update(("\t".join(row) + "\n").encode())
+    return h.hexdigest()
+
+
+def load_split(task: str, split: str, source: str = "auto") -> pd.DataFrame:
+    """One validated split as a DataFrame with the task's text columns, label and idx."""
+    get_task(task)
+    where = resolve_source(source)
+    df = _read_hub(task, split) if where == "hub" else _read_local(where, task, split)
+    validate(df, task, split, "hub" if where == "hub" else where)
+    return df[[*get_task(task).keys, "label", "idx"]]
+
+
+def download(task: str, out_dir: str | os.PathLike, source: str = "auto") -> dict:
+    """Write validated train/validation parquet files and source.json to out_dir; return source.json's dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    where = resolve_source(source)
+    frames = {split: load_split(task, split, where) for split in SPLITS}  # all checked before any write
+    for split, df in frames.items():
+        tmp = out / f".{split}.parquet.tmp"
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, out / f"{split}.parquet")
+    info = {"task": task, "source": where, "rows": {s: len(df) for s, df in frames.items()},
+            "content_sha256": {s: content_hash(df, task) for s, df in frames.items()}}
+    tmp = out / ".source.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, out / "source.json")
+    return info
+
+
+def downloaded_from(out_dir: str | os.PathLike) -> str | None:
+    """The resolved source a prepared folder was written from, or None if it is incomplete."""
+    out = Path(out_dir)
+    if not all((out / f"{s}.parquet").is_file() for s in SPLITS) or not (out / "source.json").is_file():
+        return None
+    return json.loads((out / "source.json").read_text())["source"]
+
+
+def read_prepared(data_dir: str | os.PathLike, split: str) -> pd.DataFrame:
+    path = Path(data_dir) / f"{split}.parquet"
+    if not path.is_file():
+        raise UserError(f"missing {path}; run `bertcompress download` first (or `dvc repro download`)")
+    return pd.read_parquet(path)

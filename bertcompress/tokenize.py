@@ -1,0 +1,95 @@
+"""Tokenize a prepared GLUE split with the model's tokenizer, cached on disk.
+
+    bertcompress tokenize --task mrpc
+
+Single sentences and pairs ([CLS] A [SEP] B [SEP] with token types), truncated to max_length, no padding
+(batches are padded dynamically). The cache file is named by a key over the data's content hash, the
+tokenizer's full definition and max_length, so a second run, or another run on the same data, reads it back
+instead of tokenizing again. The format is plain numpy (ragged arrays + offsets): it loads without `datasets`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import glue
+from .model import load_tokenizer, max_positions
+from .params import UserError
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{definition}".encode()).hexdigest()
+
+
+def check_max_length(model_name: str, max_length: int) -> None:
+    limit = max_positions(model_name)
+    if max_length > limit:
+        raise UserError(f"tokenize.max_length={max_length} exceeds the model's {limit} positions; "
+                        f"set tokenize.max_length <= {limit}")
+
+
+def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str, max_length: int,
+             cache_dir: str | os.PathLike = "data/tokenized", limit: int | None = None) -> tuple[Path, bool]:
+    """Return (path of the tokenized split, True if it came from the cache); limit keeps the first rows."""
+    keys = glue.get_task(task).keys
+    check_max_length(model_name, max_length)
+    df = glue.read_prepared(data_dir, split).iloc[:limit]
+    tokenizer = load_tokenizer(model_name)
+    key = hashlib.sha256("|".join([glue.content_hash(df, task), tokenizer_fingerprint(tokenizer),
+                                   str(max_length)]).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / task / f"{split}-{key}.npz"
+    if path.is_file():
+        return path, True
+    enc = tokenizer(*(df[k].tolist() for k in keys), truncation=True, max_length=max_length,
+                    return_token_type_ids=True)
+    lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(df))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, input_ids=np.concatenate(enc["input_ids"]).astype(np.int32),
+             token_type_ids=np.concatenate(enc["token_type_ids"]).astype(np.int8),
+             offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=df["label"].to_numpy(np.int64))
+    os.replace(tmp, path)
+    return path, False
+
+
+@dataclass
+class Encoded:
+    """A tokenized split in memory: ragged token ids, with per-example slices and dynamic-padding batches."""
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Encoded":
+        with np.load(path) as z:
+            return cls(**{k: z[k] for k in ("input_ids", "token_type_ids", "offsets", "labels")})
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def batch(self, indices, pad_to_multiple: int = 1, pad_id: int = 0) -> dict[str, torch.Tensor]:
+        """Pad the selected examples to the longest of them (rounded up to a multiple)."""
+        lens = self.lengths[indices]
+        width = int(-(-lens.max() // pad_to_multiple) * pad_to_multiple)
+        ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+        types = np.zeros((len(indices), width), dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=np.int64)
+        for row, (i, n) in enumerate(zip(indices, lens)):
+            start = self.offsets[i]
+            ids[row, :n] = self.input_ids[start:start + n]
+            types[row, :n] = self.token_type_ids[start:start + n]
+            mask[row, :n] = 1
+        return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
+                "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(self.labels[indices])}
