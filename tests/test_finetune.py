@@ -1,0 +1,68 @@
+"""Fine-tuning: the saved folder, per-epoch metrics, same seed -> same numbers, kill-and-resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bertcompress.evaluate import evaluate
+from bertcompress.finetune import epoch_batches, finetune
+
+
+def test_writes_model_and_per_epoch_metrics(tiny_run):
+    out, result = tiny_run
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert (out / "tokenizer.json").is_file() and not (out / "checkpoints").exists()
+    assert not out.with_name(out.name + ".partial").exists()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["history"] == result["history"] and [r["epoch"] for r in saved["history"]] == [1, 2]
+    assert result["steps"] == 8  # 64 examples / batch 16 x 2 epochs
+    for row in saved["history"]:
+        assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1"} <= set(row)
+        assert 0 <= row["train_accuracy"] <= 1 and row["train_loss"] > 0
+
+
+def test_evaluate_reproduces_final_epoch(tiny_run, tiny_mrpc):
+    out, result = tiny_run
+    m = evaluate(str(out), "mrpc", tiny_mrpc["validation"], 64)
+    assert m["accuracy"] == result["val_accuracy"] and m["f1"] == result["val_f1"]
+    assert m["loss"] == pytest.approx(result["val_loss"], rel=1e-5)
+    assert 22_000_000 < m["parameters"] < 23_000_000 and 85 < m["size_mb"] < 95  # MiniLM + 2-way head, fp32
+
+
+def test_same_seed_same_metrics(tiny_run, tiny_params, tiny_mrpc, tmp_path):
+    _, first = tiny_run
+    again = finetune(tiny_params, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / "again"))
+    assert again["history"] == first["history"]
+
+
+def test_shuffle_depends_on_seed_and_epoch_only():
+    a, b = epoch_batches(100, 32, 42, 1), epoch_batches(100, 32, 42, 1)
+    assert all((x == y).all() for x, y in zip(a, b)) and [len(x) for x in a] == [32, 32, 32, 4]
+    assert not (epoch_batches(100, 32, 42, 2)[0] == a[0]).all()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_same_metrics(tiny_run, tiny_params, tiny_mrpc, tmp_path):
+    _, uninterrupted = tiny_run
+    out = tmp_path / "resumed"
+
+    def die_after_first_epoch(epoch, row):
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune(tiny_params, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),
+                 on_epoch_end=die_after_first_epoch)
+    partial = tmp_path / "resumed.partial"
+    assert not out.exists() and (partial / "checkpoints" / "epoch-1" / "model.safetensors").is_file()
+
+    epochs_run = []
+    resumed = finetune(tiny_params, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),
+                       on_epoch_end=lambda e, row: epochs_run.append(e))
+    assert epochs_run == [2]  # epoch 1 came from the checkpoint
+    assert resumed["history"] == uninterrupted["history"]
+    assert out.is_dir() and not partial.exists()
