@@ -1,0 +1,26 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    # creates .venv if needed, then runs the main job (MRPC on the packaged MiniLM)
+#   make test   # creates .venv if needed, then runs the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DVC_NO_ANALYTICS ?= 1
+export DO_NOT_TRACK ?= 1
+
+.PHONY: setup run test
+setup: $(VENV)/.installed
+
+# torch first, pinned: its CPU wheel is on disk here; an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[pipeline,test]'
+	touch $@
+
+run: setup
+	$(BIN)/bertcompress finetune --task mrpc
+
+test: setup
+	$(BIN)/python -m pytest -q

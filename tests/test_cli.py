@@ -1,0 +1,80 @@
+"""The command line: --help, and every bad input gives one line naming problem and fix, exit 2, no output."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bertcompress.cli import main
+
+TINY = ["-S", "data.max_train_samples=16", "-S", "data.max_eval_samples=16", "-S", "tokenize.max_length=16"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def fails_with(capsys, argv, pattern, workdir):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert re.search(pattern, err), err
+    assert not (workdir / "outputs").exists()  # nothing written, no training
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ("finetune.lr=0", r"finetune.lr must be > 0, got 0"),
+    ("finetune.batch_size=-4", r"finetune.batch_size must be > 0"),
+    ("finetune.epochs=0", r"finetune.epochs must be > 0"),
+    ("tokenize.max_length=4", r"tokenize.max_length must be >= 8, got 4"),
+    ("tokenize.max_length=1024", r"exceeds the model's 512 positions; set tokenize.max_length <= 512"),
+    ("finetune.lrr=1", r"unknown key 'finetune.lrr'; known keys: lr, batch_size"),
+    ("finetune.lr=fast", r"finetune.lr: expected float, got 'fast'"),
+    ("model.name=./no/such/model", r"model path './no/such/model' has no config.json"),
+    ("model.name=bert-base-uncased", r"'bert-base-uncased' is not in the local cache and the hub is offline"),
+    ("data.source=/no/such/glue", r"GLUE directory '/no/such/glue' does not exist; set GLUE_DIR"),
+])
+def test_bad_parameter(capsys, workdir, override, pattern):
+    fails_with(capsys, ["finetune", "--task", "mrpc", *TINY, "-S", override], pattern, workdir)
+
+
+def test_unknown_task(capsys, workdir):
+    fails_with(capsys, ["finetune", "--task", "mnli2"], r"unknown task 'mnli2'; choose one of", workdir)
+
+
+def test_unreadable_params(capsys, workdir):
+    (workdir / "bad.yaml").write_text("finetune: {lr: [\n")
+    fails_with(capsys, ["finetune", "--task", "mrpc", "--params", "bad.yaml"], r"bad.yaml: not valid YAML", workdir)
+    fails_with(capsys, ["finetune", "--task", "mrpc", "--params", "none.yaml"], r"none.yaml: file not found", workdir)
+    (workdir / "odd.yaml").write_text("optimizer: {lr: 1}\n")
+    fails_with(capsys, ["finetune", "--task", "mrpc", "--params", "odd.yaml"], r"unknown section 'optimizer'", workdir)
+
+
+def test_bad_data_reaches_the_cli(capsys, workdir, glue_dir, monkeypatch):
+    import shutil
+
+    shutil.copytree(glue_dir / "mrpc", workdir / "g" / "mrpc")
+    (workdir / "g" / "mrpc" / "train-00000-of-00001.parquet").write_bytes(b"garbage")
+    monkeypatch.setenv("GLUE_DIR", str(workdir / "g"))
+    fails_with(capsys, ["finetune", "--task", "mrpc", *TINY], r"cannot read .*train-00000-of-00001.parquet as parquet",
+               workdir)
+    assert not (workdir / "data" / "glue" / "mrpc" / "validation.parquet").exists()
+
+
+def test_evaluate_needs_a_saved_model(capsys, workdir):
+    fails_with(capsys, ["evaluate", "--task", "mrpc", "--model-dir", "nowhere"], r"holds no saved model", workdir)
+
+
+def test_real_process_exit_code_and_help(workdir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "bertcompress.cli", "finetune", "--task", "mrpc",
+                           "-S", "finetune.epochs=0"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stderr.strip() == "error: finetune.epochs must be > 0, got 0; set a positive value"
+    helped = subprocess.run([sys.executable, "-m", "bertcompress.cli", "finetune", "--help"], capture_output=True,
+                            text=True, env=env)
+    assert helped.returncode == 0 and "--task" in helped.stdout and "-S SECTION.KEY=VALUE" in helped.stdout
