@@ -46,14 +46,27 @@ def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    fused = next(model.parameters()).is_cuda  # one kernel for all parameters on GPU
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=fused or None)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The epoch's shuffled batches, a pure function of (seed, epoch) so a resumed run sees the same order."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None,
+                  group: int = 0) -> list[np.ndarray]:
+    """The epoch's shuffled batches, a pure function of (seed, epoch) so a resumed run sees the same order.
+
+    With group > 0 each window of group × batch_size shuffled examples is sorted by length before it is cut
+    into batches (like transformers' group_by_length), and the batches are shuffled again: less padding, and
+    every example still appears once per epoch.
+    """
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(n, generator=g).numpy()
+    if group and lengths is not None:
+        window = group * batch_size
+        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")]
+                                for w in np.split(order, range(window, n, window))])
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
@@ -105,6 +118,7 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     steps_per_epoch = math.ceil(len(train) / f.batch_size)
     total_steps = min(f.epochs * steps_per_epoch, f.max_steps or math.inf)
     pruner = prune.make_pruner(params.prune, total_steps)  # None unless prune.method=gradual
+    bf16 = f.precision == "bf16" or (f.precision == "auto" and device.startswith("cuda"))
     seed_everything(f.seed)
     model = load_model(params.model.name, spec.num_labels).to(device)
     if pruner:
@@ -119,12 +133,13 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     model.train()
     for epoch in range(start_epoch, math.ceil(total_steps / steps_per_epoch)):
         loss_sum = correct = count = 0
-        batches = epoch_batches(len(train), f.batch_size, f.seed, epoch)[:total_steps - step]
-        bar = tqdm(batches, desc=f"{task} epoch {epoch + 1}", leave=False, disable=None)
+        batches = epoch_batches(len(train), f.batch_size, f.seed, epoch, train.lengths, f.group_by_length)
+        bar = tqdm(batches[:total_steps - step], desc=f"{task} epoch {epoch + 1}", leave=False, disable=None)
         for idx in bar:
-            batch = {k: v.to(device, non_blocking=True) for k, v in train.batch(idx).items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in train.batch(idx, f.pad_to_multiple).items()}
             labels = batch.pop("labels")
-            logits = model(**batch).logits
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**batch).logits
             loss = F.cross_entropy(logits.float(), labels)
             loss.backward()
             optimizer.step()
@@ -133,12 +148,14 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
             step += 1
             if pruner:
                 pruner.after_step(model, step)
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss.detach() * len(idx)  # stays on the device: no per-step synchronisation
             correct += (logits.detach().argmax(-1) == labels).sum()
             count += len(idx)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % f.log_every == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
         seen += count
-        val_loss, val_preds = predict(model, val, f.eval_batch_size, device)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            val_loss, val_preds = predict(model, val, f.eval_batch_size, device)
         row = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / count,
                "train_accuracy": float(correct) / count, "val_loss": val_loss,
                **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, val_preds).items()}}

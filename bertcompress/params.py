@@ -47,6 +47,10 @@ class Finetune:
     eval_batch_size: int = 128
     max_steps: int | None = None  # stop early (tests, smoke runs); None = epochs × steps per epoch
     threads: int | None = None  # torch CPU threads; None = torch's default
+    group_by_length: int = 50  # sort each window of N batches by length (less padding); 0 = plain shuffle
+    pad_to_multiple: int = 8  # pad batches to a multiple of this: few distinct shapes
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    log_every: int = 10  # steps between progress-bar loss updates (each one waits for the device)
 
 
 @dataclass
@@ -96,6 +100,11 @@ def _check_type(where: str, value, annotation):
             return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if t in (str, bool) and isinstance(value, t):
@@ -156,6 +165,13 @@ def validate(p: Params) -> None:
             raise UserError(f"finetune.{key} must be > 0, got {getattr(f, key)}; set a positive value")
     if not 0 <= f.warmup_ratio < 1:
         raise UserError(f"finetune.warmup_ratio must be in [0, 1), got {f.warmup_ratio}")
+    if f.precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"finetune.precision '{f.precision}' is unknown; choose auto, fp32 or bf16")
+    for key in ("pad_to_multiple", "log_every"):
+        if getattr(f, key) <= 0:
+            raise UserError(f"finetune.{key} must be > 0, got {getattr(f, key)}")
+    if f.group_by_length < 0:
+        raise UserError(f"finetune.group_by_length must be >= 0 (0 = off), got {f.group_by_length}")
     if f.max_steps is not None and f.max_steps <= 0:
         raise UserError(f"finetune.max_steps must be > 0 or null, got {f.max_steps}")
     if p.tokenize.max_length < 8:

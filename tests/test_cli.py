@@ -78,3 +78,12 @@ def test_real_process_exit_code_and_help(workdir):
     helped = subprocess.run([sys.executable, "-m", "bertcompress.cli", "finetune", "--help"], capture_output=True,
                             text=True, env=env)
     assert helped.returncode == 0 and "--task" in helped.stdout and "-S SECTION.KEY=VALUE" in helped.stdout
+
+
+def test_overrides_parse_like_dvc_exp_run():
+    from bertcompress import params
+
+    p = params.load(None, ["finetune.lr=3e-5", "finetune.max_steps=null", "prune.scope=all_linear",
+                           "finetune.epochs=2"])
+    assert p.finetune.lr == 3e-5 and p.finetune.max_steps is None and p.prune.scope == "all_linear"
+    assert p.flat()["finetune.epochs"] == 2

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from bertcompress.evaluate import evaluate
@@ -66,3 +68,28 @@ def test_resume_after_interruption_gives_same_metrics(tiny_run, tiny_params, tin
     assert epochs_run == [2]  # epoch 1 came from the checkpoint
     assert resumed["history"] == uninterrupted["history"]
     assert out.is_dir() and not partial.exists()
+
+
+def test_length_grouping_keeps_every_example_once_and_pads_less():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 128, size=1000)
+    plain, grouped = epoch_batches(1000, 32, 42, 0), epoch_batches(1000, 32, 42, 0, lengths, group=10)
+    assert sorted(np.concatenate(grouped).tolist()) == list(range(1000))
+    assert max(len(b) for b in grouped) == 32 and len(grouped) == len(plain)
+    padded = lambda batches: sum(len(b) * lengths[b].max() for b in batches)  # noqa: E731
+    assert padded(grouped) < 0.75 * padded(plain)
+
+
+def test_fast_path_matches_plain_loss_curve(tiny_params, tiny_mrpc, tmp_path):
+    """Padding to multiples and logging every 10 steps change execution, not the maths."""
+    import dataclasses
+
+    plain = dataclasses.replace(tiny_params, finetune=dataclasses.replace(
+        tiny_params.finetune, group_by_length=0, pad_to_multiple=1, log_every=1))
+    fast = dataclasses.replace(tiny_params, finetune=dataclasses.replace(
+        tiny_params.finetune, group_by_length=0, pad_to_multiple=8, log_every=10))
+    curves = [finetune(p, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / name))["history"]
+              for name, p in (("plain", plain), ("fast", fast))]
+    for a, b in zip(*curves):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
