@@ -77,6 +77,17 @@ class Quantize:
 
 
 @dataclass
+class Experiment:
+    """What `python -m flows.compress` and `dvc repro` run: every model per seed, then each quantized per mode."""
+    tasks: list[str] = field(default_factory=lambda: ["mrpc"])  # dvc repro's tasks; the flow takes one task
+    seeds: list[int] = field(default_factory=lambda: [42])
+    finetune: list[str] = field(default_factory=lambda: ["dense", "gradual"])  # gradual: the prune schedule
+    prune: list[str] = field(default_factory=lambda: ["oneshot"])  # applied to the fine-tuned dense model
+    models: list[str] = field(default_factory=lambda: ["dense", "gradual", "oneshot"])  # = finetune + prune
+    quantize: list[str] = field(default_factory=lambda: ["dynamic_emb"])  # modes applied to every model
+
+
+@dataclass
 class Params:
     data: Data = field(default_factory=Data)
     model: Model = field(default_factory=Model)
@@ -84,6 +95,7 @@ class Params:
     finetune: Finetune = field(default_factory=Finetune)
     prune: Prune = field(default_factory=Prune)
     quantize: Quantize = field(default_factory=Quantize)
+    experiment: Experiment = field(default_factory=Experiment)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,6 +121,8 @@ def _check_type(where: str, value, annotation):
             return value
         if t in (str, bool) and isinstance(value, t):
             return value
+        if typing.get_origin(t) is list and isinstance(value, list):
+            return [_check_type(where, v, typing.get_args(t)[0]) for v in value]
     names = " or ".join("null" if t is type(None) else t.__name__ for t in hints)
     raise UserError(f"{where}: expected {names}, got {value!r}; fix the value in params.yaml or the override")
 
@@ -180,3 +194,15 @@ def validate(p: Params) -> None:
         v = getattr(p.data, key)
         if v is not None and v <= 0:
             raise UserError(f"data.{key} must be > 0 or null, got {v}")
+    e = p.experiment
+    for key, known in (("finetune", ("dense", "gradual")), ("prune", ("oneshot", "structured"))):
+        if unknown := [m for m in getattr(e, key) if m not in known]:
+            raise UserError(f"experiment.{key}: unknown method(s) {', '.join(unknown)}; "
+                            f"choose from {', '.join(known)}")
+    if e.prune and "dense" not in e.finetune:
+        raise UserError("experiment.prune prunes the fine-tuned dense model; add dense to experiment.finetune")
+    if e.models != e.finetune + e.prune:
+        raise UserError(f"experiment.models must be experiment.finetune + experiment.prune, "
+                        f"{e.finetune + e.prune}, got {e.models}; dvc.yaml quantizes and evaluates each of them")
+    if not e.tasks or not e.seeds:
+        raise UserError("experiment.tasks and experiment.seeds must each list at least one value")
