@@ -24,7 +24,7 @@ def predict(model, data: Encoded, batch_size: int = 128, device: str = "cpu") ->
     loss_sum = 0.0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(idx).items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(idx, 8).items()}
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))

@@ -114,7 +114,7 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if f.threads:
         torch.set_num_threads(f.threads)
-    train, val = Encoded.load(train_path), Encoded.load(val_path)
+    train, val = Encoded.load(train_path).to(device), Encoded.load(val_path).to(device)
     steps_per_epoch = math.ceil(len(train) / f.batch_size)
     total_steps = min(f.epochs * steps_per_epoch, f.max_steps or math.inf)
     pruner = prune.make_pruner(params.prune, total_steps)  # None unless prune.method=gradual
@@ -136,7 +136,7 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
         batches = epoch_batches(len(train), f.batch_size, f.seed, epoch, train.lengths, f.group_by_length)
         bar = tqdm(batches[:total_steps - step], desc=f"{task} epoch {epoch + 1}", leave=False, disable=None)
         for idx in bar:
-            batch = {k: v.to(device, non_blocking=True) for k, v in train.batch(idx, f.pad_to_multiple).items()}
+            batch = train.batch(idx, f.pad_to_multiple)
             labels = batch.pop("labels")
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 logits = model(**batch).logits

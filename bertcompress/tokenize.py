@@ -79,6 +79,9 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def to(self, device: str) -> "Encoded | OnDevice":
+        return self if device == "cpu" else OnDevice(self, device)
+
     def batch(self, indices, pad_to_multiple: int = 1, pad_id: int = 0) -> dict[str, torch.Tensor]:
         """Pad the selected examples to the longest of them (rounded up to a multiple)."""
         lens = self.lengths[indices]
@@ -93,3 +96,21 @@ class Encoded:
             mask[row, :n] = 1
         return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
                 "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(self.labels[indices])}
+
+
+class OnDevice:
+    """A split padded once and kept on the GPU: a batch is an index_select and a slice, with no host copy
+    of token ids and no synchronisation (the width comes from lengths held on the host)."""
+
+    def __init__(self, data: Encoded, device: str):
+        full = data.batch(np.arange(len(data)))
+        self.lengths, self.labels, self.device = data.lengths, data.labels, device
+        self.tensors = {k: v.to(device) for k, v in full.items()}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices, pad_to_multiple: int = 1, pad_id: int = 0) -> dict[str, torch.Tensor]:
+        width = int(-(-self.lengths[indices].max() // pad_to_multiple) * pad_to_multiple)
+        rows = torch.from_numpy(np.asarray(indices)).pin_memory().to(self.device, non_blocking=True)
+        return {k: (v[rows] if k == "labels" else v[rows, :width]) for k, v in self.tensors.items()}
