@@ -1,0 +1,90 @@
+"""The experiment, top to bottom: GLUE → tokens → {dense, gradual-pruning} fine-tunes per seed → one-shot pruning
+→ quantized variants of each model → evaluate all → a summary table (returned and printed).
+
+    python -m flows.compress --task mrpc                      # the main job (params.yaml, experiment section)
+    python -m flows.compress --task cola -S finetune.lr=3e-5 -S 'experiment.seeds=[1,2,3]'
+
+Every step is a cached Prefect task (tasks/steps.py): a second run with the same params is all cache hits and
+takes seconds. Each (task, method, seed) is one MLflow run under one parent run per flow run. Outputs go to
+outputs/<task>/flow-<params digest>/ so that results cached for other params are never overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from bertcompress import params as P
+from bertcompress.cli import preflight
+from tasks import tracking
+from tasks.steps import configure, download, evaluate, finetune, prune, quantize, tokenize
+
+
+def load(task: str, params_file: str, overrides: list[str]) -> P.Params:
+    """params.yaml + overrides, every variant checked before any work, with the CLI's one-line messages."""
+    p = P.load(params_file, overrides)
+    e = p.experiment
+    for model in e.models:
+        for mode in ["none", *e.quantize]:
+            for seed in e.seeds:
+                preflight(task, configure(p.to_dict(), model, seed, mode))
+    return p
+
+
+def summary(rows: list[dict]) -> str:
+    import pandas as pd
+
+    table = pd.DataFrame(rows).drop(columns=["task"]).set_index(["method", "seed"])
+    return table.to_string(float_format=lambda v: f"{v:.4g}")
+
+
+@flow(name="compress", log_prints=True)
+def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
+    p = load(task, params_file, overrides or [])
+    params, e = p.to_dict(), p.experiment
+    digest = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "experiment"},
+                                       sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = Path("outputs") / task / f"flow-{digest}"
+    with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id)) as parent:
+        data_dir = download(task, params, f"data/glue/{task}")
+        data = tokenize(task, params, data_dir, "data/tokenized")
+        rows = []
+        for seed in e.seeds:
+            models = {m: finetune(task, m, seed, params, data["train"], data["validation"],
+                                  f"{run_dir}/{m}-s{seed}", parent) for m in e.finetune}
+            models |= {m: prune(task, m, seed, params, models["dense"], data["train"],
+                                f"{run_dir}/{m}-s{seed}", parent) for m in e.prune}
+            for model, path in models.items():
+                rows.append(evaluate(task, model, "none", seed, params, path, data["validation"], parent))
+                for mode in e.quantize:
+                    q = quantize(task, model, mode, seed, params, path, data["train"],
+                                 f"{run_dir}/{model}-s{seed}.quantized/{mode}", parent)
+                    rows.append(evaluate(task, model, mode, seed, params, q, data["validation"], parent))
+        table = summary(rows)
+        print(f"{task} ({run_dir}):\n{table}")
+        tracking.log_text(parent, table, "summary.txt")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.compress", description=__doc__.split("\n")[0])
+    parser.add_argument("--task", default="mrpc", help="GLUE task (default: mrpc)")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        compress(args.task, args.overrides, args.params)
+    except P.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""MLflow at the edge: one run per (task, method, seed), nested under one parent run per flow run or dvc repro.
+
+    mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+The store is $MLFLOW_TRACKING_URI when set (a real server), else SQLite in mlflow/mlflow.db with artifacts in
+mlflow/artifacts (never ./mlruns). The Prefect tasks (tasks/steps.py) log through this module, and the DVC
+stages run those same tasks, so both drivers record the same things. Each step opens its variant's run, logs,
+and closes it FINISHED; a step that raises (or is interrupted) closes it FAILED.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from bertcompress.params import Params
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENT = "bertcompress"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow' / 'mlflow.db'}"
+
+
+@functools.cache
+def _client(uri: str) -> tuple[MlflowClient, str]:
+    """The client and the experiment id; a local SQLite store keeps its artifacts beside the database."""
+    client = MlflowClient(uri)
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    if (exp := client.get_experiment_by_name(name)) is not None:
+        return client, exp.experiment_id
+    artifacts = None
+    if uri.startswith("sqlite:///"):
+        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return client, client.create_experiment(name, artifact_location=artifacts)
+
+
+def client() -> tuple[MlflowClient, str]:
+    return _client(tracking_uri())
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=REPO,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _find(c: MlflowClient, exp: str, tags: dict) -> str | None:
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    found = c.search_runs([exp], where, max_results=1)
+    return found[0].info.run_id if found else None
+
+
+@contextmanager
+def _running(run_id: str) -> Iterator[str]:
+    c, _ = client()
+    c.update_run(run_id, status="RUNNING")
+    try:
+        yield run_id
+    except BaseException:  # KeyboardInterrupt and SystemExit too: an interrupted step is FAILED
+        c.set_terminated(run_id, "FAILED")
+        raise
+    c.set_terminated(run_id, "FINISHED")
+
+
+@contextmanager
+def parent_run(driver: str, name: str, key: str) -> Iterator[str]:
+    """The parent run of one flow run or one dvc repro, found by key (every DVC stage process reopens it)."""
+    c, exp = client()
+    tags = {"driver": driver, "invocation": key}
+    run_id = _find(c, exp, tags) or c.create_run(exp, run_name=name, tags={
+        **tags, "git_commit": _git_commit()}).info.run_id
+    with _running(run_id):
+        yield run_id
+
+
+@contextmanager
+def variant_run(parent: str | None, task: str, method: str, p: Params, tags: dict) -> Iterator[str]:
+    """The (task, method, seed) run: the variant's first step creates it, its later steps add to it."""
+    c, exp = client()
+    key = {"task": task, "method": method, "seed": str(p.finetune.seed)}
+    if parent:
+        key[MLFLOW_PARENT_RUN_ID] = parent
+    run_id = _find(c, exp, key) if parent else None
+    if run_id is None:
+        run_id = c.create_run(exp, run_name=f"{task}-{method}-s{p.finetune.seed}", tags={
+            **key, "git_commit": _git_commit()}).info.run_id
+    for k, v in tags.items():
+        c.set_tag(run_id, k, v)
+    params = {k: v for k, v in p.flat().items() if not k.startswith("experiment.")}
+    c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    with _running(run_id):
+        yield run_id
+
+
+def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a result dict (sparsity.overall, ...); per-epoch history and per-layer lists excluded."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "layers":
+            out |= _numbers(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def log_metrics(run_id: str, metrics: dict, step: int = 0, prefix: str = "") -> None:
+    c, _ = client()
+    now = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in _numbers(metrics, prefix).items()])
+
+
+def epoch_logger(run_id: str) -> Callable[[int, dict], None]:
+    """finetune's on_epoch_end: training and validation loss, accuracy and task metric with step=epoch."""
+    return lambda epoch, row: log_metrics(run_id, {k: v for k, v in row.items() if k not in ("epoch", "step")},
+                                          step=epoch)
+
+
+def log_json(run_id: str, data: dict, name: str) -> None:
+    client()[0].log_dict(run_id, data, name)
+
+
+def log_text(run_id: str, text: str, name: str) -> None:
+    client()[0].log_text(run_id, text, name)
+
+
+def log_folder(run_id: str, folder: str, name: str) -> None:
+    client()[0].log_artifacts(run_id, folder, name)
+
+
+def log_history_plot(run_id: str, history: list[dict], name: str = "plots/history.png") -> None:
+    """Loss and accuracy per epoch, training beside validation, as a PNG artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, what in zip(axes, ("loss", "accuracy")):
+        for split in ("train", "val"):
+            ax.plot(epochs, [r[f"{split}_{what}"] for r in history], marker="o", label=split)
+        ax.set(xlabel="epoch", title=what)
+        ax.legend()
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        client()[0].log_artifact(run_id, str(path), str(Path(name).parent))
