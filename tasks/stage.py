@@ -67,8 +67,9 @@ def run(step: str, task: str, model: str, seed: int, p: P.Params, parent: str) -
         rows = {mode: steps.evaluate.fn(task, model, mode, seed, params, d, data["validation"], parent)
                 for mode, d in dirs.items()}
         Path(f"results/{task}").mkdir(parents=True, exist_ok=True)
-        write_json(Path(f"results/{task}/{model}-s{seed}.json"),
-                   {mode: {k: v for k, v in row.items() if isinstance(v, (int, float))} for mode, row in rows.items()})
+        write_json(Path(f"results/{task}/{model}-s{seed}.json"),  # {fp32: {accuracy: ..}, dynamic: {..}}
+                   {("fp32" if mode == "none" else mode): {k: v for k, v in row.items() if k != "seed" and
+                                                           isinstance(v, (int, float))} for mode, row in rows.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

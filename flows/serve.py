@@ -1,0 +1,25 @@
+"""Serve the compress flow as deployments compress/mrpc, compress/sst2 and compress/cola (task preset).
+
+    scripts/prefect.sh up                   # local server on 127.0.0.1:4200 (SQLite in .prefect/) + this
+    scripts/prefect.sh run mrpc --param 'overrides=["finetune.epochs=1"]'
+    # by hand: PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve
+    #          PREFECT_API_URL=http://127.0.0.1:4200/api prefect deployment run compress/mrpc --watch
+
+Any other flow parameter is overridable per run with --param: overrides (a list of section.key=value, as -S)
+and params_file. Runs execute in subprocesses of this process, from the project root.
+"""
+from __future__ import annotations
+
+from prefect import serve
+
+from flows.compress import compress
+
+TASKS = ("mrpc", "sst2", "cola")
+
+
+def main() -> None:
+    serve(*(compress.to_deployment(name=task, parameters={"task": task}) for task in TASKS))
+
+
+if __name__ == "__main__":
+    main()
