@@ -41,9 +41,9 @@ def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, devic
 
 
 def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 128) -> dict:
-    """Load a save_pretrained folder and evaluate it on one tokenized split."""
-    from .model import load_model
+    """Load a saved model, any variant (fine-tuned, pruned, quantized), and evaluate it on one tokenized split."""
     from .glue import get_task
+    from .quantize import load_variant
 
-    model = load_model(model_dir, get_task(task).num_labels)
+    model = load_variant(model_dir, get_task(task).num_labels)
     return evaluate_model(model, Encoded.load(tokenized_path), task, batch_size)
