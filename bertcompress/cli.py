@@ -3,6 +3,8 @@
     bertcompress finetune --task mrpc                 # download + tokenize (cached) + fine-tune
     bertcompress evaluate --task mrpc --model-dir outputs/mrpc/finetune-s42
     bertcompress finetune --task cola -S model.name=bert-base-uncased -S finetune.lr=3e-5
+    bertcompress prune --task mrpc --model-dir outputs/mrpc/finetune-s42 -S prune.method=oneshot
+    bertcompress quantize --task mrpc --model-dir outputs/mrpc/finetune-s42 -S quantize.mode=dynamic
 
 Bad input prints one line `error: ...` and exits with status 2 before any heavy work.
 """
@@ -30,13 +32,14 @@ def prepared(task: str, p: P.Params, data_root: str = "data/glue", cache_dir: st
 
 
 def preflight(task: str, p: P.Params) -> None:
-    """Every check that needs neither data nor training: task, model, max length, pruning schedule."""
-    from . import prune
+    """Every check that needs neither data nor training: task, model, max length, pruning, quantization."""
+    from . import prune, quantize
     from .tokenize import check_max_length
 
     glue.get_task(task)
     check_max_length(p.model.name, p.tokenize.max_length)
     prune.validate(p.prune)
+    quantize.validate(p.quantize)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_ in [("download", "validate a GLUE task and write data/glue/<task>/*.parquet"),
                         ("tokenize", "tokenize train and validation into the cache"),
                         ("finetune", "fine-tune (and prune, if prune.method=gradual) with the seed recipe"),
-                        ("evaluate", "evaluate a saved model on a split")]:
+                        ("evaluate", "evaluate a saved model on a split"),
+                        ("prune", "one-shot or structured pruning of a saved model (prune.method)"),
+                        ("quantize", "quantize a saved model (quantize.mode)")]:
         cmd = sub.add_parser(name, help=help_, description=help_, parents=[common])
         cmd.add_argument("--task", required=True, help=f"GLUE task: {', '.join(glue.TASKS)}")
         if name == "finetune":
             cmd.add_argument("--out", help="output folder (default: outputs/<task>/finetune-s<seed>)")
-        if name == "evaluate":
+        if name in ("evaluate", "prune", "quantize"):
             cmd.add_argument("--model-dir", required=True, help="a save_pretrained folder")
+        if name in ("prune", "quantize"):
+            cmd.add_argument("--out", help="output folder (default: <model-dir>-<method or mode>)")
+        if name == "evaluate":
             cmd.add_argument("--split", default="validation", choices=glue.SPLITS)
             cmd.add_argument("--out", help="write the metrics JSON here too")
     args = parser.parse_args(argv)
@@ -77,9 +85,7 @@ def run(args, p: P.Params) -> int:
     if args.command == "evaluate":
         from .evaluate import evaluate
 
-        if not (Path(args.model_dir) / "config.json").is_file():
-            raise P.UserError(f"--model-dir {args.model_dir} holds no saved model (config.json); "
-                              "pass the folder `bertcompress finetune` wrote")
+        _check_model_dir(args.model_dir)
         paths = prepared(task, p)
         result = evaluate(args.model_dir, task, paths[args.split], p.finetune.eval_batch_size)
         if args.out:
@@ -89,6 +95,8 @@ def run(args, p: P.Params) -> int:
         print(json.dumps(result, indent=2))
         return 0
     preflight(task, p)
+    if args.command in ("prune", "quantize"):
+        return compress(args, p)
     paths = prepared(task, p)
     if args.command == "tokenize":
         print(json.dumps(paths, indent=2))
@@ -99,6 +107,33 @@ def run(args, p: P.Params) -> int:
     result = finetune(p, task, paths["train"], paths["validation"], out)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0
+
+
+def compress(args, p: P.Params) -> int:
+    """prune (prune.method: oneshot | structured) or quantize (quantize.mode) the model in --model-dir."""
+    from . import prune, quantize
+
+    if args.command == "prune" and p.prune.method not in ("oneshot", "structured"):
+        raise P.UserError(f"prune needs -S prune.method=oneshot or structured, got '{p.prune.method}' "
+                          "(gradual pruning runs in `bertcompress finetune`)")
+    if args.command == "quantize" and p.quantize.mode == "none":
+        raise P.UserError(f"quantize needs -S quantize.mode=<one of {', '.join(quantize.MODES[1:])}>")
+    _check_model_dir(args.model_dir)
+    train = prepared(args.task, p)["train"]
+    kind = p.prune.method if args.command == "prune" else p.quantize.mode
+    out = args.out or f"{str(args.model_dir).rstrip('/')}-{kind}"
+    if args.command == "prune":
+        result = getattr(prune, kind)(args.model_dir, out, p, args.task, train)
+    else:
+        result = quantize.quantize(args.model_dir, out, p, args.task, calib_path=train, train_path=train)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _check_model_dir(model_dir: str) -> None:
+    if not (Path(model_dir) / "config.json").is_file():
+        raise P.UserError(f"--model-dir {model_dir} holds no saved model (config.json); "
+                          "pass the folder `bertcompress finetune` wrote")
 
 
 if __name__ == "__main__":
