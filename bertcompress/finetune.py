@@ -29,6 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import metrics, prune
 from .evaluate import predict
+from .fast import GraphedTrainStep
 from .glue import get_task
 from .model import load_model, load_tokenizer
 from .params import Params
@@ -41,14 +42,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(model, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW without decay on biases and LayerNorm; fused on GPU; capturable (tensor lr) for CUDA graphs."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
-    fused = next(model.parameters()).is_cuda  # one kernel for all parameters on GPU
+    device = next(model.parameters()).device
+    extra = {"fused": True} if device.type == "cuda" else {}
+    if capturable:
+        extra.update(capturable=True, lr=torch.tensor(lr, device=device))
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=fused or None)
+                              {"params": no_decay, "weight_decay": 0.0}], **{"lr": lr, **extra})
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None,
@@ -78,7 +83,8 @@ def _save_checkpoint(work: Path, epoch: int, model, optimizer, scheduler, histor
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate(), "history": history}, tmp / "state.pt")
+                "python_rng": random.getstate(), "history": history,
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "state.pt")
     os.replace(tmp, final)
     for old in (work / "checkpoints").glob("epoch-*"):  # keep only the newest complete checkpoint
         if old != final:
@@ -98,6 +104,8 @@ def _load_checkpoint(work: Path, model, optimizer, scheduler) -> tuple[int, list
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(state["numpy_rng"])
     random.setstate(state["python_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["epoch"], state["history"]
 
 
@@ -118,33 +126,41 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     steps_per_epoch = math.ceil(len(train) / f.batch_size)
     total_steps = min(f.epochs * steps_per_epoch, f.max_steps or math.inf)
     pruner = prune.make_pruner(params.prune, total_steps)  # None unless prune.method=gradual
-    bf16 = f.precision == "bf16" or (f.precision == "auto" and device.startswith("cuda"))
+    bf16 = f.precision == "bf16"
+    # Pruning masks change between steps and broke capture on an H100 (bench/RESULTS.md): those runs stay eager.
+    graphs = f.cuda_graphs and device.startswith("cuda") and not bf16 and pruner is None
+    pad = max(f.pad_to_multiple, 32) if graphs else f.pad_to_multiple  # each width is one graph capture
     seed_everything(f.seed)
     model = load_model(params.model.name, spec.num_labels).to(device)
     if pruner:
         pruner.attach(model)
-    optimizer = make_optimizer(model, f.lr, f.weight_decay)
+    optimizer = make_optimizer(model, f.lr, f.weight_decay, capturable=graphs)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(f.warmup_ratio * total_steps), total_steps)
 
     out, work = Path(out_dir), Path(str(out_dir) + ".partial")
     start_epoch, history = _load_checkpoint(work, model, optimizer, scheduler)
+    graphed_step = GraphedTrainStep(model, optimizer) if graphs else None
     step = start_epoch * steps_per_epoch
-    t0, seen = time.perf_counter(), 0
+    t0, seen, epoch_seconds = time.perf_counter(), 0, []
     model.train()
     for epoch in range(start_epoch, math.ceil(total_steps / steps_per_epoch)):
         loss_sum = correct = count = 0
+        t_epoch = time.perf_counter()
         batches = epoch_batches(len(train), f.batch_size, f.seed, epoch, train.lengths, f.group_by_length)
         bar = tqdm(batches[:total_steps - step], desc=f"{task} epoch {epoch + 1}", leave=False, disable=None)
         for idx in bar:
-            batch = train.batch(idx, f.pad_to_multiple)
+            batch = train.batch(idx, pad)
             labels = batch.pop("labels")
-            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                logits = model(**batch).logits
-            loss = F.cross_entropy(logits.float(), labels)
-            loss.backward()
-            optimizer.step()
+            if graphed_step:
+                loss, logits = graphed_step(batch, labels)
+            else:
+                with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(**batch).logits
+                loss = F.cross_entropy(logits.float(), labels)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
             if pruner:
                 pruner.after_step(model, step)
@@ -154,9 +170,11 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
             if step % f.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         seen += count
+        loss_sum = float(loss_sum)  # waits for the device, so the epoch's time is complete
+        epoch_seconds.append(time.perf_counter() - t_epoch)
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             val_loss, val_preds = predict(model, val, f.eval_batch_size, device)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / count,
+        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / count,
                "train_accuracy": float(correct) / count, "val_loss": val_loss,
                **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, val_preds).items()}}
         history.append(row)
@@ -171,6 +189,7 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     result = {"task": task, **{k: v for k, v in history[-1].items() if k.startswith("val_")},
               "epochs": len(history), "steps": step, "train_seconds": train_seconds,
               "train_samples_per_second": seen / train_seconds if train_seconds else 0.0,
+              "epoch_seconds": epoch_seconds,
               "history": history, **({"sparsity": pruner.report(model)} if pruner else {})}
     _save_final(model, params, work, result)
     if out.exists():
