@@ -131,8 +131,8 @@ def quantize(model_dir: str, out_dir: str, params: Params, task: str, calib_path
         raise UserError("quantize.mode=qat needs training data; pass train_path (the tokenized train split)")
     attn = {"attn_implementation": "eager"} if q.mode == "qat" else {}
     model = load_float(model_dir, get_task(task).num_labels, **attn)
-    base = read_variant(model_dir) or {}
-    variant = {"mode": q.mode, "base": str(model_dir), **({"structure": base["structure"]} if "structure" in base else {})}
+    structure = (read_variant(model_dir) or {}).get("structure")  # a structured base keeps its shapes
+    variant = {"mode": q.mode, "base": str(model_dir), **({"structure": structure} if structure else {})}
     if q.mode in ("static", "qat"):
         model, program, info = pt2e(model, params, calib_path, train_path, qat=q.mode == "qat")
         variant["weights"] = "model.pt2"

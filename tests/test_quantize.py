@@ -90,3 +90,18 @@ def test_bad_quantization_input_is_one_line(override, words, capsys, tmp_path, m
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and words in err and "\n" not in err
     assert not (tmp_path / "data").exists()  # refused before any data was prepared
+
+
+def test_int8_of_a_structured_model_keeps_its_shapes(tiny_run, tiny_params, tiny_mrpc, tmp_path):
+    from bertcompress import prune
+
+    p = dataclasses.replace(tiny_params, prune=P.Prune(method="structured", heads_fraction=0.25, ffn_fraction=0.5),
+                            quantize=P.Quantize(mode="dynamic"))
+    prune.structured(str(tiny_run[0]), str(tmp_path / "small"), p, "mrpc")
+    quantize.quantize(str(tmp_path / "small"), str(tmp_path / "small-int8"), p, "mrpc")
+    model = quantize.load_variant(str(tmp_path / "small-int8"), 2)
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert isinstance(query, DynamicLinear) and query.out_features == 9 * 32
+    data = Encoded.load(tiny_mrpc["validation"])
+    in_memory = quantize.convert(quantize.load_variant(str(tmp_path / "small"), 2), "dynamic")
+    assert (predict(in_memory, data)[1] == predict(model, data)[1]).all()
