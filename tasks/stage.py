@@ -18,7 +18,6 @@ from pathlib import Path
 
 from bertcompress import params as P
 from bertcompress.cli import preflight
-from bertcompress.finetune import write_json
 
 from . import steps, tracking
 
@@ -49,6 +48,8 @@ def dvc_invocation() -> str:
 
 
 def run(step: str, task: str, model: str, seed: int, p: P.Params, parent: str) -> None:
+    from bertcompress.finetune import write_json
+
     params, e = p.to_dict(), p.experiment
     data, out = tokenized(task), model_dir(task, model, seed)
     if step == "finetune":

