@@ -40,10 +40,17 @@ def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, devic
             "nonzero_parameters": nonzero, "size_mb": sizes.state_dict_bytes(model) / 1e6}
 
 
-def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 128) -> dict:
-    """Load a saved model, any variant (fine-tuned, pruned, quantized), and evaluate it on one tokenized split."""
+def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 128, latency_runs: int = 0) -> dict:
+    """Load a saved model, any variant (fine-tuned, pruned, quantized), and evaluate it on one tokenized split:
+    the metrics, sizes three ways and, with latency_runs, CPU latency (ms) at batch 1 and 8."""
     from .glue import get_task
     from .quantize import load_variant
 
     model = load_variant(model_dir, get_task(task).num_labels)
-    return evaluate_model(model, Encoded.load(tokenized_path), task, batch_size)
+    result = {**evaluate_model(model, Encoded.load(tokenized_path), task, batch_size), **sizes.measure(model)}
+    if latency_runs:
+        from .latency import measure
+
+        timed = measure(model, runs=latency_runs)
+        result |= {f"latency_{k}": v for k, v in timed.items() if k.endswith("_ms")} | {"threads": timed["threads"]}
+    return result

@@ -78,6 +78,11 @@ class Quantize:
 
 
 @dataclass
+class Evaluate:
+    latency_runs: int = 20  # timed forward passes per batch size (1 and 8, length 128); 0 = no latency
+
+
+@dataclass
 class Experiment:
     """What `python -m flows.compress` and `dvc repro` run: every model per seed, then each quantized per mode."""
     tasks: list[str] = field(default_factory=lambda: ["mrpc"])  # dvc repro's tasks; the flow takes one task
@@ -96,6 +101,7 @@ class Params:
     finetune: Finetune = field(default_factory=Finetune)
     prune: Prune = field(default_factory=Prune)
     quantize: Quantize = field(default_factory=Quantize)
+    evaluate: Evaluate = field(default_factory=Evaluate)
     experiment: Experiment = field(default_factory=Experiment)
 
     def to_dict(self) -> dict:
@@ -195,6 +201,8 @@ def validate(p: Params) -> None:
         v = getattr(p.data, key)
         if v is not None and v <= 0:
             raise UserError(f"data.{key} must be > 0 or null, got {v}")
+    if p.evaluate.latency_runs < 0:
+        raise UserError(f"evaluate.latency_runs must be >= 0 (0 = no latency), got {p.evaluate.latency_runs}")
     e = p.experiment
     for key, known in (("finetune", ("dense", "gradual")), ("prune", ("oneshot", "structured"))):
         if unknown := [m for m in getattr(e, key) if m not in known]:

@@ -30,9 +30,9 @@ READS = {  # step: (params sections, core modules) it depends on; dvc.yaml decla
     "download": (["data"], ["glue.py", "hub.py"]),
     "tokenize": (["data", "model", "tokenize"], ["tokenize.py", "model.py"]),
     "finetune": (["model", "finetune", "prune"], ["finetune.py", "prune.py", "evaluate.py", "metrics.py"]),
-    "prune": (["finetune", "prune"], ["prune.py", "finetune.py"]),
-    "quantize": (["finetune", "quantize"], ["quantize.py"]),
-    "evaluate": (["finetune"], ["evaluate.py", "metrics.py", "sizes.py", "quantize.py"]),
+    "prune": (["finetune", "prune"], ["prune.py", "quantize.py", "sizes.py"]),
+    "quantize": (["finetune", "quantize"], ["quantize.py", "sizes.py"]),
+    "evaluate": (["finetune", "evaluate"], ["evaluate.py", "metrics.py", "sizes.py", "latency.py", "quantize.py"]),
 }
 FILES = ("data_dir", "train", "validation", "model_dir")  # arguments naming inputs: keyed by their content
 NOT_KEYED = ("params", "out", "cache_dir", "parent")  # params enter by section; where outputs go is no input
@@ -169,7 +169,7 @@ def evaluate(task: str, model: str, mode: str, seed: int, params: dict, model_di
 
     p = configure(params, model, seed, mode)
     with tracking.variant_run(parent, task, method(model, mode), p, _data_tags(validation)) as run:
-        result = run_evaluate(model_dir, task, validation, p.finetune.eval_batch_size)
+        result = run_evaluate(model_dir, task, validation, p.finetune.eval_batch_size, p.evaluate.latency_runs)
         tracking.log_metrics(run, result)
         tracking.log_json(run, result, "evaluate/metrics.json")
         if method(model, mode) != "dense":

@@ -80,7 +80,7 @@ def test_same_metrics_as_the_flow(repo, flow):
     dvc_rows = json.loads((repo[0] / "results/mrpc/dense-s42.json").read_text())
     flow_rows = {r["method"]: r for r in flow["first"].result()}
     for mode, method in (("fp32", "dense"), ("dynamic", "dense+dynamic")):
-        for key in ("accuracy", "f1", "parameters", "nonzero_parameters", "size_mb"):
+        for key in ("accuracy", "f1", "parameters", "nonzero_parameters", "state_dict_mb", "compact_mb"):
             assert dvc_rows[mode][key] == flow_rows[method][key], (mode, key)
         assert dvc_rows[mode]["loss"] == pytest.approx(flow_rows[method]["loss"], rel=1e-6)
 
@@ -109,7 +109,7 @@ def test_dvc_runs_nest_under_one_parent_per_repro(repo):
     assert repro.data.tags["git_commit"] and repro.info.status == "FINISHED"
     assert sorted(runs) == ["dense", "dense+dynamic"] and all(r.info.status == "FINISHED" for r in runs.values())
     assert [m.step for m in client.get_metric_history(runs["dense"].info.run_id, "val_loss")] == [1, 2]
-    assert "state_dict_mb" in runs["dense+dynamic"].data.metrics or "size_mb" in runs["dense+dynamic"].data.metrics
+    assert {"state_dict_mb", "compressed_mb", "latency_batch1_ms"} <= set(runs["dense+dynamic"].data.metrics)
 
 
 def test_bad_params_stop_repro_with_the_cli_message(repo, capsys):
@@ -151,3 +151,16 @@ def test_a_killed_stage_leaves_its_run_failed(repo, tmp_path):
         client, experiment = tracking.client()
         (run,) = client.search_runs([experiment], "tags.seed = '7'")
     assert run.info.status == "FAILED"
+
+
+def test_stages_depend_on_the_modules_the_tasks_are_keyed_on():
+    """dvc.lock and the Prefect cache key watch the same core source files, step by step."""
+    import yaml
+
+    from tasks.steps import READS
+
+    stages = yaml.safe_load((pr.REPO / "dvc.yaml").read_text())["stages"]
+    for step, (_, modules) in READS.items():
+        deps = (stages[step].get("do") or stages[step])["deps"]
+        assert sorted(d.removeprefix("bertcompress/") for d in deps if d.startswith("bertcompress/")) == \
+            sorted(modules), step
