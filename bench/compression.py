@@ -5,10 +5,10 @@
 Fine-tunes the dense model and the gradually pruned ones with params.yaml (the seed recipe), derives the
 others from them (quantized, one-shot, structured, pruned + int8), evaluates each with evaluate.evaluate on the
 full validation split, measures sizes (a)/(b)/(c) with sizes.measure and CPU latency at batch 1 and 8, length
-128 (latency.measure: warm-up, median of --runs; the best of --rounds passes over all variants, because the
-CPU is shared and a pass can be slowed by other work). Every variant lives in outputs/bench/<task>/<name>/,
-so a rerun skips what is built and an interrupted fine-tune resumes. The table goes to
-bench/RESULTS-compression.md after every row.
+128 (latency.measure: warm-up, median of --runs; one pass as each variant is built, then the best of --rounds
+passes, because the CPU is shared and a pass can be slowed by other work). Every variant lives in
+outputs/bench/<task>/<name>/, so a rerun skips what is built and an interrupted fine-tune resumes. The table goes
+to bench/RESULTS-compression.md after every row.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 
 from bertcompress import latency, params as P, prune, quantize, sizes
 from bertcompress.cli import prepared
@@ -36,7 +37,8 @@ def gradual(sparsity: float, scope: str = "encoder") -> dict:
     return {"prune": {"method": "gradual", "scope": scope, "final_sparsity": sparsity}}
 
 
-# name -> (how it is made, from which variant, params changes); the order is the order of work
+# name -> (how it is made, from which variant, params changes); the order of work and of the table: the cheap
+# variants of the dense model first, so a run cut short still answers most questions
 VARIANTS = {
     "dense": ("finetune", None, {}),
     "int8 dynamic": ("quantize", "dense", {"quantize": {"mode": "dynamic"}}),
@@ -44,12 +46,13 @@ VARIANTS = {
     "fp16": ("quantize", "dense", {"quantize": {"mode": "fp16"}}),
     "bf16": ("quantize", "dense", {"quantize": {"mode": "bf16"}}),
     "static int8 (PT2E)": ("quantize", "dense", {"quantize": {"mode": "static"}}),
-    "gradual 50 % (encoder)": ("finetune", None, gradual(0.5)),
-    "gradual 80 % (encoder)": ("finetune", None, gradual(0.8)),
-    "gradual 90 % (encoder)": ("finetune", None, gradual(0.9)),
-    "gradual 90 % + int8 incl. embeddings": ("quantize", "gradual 90 % (encoder)", {"quantize": {"mode": "dynamic_emb"}}),
     "one-shot 50 % (encoder)": ("oneshot", "dense", {"prune": {"method": "oneshot", "final_sparsity": 0.5}}),
     "one-shot 90 % (encoder)": ("oneshot", "dense", {"prune": {"method": "oneshot", "final_sparsity": 0.9}}),
+    "gradual 50 % (encoder)": ("finetune", None, gradual(0.5)),
+    "gradual 90 % (encoder)": ("finetune", None, gradual(0.9)),
+    "gradual 90 % + int8 incl. embeddings": (
+        "quantize", "gradual 90 % (encoder)", {"quantize": {"mode": "dynamic_emb"}}),
+    "gradual 80 % (encoder)": ("finetune", None, gradual(0.8)),
     "structured (25 % heads + 25 % FFN; 100 recovery steps)": (
         "structured", "dense", {"prune": {"method": "structured", "recovery_steps": 100}}),
     "QAT int8 (PT2E, 200 steps)": ("quantize", "dense", {"quantize": {"mode": "qat"}}),
@@ -83,9 +86,8 @@ def build(name: str, root: Path, params: P.Params, task: str, data: dict) -> Pat
     return out
 
 
-def row(name: str, out: Path, task: str, data: dict) -> dict:
-    model = quantize.load_variant(str(out), get_task(task).num_labels)  # what evaluate.evaluate does, kept
-    metrics = evaluate_model(model, Encoded.load(data["validation"]), task)
+def row(name: str, model, out: Path, task: str, data: dict) -> dict:
+    metrics = evaluate_model(model, Encoded.load(data["validation"]), task)  # what evaluate.evaluate does
     saved = json.loads((out / "metrics.json").read_text())
     base = saved.get("base")  # a quantized variant reports the sparsity of the model it quantized
     sparsity = saved.get("sparsity") or (json.loads((Path(base) / "metrics.json").read_text()).get("sparsity")
@@ -94,38 +96,30 @@ def row(name: str, out: Path, task: str, data: dict) -> dict:
             "sparsity": sparsity["overall"] if sparsity else 0.0}
 
 
-def timed(rows: dict, outs: dict, task: str, args) -> None:
-    """Latency of every variant, best of --rounds interleaved passes; static/QAT also under torch.compile."""
-    import torch._inductor.config as inductor
-
-    inductor.freezing = True  # constant-fold the int8 weights into the compiled kernels
-    models = {}
-    for name, out in outs.items():
-        models[name] = quantize.load_variant(str(out), get_task(task).num_labels)
-        if args.compile and "PT2E" in name:  # compiled once per input shape, in the first round's warm-up
-            models[f"{name}, torch.compile"] = torch.compile(models[name])
-    for _ in range(args.rounds):
-        for label, m in models.items():
-            t = latency.measure(m, runs=args.runs, threads=args.threads)
-            r = rows.setdefault(label, {**rows[label.split(", torch.compile")[0]], "variant": label})
-            for k in ("batch1_ms", "batch8_ms"):
-                r[k] = min(r.get(k, float("inf")), t[k])
-            print(f"latency {label}: {t}", flush=True)
-        write(rows, task, args)
+def timed(rows: dict, models: dict, args) -> None:
+    """One latency pass over these models; each row keeps its best median (the CPU is shared)."""
+    for label, m in models.items():
+        t = latency.measure(m, runs=args.runs, threads=args.threads)
+        r = rows.setdefault(label, {**rows[label.split(", torch.compile")[0]], "variant": label})
+        for k in ("batch1_ms", "batch8_ms"):
+            r[k] = min(r.get(k, float("inf")), t[k])
+        print(f"latency {label}: {t}", flush=True)
 
 
-def write(rows: dict, task: str, args) -> None:
+def write(rows: dict, task: str, args, passes: int = 1) -> None:
     dense = rows.get("dense", {})
     lines = [f"# Compression benchmark: {task}, all-MiniLM-L6-v2, seed protocol (params.yaml)", "",
              f"Measured on this CPU ({os.cpu_count()} cores, shared), torch {torch.__version__}, "
              f"{args.threads} threads, length 128, median of {args.runs} runs after 3 warm-up, best of "
-             f"{args.rounds} rounds. Sizes in MB (10^6 bytes): (a) torch.save(state_dict), (b) compact (non-zero "
-             "values + bitmask, int8/fp16 at their size), (c) zstd -9 of (a). Sparsity: zeros in the pruned scope.",
+             f"{passes} pass(es) over the variants. Sizes in MB (10^6 bytes): (a) torch.save(state_dict), (b) compact "
+             "(non-zero values + bitmask, int8/fp16 at their size), (c) zstd -9 of (a). Sparsity: zeros in the pruned "
+             "scope.",
              "", "| variant | acc | F1 | Δacc | (a) MB | (b) MB | (c) MB | params | non-zero | sparsity "
              "| b1 ms | b8 ms | b8 speed-up |", "|" + "---|" * 13]
     for r in rows.values():
         fmt = lambda k, f="{:.1f}": f.format(r[k]) if r.get(k) is not None else "–"  # noqa: E731
-        gain = f"{dense['batch8_ms'] / r['batch8_ms']:.1f}×" if r.get("batch8_ms") and dense.get("batch8_ms") else "–"
+        fast = r.get("batch8_ms") and dense.get("batch8_ms")
+        gain = f"{dense['batch8_ms'] / r['batch8_ms']:.1f}×" if fast else "–"
         delta = f"{100 * (r['accuracy'] - dense['accuracy']):+.1f}" if dense else "–"
         lines.append(f"| {r['variant']} | {fmt('accuracy', '{:.3f}')} | {fmt('f1', '{:.3f}')} | {delta} | "
                      f"{fmt('state_dict_mb')} | {fmt('compact_mb')} | {fmt('compressed_mb')} | "
@@ -151,14 +145,22 @@ def main(argv=None) -> int:
     names = args.only.split(",") if args.only else list(VARIANTS)
     data, root = prepared(args.task, params), Path(args.out) / args.task
     root.mkdir(parents=True, exist_ok=True)
-    rows, outs = {}, {}
-    for name in names:
+    torch._inductor.config.freezing = True  # torch.compile constant-folds the int8 weights into its kernels
+    rows, models = {}, {}
+    for name in names:  # build, evaluate and time each variant as it comes: a cut-short run still has rows
         t0 = time.perf_counter()
-        outs[name] = build(name, root, params, args.task, data)
-        rows[name] = row(name, outs[name], args.task, data)
+        out = build(name, root, params, args.task, data)
+        new = {name: quantize.load_variant(str(out), get_task(args.task).num_labels)}
+        if args.compile and "PT2E" in name:  # compiled once per input shape, in the first pass's warm-up
+            new[f"{name}, torch.compile"] = torch.compile(new[name])
+        rows[name] = row(name, new[name], out, args.task, data)
         print(f"built {name} in {time.perf_counter() - t0:.0f} s: {rows[name]}", flush=True)
+        timed(rows, new, args)
+        models.update(new)
         write(rows, args.task, args)
-    timed(rows, outs, args.task, args)
+    for passes in range(2, args.rounds + 1):  # more passes over all variants, interleaved, at the end
+        timed(rows, models, args)
+        write(rows, args.task, args, passes)
     print(RESULTS.read_text())
     return 0
 
