@@ -10,7 +10,7 @@ from torch.ao.nn.quantized import Embedding as QEmbedding
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from bertcompress import params as P
-from bertcompress import quantize
+from bertcompress import latency, quantize
 from bertcompress.cli import main
 from bertcompress.evaluate import evaluate, predict
 from bertcompress.model import load_model
@@ -72,6 +72,8 @@ def test_pt2e_static_and_qat_produce_quantized_program(mode, extra, tiny_run, ti
     assert preds.shape == (len(data),) and loss > 0
     if mode == "qat":
         assert result["qat_steps"] == 2 and result["qat_loss"] > 0
+    timing = latency.measure(module, batch_sizes=(1, 3), length=16, warmup=1, runs=1)  # the bench's inputs fit
+    assert timing["batch1_ms"] > 0 and timing["batch3_ms"] > 0 and timing["threads"] >= 1
 
 
 def test_quantizing_a_quantized_model_is_refused(tiny_run, tiny_params, tiny_mrpc, tmp_path):
