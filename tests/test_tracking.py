@@ -56,7 +56,7 @@ def test_one_run_per_variant_under_the_flow_run(flow):
             assert ("model" in {a.path for a in client.list_artifacts(run.info.run_id)}) == (method != "dense")
         for pruned in ("gradual", "oneshot"):
             assert 0.45 < runs[pruned].data.metrics["sparsity.overall"] < 0.55
-        assert runs["dense+dynamic"].data.metrics["compact_mb"] < runs["dense"].data.metrics["compact_mb"] / 2
+        assert runs["dense+dynamic"].data.metrics["compact_mb"] < 0.7 * runs["dense"].data.metrics["compact_mb"]
 
 
 def test_per_epoch_metrics_and_plots_of_the_fine_tunes(flow):
