@@ -30,7 +30,15 @@ class GraphedTrainStep:
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)  # static: every graph accumulates into these
 
+    def _release_autograd(self) -> None:
+        """torch.nn.utils.prune keeps the last `weight = weight_orig * mask` (and so its autograd graph) on the
+        module; an AccumulateGrad node kept alive from another stream breaks capture. Forward recomputes it."""
+        for m in self.model.modules():
+            if hasattr(m, "weight_orig"):
+                m.weight = m.weight.detach()
+
     def _step(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._release_autograd()
         self.optimizer.zero_grad(set_to_none=False)
         logits = self.model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                             attention_mask=mask_4d(batch["attention_mask"])).logits

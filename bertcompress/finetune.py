@@ -128,7 +128,7 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     pruner = prune.make_pruner(params.prune, total_steps)  # None unless prune.method=gradual
     bf16 = f.precision == "bf16"
     # Pruning masks change between steps and broke capture on an H100 (bench/RESULTS.md): those runs stay eager.
-    graphs = f.cuda_graphs and device.startswith("cuda") and not bf16 and pruner is None
+    graphs = f.cuda_graphs and device.startswith("cuda") and not bf16
     pad = max(f.pad_to_multiple, 32) if graphs else f.pad_to_multiple  # each width is one graph capture
     seed_everything(f.seed)
     model = load_model(params.model.name, spec.num_labels).to(device)
