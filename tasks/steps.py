@@ -96,8 +96,9 @@ def _run_name() -> str:
     return f"{task_run.task_name}-{a['task']}-{method(a['model'], a.get('mode', 'none'))}-s{a['seed']}"
 
 
-def _data_tags(*paths: str) -> dict:
-    return {"data_hash": hashlib.sha256("".join(content_hash(p) for p in paths).encode()).hexdigest()[:16]}
+def _data_tags(**splits: str) -> dict:
+    """{'data_hash.train': ..}: which tokenized data (content) the step read."""
+    return {f"data_hash.{split}": content_hash(path)[:16] for split, path in splits.items()}
 
 
 @task(name="download", task_run_name="download-{task}", retries=2, retry_delay_seconds=10, **CACHED)
@@ -124,10 +125,9 @@ def finetune(task: str, model: str, seed: int, params: dict, train: str, validat
     from bertcompress.finetune import finetune as run_finetune
 
     p = configure(params, model, seed)
-    with tracking.variant_run(parent, task, model, p, _data_tags(train, validation)) as run:
+    with tracking.variant_run(parent, task, model, p, _data_tags(train=train, validation=validation)) as run:
         result = run_finetune(p, task, train, validation, out, on_epoch_end=tracking.epoch_logger(run))
-        tracking.log_metrics(run, {k: v for k, v in result.items() if not k.startswith("val_")})
-        tracking.log_json(run, result, "finetune/metrics.json")
+        tracking.log_result(run, "finetune", result)
         tracking.log_history_plot(run, result["history"])
     return out
 
@@ -139,11 +139,10 @@ def prune(task: str, model: str, seed: int, params: dict, model_dir: str, train:
     from bertcompress import prune as core
 
     p = configure(params, model, seed)
-    with tracking.variant_run(parent, task, model, p, _data_tags(train)) as run:
+    with tracking.variant_run(parent, task, model, p, _data_tags(train=train)) as run:
         result = {"oneshot": core.oneshot, "structured": core.structured}[model](
             model_dir, out, p, task, train_path=train)
-        tracking.log_metrics(run, result)
-        tracking.log_json(run, result, "prune/metrics.json")
+        tracking.log_result(run, "prune", result)
     return out
 
 
@@ -154,10 +153,9 @@ def quantize(task: str, model: str, mode: str, seed: int, params: dict, model_di
     from bertcompress import quantize as core
 
     p = configure(params, model, seed, mode)
-    with tracking.variant_run(parent, task, method(model, mode), p, _data_tags(train)) as run:
+    with tracking.variant_run(parent, task, method(model, mode), p, _data_tags(train=train)) as run:
         result = core.quantize(model_dir, out, p, task, calib_path=train, train_path=train)
-        tracking.log_metrics(run, result)
-        tracking.log_json(run, result, "quantize/metrics.json")
+        tracking.log_result(run, "quantize", result)
     return out
 
 
@@ -168,10 +166,9 @@ def evaluate(task: str, model: str, mode: str, seed: int, params: dict, model_di
     from bertcompress.evaluate import evaluate as run_evaluate
 
     p = configure(params, model, seed, mode)
-    with tracking.variant_run(parent, task, method(model, mode), p, _data_tags(validation)) as run:
+    with tracking.variant_run(parent, task, method(model, mode), p, _data_tags(validation=validation)) as run:
         result = run_evaluate(model_dir, task, validation, p.finetune.eval_batch_size, p.evaluate.latency_runs)
-        tracking.log_metrics(run, result)
-        tracking.log_json(run, result, "evaluate/metrics.json")
+        tracking.log_result(run, "evaluate", result)
         if method(model, mode) != "dense":
             tracking.log_folder(run, model_dir, "model")
     return {"task": task, "method": method(model, mode), "seed": seed, **result}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,20 +88,14 @@ def parent_run(driver: str, name: str, key: str) -> Iterator[str]:
 @contextmanager
 def variant_run(parent: str | None, task: str, method: str, p: Params, tags: dict) -> Iterator[str]:
     """The (task, method, seed) run: the variant's first step creates it, its later steps add to it."""
-    c, exp = client()
-    key = {"task": task, "method": method, "seed": str(p.finetune.seed)}
-    if parent:
-        key[PARENT] = parent
-    run_id = _find(c, exp, key) if parent else None
-    if run_id is None:
-        run_id = c.create_run(exp, run_name=f"{task}-{method}-s{p.finetune.seed}", tags={
-            **key, "git_commit": _git_commit()}).info.run_id
-    for k, v in tags.items():
-        c.set_tag(run_id, k, v)
-    params = {k: v for k, v in p.flat().items() if not k.startswith("experiment.")}
-    from mlflow.entities import Param
+    from mlflow.entities import Param, RunTag
 
-    c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    c, exp = client()
+    key = {"task": task, "method": method, "seed": str(p.finetune.seed), **({PARENT: parent} if parent else {})}
+    run_id = (_find(c, exp, key) if parent else None) or c.create_run(
+        exp, run_name=f"{task}-{method}-s{p.finetune.seed}", tags={**key, "git_commit": _git_commit()}).info.run_id
+    params = {k: str(v) for k, v in p.flat().items() if not k.startswith("experiment.")}
+    c.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in tags.items()])
     with _running(run_id):
         yield run_id
 
@@ -118,12 +111,12 @@ def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def log_metrics(run_id: str, metrics: dict, step: int = 0, prefix: str = "") -> None:
+def log_metrics(run_id: str, metrics: dict, step: int = 0) -> None:
     from mlflow.entities import Metric
 
     c, _ = client()
     now = int(time.time() * 1000)
-    c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in _numbers(metrics, prefix).items()])
+    c.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in _numbers(metrics).items()])
 
 
 def epoch_logger(run_id: str) -> Callable[[int, dict], None]:
@@ -132,8 +125,10 @@ def epoch_logger(run_id: str) -> Callable[[int, dict], None]:
                                           step=epoch)
 
 
-def log_json(run_id: str, data: dict, name: str) -> None:
-    client()[0].log_dict(run_id, data, name)
+def log_result(run_id: str, step: str, result: dict) -> None:
+    """A step's result as <step>/metrics.json, its numbers as metrics (val_* came per epoch, with their step)."""
+    client()[0].log_dict(run_id, result, f"{step}/metrics.json")
+    log_metrics(run_id, {k: v for k, v in result.items() if not k.startswith("val_")})
 
 
 def log_text(run_id: str, text: str, name: str) -> None:
@@ -144,8 +139,8 @@ def log_folder(run_id: str, folder: str, name: str) -> None:
     client()[0].log_artifacts(run_id, folder, name)
 
 
-def log_history_plot(run_id: str, history: list[dict], name: str = "plots/history.png") -> None:
-    """Loss and accuracy per epoch, training beside validation, as a PNG artifact."""
+def log_history_plot(run_id: str, history: list[dict]) -> None:
+    """Loss and accuracy per epoch, training beside validation, as plots/history.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,8 +154,5 @@ def log_history_plot(run_id: str, history: list[dict], name: str = "plots/histor
         ax.set(xlabel="epoch", title=what)
         ax.legend()
     fig.tight_layout()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(name).name
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        client()[0].log_artifact(run_id, str(path), str(Path(name).parent))
+    client()[0].log_figure(run_id, fig, "plots/history.png")
+    plt.close(fig)

