@@ -31,16 +31,19 @@ def load(task: str, params_file: str, overrides: list[str]) -> P.Params:
     e = p.experiment
     for model in e.models:
         for mode in ["none", *e.quantize]:
-            for seed in e.seeds:
-                preflight(task, configure(p.to_dict(), model, seed, mode))
+            preflight(task, configure(p.to_dict(), model, e.seeds[0], mode))
     return p
 
 
 def summary(rows: list[dict]) -> str:
+    """One line per variant: the task metric, sparsity over all parameters, sizes (MB) and latency (ms)."""
     import pandas as pd
 
-    table = pd.DataFrame(rows).drop(columns=["task"]).set_index(["method", "seed"])
-    return table.to_string(float_format=lambda v: f"{v:.4g}")
+    table = pd.DataFrame(rows).set_index(["method", "seed"])
+    table["sparsity"] = 1 - table["nonzero_parameters"] / table["parameters"]
+    columns = ["accuracy", "f1", "matthews", "sparsity", "state_dict_mb", "compact_mb", "compressed_mb",
+               "latency_batch1_ms", "latency_batch8_ms"]
+    return table[[c for c in columns if c in table]].to_string(float_format=lambda v: f"{v:.4g}")
 
 
 @flow(name="compress", log_prints=True)
