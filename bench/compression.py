@@ -136,7 +136,9 @@ def main(argv=None) -> int:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--only", help="comma-separated variant names (default: all, in order)")
-    parser.add_argument("--threads", type=int, default=2)
+    # 1 thread by default: on a 2-core machine that others also load, 2 threads wait on each other (seen: dense
+    # batch 1 at 870 ms with 2 threads against 166 ms with 1, in the same minute)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-compile", dest="compile", action="store_false")

@@ -27,18 +27,21 @@ def inputs(batch_size: int, length: int, seed: int = 0) -> dict[str, torch.Tenso
 def measure(model, batch_sizes=(1, 8), length: int = 128, warmup: int = 3, runs: int = 20,
             threads: int | None = None) -> dict:
     """{'batch1_ms': ..., 'batch8_ms': ..., 'threads': n, 'length': 128, 'runs': runs}."""
-    if threads:
-        torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
     model.eval()
     out = {"threads": torch.get_num_threads(), "length": length, "runs": runs}
-    for b in batch_sizes:
-        x = inputs(b, length)
-        for _ in range(warmup):
-            model(**x)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(**x)
-            times.append(time.perf_counter() - t0)
-        out[f"batch{b}_ms"] = statistics.median(times) * 1e3
+    try:
+        for b in batch_sizes:
+            x = inputs(b, length)
+            for _ in range(warmup):
+                model(**x)
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                model(**x)
+                times.append(time.perf_counter() - t0)
+            out[f"batch{b}_ms"] = statistics.median(times) * 1e3
+    finally:
+        torch.set_num_threads(before)  # the caller's setting (fine-tuning in the same process) is not ours
     return out
