@@ -47,30 +47,34 @@ def dvc_invocation() -> str:
     return f"{os.getpid()}-standalone"
 
 
-def run(step: str, task: str, model: str, seed: int, p: P.Params, parent: str) -> None:
-    from bertcompress.finetune import write_json
+def write_result(task: str, name: str, data: dict) -> None:
+    from bertcompress.finetune import write_json  # atomic
 
-    params, e = p.to_dict(), p.experiment
+    Path("results", task).mkdir(parents=True, exist_ok=True)
+    write_json(Path("results", task, name), data)
+
+
+def run(step: str, task: str, model: str, seed: int, p: P.Params, parent: str) -> None:
+    params, modes = p.to_dict(), p.experiment.quantize
     data, out = tokenized(task), model_dir(task, model, seed)
     if step == "finetune":
         steps.finetune.fn(task, model, seed, params, data["train"], data["validation"], out, parent)
         history = json.loads((Path(out) / "metrics.json").read_text())["history"]
-        Path(f"results/{task}").mkdir(parents=True, exist_ok=True)
-        write_json(Path(f"results/{task}/{model}-s{seed}.history.json"), {"history": history})
+        write_result(task, f"{model}-s{seed}.history.json", {"history": history})
     elif step == "prune":
         steps.prune.fn(task, model, seed, params, model_dir(task, "dense", seed), data["train"], out, parent)
     elif step == "quantize":
-        Path(f"{out}.quantized").mkdir(parents=True, exist_ok=True)
-        for mode in e.quantize:
+        Path(f"{out}.quantized").mkdir(parents=True, exist_ok=True)  # the stage's out, even with no modes
+        for mode in modes:
             steps.quantize.fn(task, model, mode, seed, params, out, data["train"], f"{out}.quantized/{mode}", parent)
     elif step == "evaluate":
-        dirs = {"none": out} | {mode: f"{out}.quantized/{mode}" for mode in e.quantize}
-        rows = {mode: steps.evaluate.fn(task, model, mode, seed, params, d, data["validation"], parent)
-                for mode, d in dirs.items()}
-        Path(f"results/{task}").mkdir(parents=True, exist_ok=True)
-        write_json(Path(f"results/{task}/{model}-s{seed}.json"),  # {fp32: {accuracy: ..}, dynamic: {..}}
-                   {("fp32" if mode == "none" else mode): {k: v for k, v in row.items() if k != "seed" and
-                                                           isinstance(v, (int, float))} for mode, row in rows.items()})
+        metrics = {}  # {fp32: {accuracy: .., ..}, dynamic: {..}}: one column group per mode in `dvc metrics show`
+        for mode in ["none", *modes]:
+            variant = out if mode == "none" else f"{out}.quantized/{mode}"
+            row = steps.evaluate.fn(task, model, mode, seed, params, variant, data["validation"], parent)
+            metrics["fp32" if mode == "none" else mode] = {
+                k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "seed"}
+        write_result(task, f"{model}-s{seed}.json", metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ TINY = {  # seconds per model on 2 cores
     "finetune": {"batch_size": 16, "epochs": 2, "eval_batch_size": 32, "threads": 1},
     "prune": {"end_step": 3, "frequency": 1, "final_sparsity": 0.5},
     "quantize": {"calibration_size": 16},
-    "evaluate": {"latency_runs": 2},
+    "evaluate": {"latency_runs": 1},
     "experiment": {"tasks": ["mrpc"], "seeds": [42], "finetune": ["dense", "gradual"], "prune": ["oneshot"],
                    "models": ["dense", "gradual", "oneshot"], "quantize": ["dynamic"]},
 }

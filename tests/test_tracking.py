@@ -64,9 +64,9 @@ def test_per_epoch_metrics_and_plots_of_the_fine_tunes(flow):
 
     with pr.isolated(flow["root"]):
         client, experiment = tracking.client()
-        fine_tunes = [r for r in client.search_runs([experiment]) if r.data.tags.get("method") in ("dense", "gradual")]
-        assert len(fine_tunes) >= 2
-        for run in fine_tunes:
+        (parent,) = client.search_runs([experiment], f"tags.invocation = '{flow['first'].state_details.flow_run_id}'")
+        runs = children(client, experiment, parent.info.run_id)
+        for run in (runs["dense"], runs["gradual"]):
             for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1"):
                 history = client.get_metric_history(run.info.run_id, name)
                 assert [m.step for m in history] == [1, 2], name
