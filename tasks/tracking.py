@@ -94,7 +94,7 @@ def variant_run(parent: str | None, task: str, method: str, p: Params, tags: dic
     key = {"task": task, "method": method, "seed": str(p.finetune.seed), **({PARENT: parent} if parent else {})}
     run_id = (_find(c, exp, key) if parent else None) or c.create_run(
         exp, run_name=f"{task}-{method}-s{p.finetune.seed}", tags={**key, "git_commit": _git_commit()}).info.run_id
-    params = {k: str(v) for k, v in p.flat().items() if not k.startswith("experiment.")}
+    params = {"task": task} | {k: str(v) for k, v in p.flat().items() if not k.startswith("experiment.")}
     c.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in tags.items()])
     with _running(run_id):
         yield run_id

