@@ -22,6 +22,7 @@ TINY = {  # seconds per model on 2 cores
     "experiment": {"tasks": ["mrpc"], "seeds": [42], "finetune": ["dense", "gradual"], "prune": ["oneshot"],
                    "models": ["dense", "gradual", "oneshot"], "quantize": ["dynamic"]},
 }
+METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic", "oneshot", "oneshot+dynamic"]  # TINY's
 _flow: dict = {}
 
 

@@ -6,9 +6,6 @@ import pytest
 
 import pipeline_runs as pr
 
-METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic", "oneshot", "oneshot+dynamic"]
-
-
 @pytest.fixture(scope="session")
 def flow(tmp_path_factory):
     yield pr.flow_twice(tmp_path_factory)
@@ -17,7 +14,7 @@ def flow(tmp_path_factory):
 
 def test_first_run_evaluates_every_variant(flow):
     rows = flow["first"].result()
-    assert [r["method"] for r in rows] == METHODS and {r["seed"] for r in rows} == {42}
+    assert [r["method"] for r in rows] == pr.METHODS and {r["seed"] for r in rows} == {42}
     by = {r["method"]: r for r in rows}
     for row in rows:
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["f1"] <= 1 and row["loss"] > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import pipeline_runs as pr
-from test_flow import METHODS
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +35,7 @@ def test_one_run_per_variant_under_the_flow_run(flow):
         first = parents[str(flow["first"].state_details.flow_run_id)]
         second = parents[str(flow["second"].state_details.flow_run_id)]
         runs = children(client, experiment, first.info.run_id)
-        assert sorted(runs) == sorted(METHODS) and first.info.status == "FINISHED"
+        assert sorted(runs) == sorted(pr.METHODS) and first.info.status == "FINISHED"
         assert children(client, experiment, second.info.run_id) == {}  # all cached: nothing ran again
         artifacts = flow["root"] / "mlflow" / "artifacts"
         assert client.get_experiment(experiment).artifact_location == artifacts.as_uri()
