@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup run test
+.PHONY: setup run experiment test
 setup: $(VENV)/.installed
 
 # torch first, pinned: its CPU wheel is on disk here; an unpinned torch would pull a multi-GB CUDA build.
@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/bertcompress finetune --task mrpc
+
+experiment: setup  # the whole compress flow on MRPC: every variant of params.yaml's experiment section
+	$(BIN)/python -m flows.compress --task mrpc
 
 test: setup
 	$(BIN)/python -m pytest -q
