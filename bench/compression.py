@@ -7,8 +7,9 @@ others from them (quantized, one-shot, structured, pruned + int8), evaluates eac
 full validation split, measures sizes (a)/(b)/(c) with sizes.measure and CPU latency at batch 1 and 8, length
 128 (latency.measure: warm-up, median of --runs; one pass as each variant is built, then the best of --rounds
 passes, because the CPU is shared and a pass can be slowed by other work). Every variant lives in
-outputs/bench/<task>/<name>/, so a rerun skips what is built and an interrupted fine-tune resumes. The table goes
-to bench/RESULTS-compression.md after every row.
+outputs/bench/<task>/<name>/, so a rerun skips what is built and an interrupted fine-tune resumes; rows.json
+keeps each variant's accuracy and sizes, so a rerun with --only times those variants again and the table keeps
+every row. The table goes to bench/RESULTS-compression.md after every row.
 """
 from __future__ import annotations
 
@@ -100,23 +101,29 @@ def timed(rows: dict, models: dict, args) -> None:
     """One latency pass over these models; each row keeps its best median (the CPU is shared)."""
     for label, m in models.items():
         t = latency.measure(m, runs=args.runs, threads=args.threads)
-        r = rows.setdefault(label, {**rows[label.split(", torch.compile")[0]], "variant": label})
+        r = rows[label]
         for k in ("batch1_ms", "batch8_ms"):
-            r[k] = min(r.get(k, float("inf")), t[k])
+            r[k] = min(r.get(k) or float("inf"), t[k])
+        r["passes"] = r.get("passes", 0) + 1
         print(f"latency {label}: {t}", flush=True)
 
 
-def write(rows: dict, task: str, args, passes: int = 1) -> None:
+def order(label: str) -> float:
+    """Table order: the order of VARIANTS, each compiled row after its model."""
+    return list(VARIANTS).index(label.split(", torch.compile")[0]) + 0.5 * label.endswith("torch.compile")
+
+
+def write(rows: dict, task: str, args) -> None:
     dense = rows.get("dense", {})
     lines = [f"# Compression benchmark: {task}, all-MiniLM-L6-v2, seed protocol (params.yaml)", "",
              f"Measured on this CPU ({os.cpu_count()} cores, shared), torch {torch.__version__}, "
-             f"{args.threads} threads, length 128, median of {args.runs} runs after 3 warm-up, best of "
-             f"{passes} pass(es) over the variants. Sizes in MB (10^6 bytes): (a) torch.save(state_dict), (b) compact "
-             "(non-zero values + bitmask, int8/fp16 at their size), (c) zstd -9 of (a). Sparsity: zeros in the pruned "
-             "scope.",
+             f"{args.threads} thread(s), length 128, median of {args.runs} runs after 3 warm-up, the best of the "
+             "passes made (one as each variant is built, then passes over all). Sizes in MB (10^6 bytes): "
+             "(a) torch.save(state_dict), (b) compact (non-zero values + bitmask, int8/fp16 at their size), "
+             "(c) zstd -9 of (a). Sparsity: zeros in the pruned scope.",
              "", "| variant | acc | F1 | Δacc | (a) MB | (b) MB | (c) MB | params | non-zero | sparsity "
              "| b1 ms | b8 ms | b8 speed-up |", "|" + "---|" * 13]
-    for r in rows.values():
+    for r in sorted(rows.values(), key=lambda r: order(r["variant"])):
         fmt = lambda k, f="{:.1f}": f.format(r[k]) if r.get(k) is not None else "–"  # noqa: E731
         fast = r.get("batch8_ms") and dense.get("batch8_ms")
         gain = f"{dense['batch8_ms'] / r['batch8_ms']:.1f}×" if fast else "–"
@@ -127,6 +134,12 @@ def write(rows: dict, task: str, args, passes: int = 1) -> None:
                      f"{100 * r['sparsity']:.1f} % | {fmt('batch1_ms')} | {fmt('batch8_ms')} | {gain} |")
     RESULTS.write_text("\n".join(lines) + "\n")
     (Path(args.out) / task / "rows.json").write_text(json.dumps(list(rows.values()), indent=1))
+
+
+def saved_rows(root: Path) -> dict:
+    """Rows of earlier runs: accuracy and sizes stand; latency is measured again for the variants run now."""
+    path = root / "rows.json"
+    return {r["variant"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
 
 
 def main(argv=None) -> int:
@@ -148,21 +161,24 @@ def main(argv=None) -> int:
     data, root = prepared(args.task, params), Path(args.out) / args.task
     root.mkdir(parents=True, exist_ok=True)
     torch._inductor.config.freezing = True  # torch.compile constant-folds the int8 weights into its kernels
-    rows, models = {}, {}
+    rows, models = saved_rows(root), {}
     for name in names:  # build, evaluate and time each variant as it comes: a cut-short run still has rows
         t0 = time.perf_counter()
         out = build(name, root, params, args.task, data)
         new = {name: quantize.load_variant(str(out), get_task(args.task).num_labels)}
         if args.compile and "PT2E" in name:  # compiled once per input shape, in the first pass's warm-up
             new[f"{name}, torch.compile"] = torch.compile(new[name])
-        rows[name] = row(name, new[name], out, args.task, data)
+        if name not in rows:
+            rows[name] = row(name, new[name], out, args.task, data)
+        for label in new:
+            rows[label] = {**rows[name], "variant": label, "batch1_ms": None, "batch8_ms": None, "passes": 0}
         print(f"built {name} in {time.perf_counter() - t0:.0f} s: {rows[name]}", flush=True)
         timed(rows, new, args)
         models.update(new)
         write(rows, args.task, args)
-    for passes in range(2, args.rounds + 1):  # more passes over all variants, interleaved, at the end
+    for _ in range(args.rounds - 1):  # more passes over all variants of this run, interleaved, at the end
         timed(rows, models, args)
-        write(rows, args.task, args, passes)
+        write(rows, args.task, args)
     print(RESULTS.read_text())
     return 0
 
