@@ -49,6 +49,8 @@ VARIANTS = {
     "static int8 (PT2E)": ("quantize", "dense", {"quantize": {"mode": "static"}}),
     "one-shot 50 % (encoder)": ("oneshot", "dense", {"prune": {"method": "oneshot", "final_sparsity": 0.5}}),
     "one-shot 90 % (encoder)": ("oneshot", "dense", {"prune": {"method": "oneshot", "final_sparsity": 0.9}}),
+    "one-shot 90 % + int8 incl. embeddings": (
+        "quantize", "one-shot 90 % (encoder)", {"quantize": {"mode": "dynamic_emb"}}),
     "gradual 50 % (encoder)": ("finetune", None, gradual(0.5)),
     "gradual 90 % (encoder)": ("finetune", None, gradual(0.9)),
     "gradual 90 % + int8 incl. embeddings": (
