@@ -8,8 +8,8 @@ full validation split, measures sizes (a)/(b)/(c) with sizes.measure and CPU lat
 128 (latency.measure: warm-up, median of --runs; one pass as each variant is built, then the best of --rounds
 passes, because the CPU is shared and a pass can be slowed by other work). Every variant lives in
 outputs/bench/<task>/<name>/, so a rerun skips what is built and an interrupted fine-tune resumes; rows.json
-keeps each variant's accuracy and sizes, so a rerun with --only times those variants again and the table keeps
-every row. The table goes to bench/RESULTS-compression.md after every row.
+keeps each variant's accuracy and sizes, so a rerun with --only keeps every row in the table and times only
+the variants it names. The table goes to bench/RESULTS-compression.md after every row.
 """
 from __future__ import annotations
 
@@ -139,9 +139,11 @@ def write(rows: dict, task: str, args) -> None:
 
 
 def saved_rows(root: Path) -> dict:
-    """Rows of earlier runs: accuracy and sizes stand; latency is measured again for the variants run now."""
+    """Rows of earlier runs without their latency: accuracy and sizes stand, but timings (and speed-ups) are
+    comparable only within one run on a shared CPU, so the table shows those of the variants timed now."""
     path = root / "rows.json"
-    return {r["variant"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    return {r["variant"]: {**r, "batch1_ms": None, "batch8_ms": None, "passes": 0} for r in rows}
 
 
 def main(argv=None) -> int:
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
         if name not in rows:
             rows[name] = row(name, new[name], out, args.task, data)
         for label in new:
-            rows[label] = {**rows[name], "variant": label, "batch1_ms": None, "batch8_ms": None, "passes": 0}
+            rows[label] = {**rows[name], "variant": label}
         print(f"built {name} in {time.perf_counter() - t0:.0f} s: {rows[name]}", flush=True)
         timed(rows, new, args)
         models.update(new)
