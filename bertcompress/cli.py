@@ -5,6 +5,7 @@
     bertcompress finetune --task cola -S model.name=bert-base-uncased -S finetune.lr=3e-5
     bertcompress prune --task mrpc --model-dir outputs/mrpc/finetune-s42 -S prune.method=oneshot
     bertcompress quantize --task mrpc --model-dir outputs/mrpc/finetune-s42 -S quantize.mode=dynamic
+    torchrun --nproc_per_node 2 -m bertcompress.cli finetune --task mrpc   # DDP over 2 GPUs (or CPU processes)
 
 Bad input prints one line `error: ...` and exits with status 2 before any heavy work.
 """
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import glue
+from . import distributed, glue
 from . import params as P
 
 
@@ -72,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         p = P.load(params_path, args.overrides)
         return run(args, p)
     except P.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if distributed.is_main():  # every rank makes the same checks: one line, not one per process
+            print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()
 
 
 def run(args, p: P.Params) -> int:
@@ -94,10 +98,13 @@ def run(args, p: P.Params) -> int:
             write_json(Path(args.out), result)
         print(json.dumps(result, indent=2))
         return 0
+    if args.command == "finetune":
+        distributed.setup(p.finetune.batch_size)  # under torchrun: check the world, join it, before any work
     preflight(task, p)
     if args.command in ("prune", "quantize"):
         return compress(args, p)
-    paths = prepared(task, p)
+    with distributed.main_first():  # one process downloads and tokenizes, the others read its cache
+        paths = prepared(task, p)
     if args.command == "tokenize":
         print(json.dumps(paths, indent=2))
         return 0
@@ -105,7 +112,8 @@ def run(args, p: P.Params) -> int:
 
     out = args.out or f"outputs/{task}/finetune-s{p.finetune.seed}"
     result = finetune(p, task, paths["train"], paths["validation"], out)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    if distributed.is_main():
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0
 
 

@@ -8,6 +8,8 @@ training forward passes), validation loss, accuracy and task metric, and a check
 safetensors, optimizer, scheduler, RNG), written to a temp folder then renamed. The run works in
 `<out>.partial/`; rerunning an interrupted run resumes from its last complete checkpoint and ends with the
 same metrics. The finished folder `<out>/` (save_pretrained + tokenizer + metrics.json) appears atomically.
+Under torchrun each rank trains on its slice of every global batch (DDP, bertcompress/distributed.py); rank 0
+evaluates, checkpoints and writes the folder.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import metrics, prune
+from . import distributed, metrics, prune
 from .evaluate import predict
 from .fast import GraphedTrainStep
 from .glue import get_task
@@ -119,7 +121,8 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
              on_epoch_end: Callable[[int, dict], None] | None = None, device: str | None = None) -> dict:
     """Train, evaluate every epoch, save the model to out_dir; return the metrics written to metrics.json."""
     f, spec = params.finetune, get_task(task)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.setup(f.batch_size, device) or ("cuda" if torch.cuda.is_available() else "cpu")
+    main = distributed.is_main()
     if f.threads:
         torch.set_num_threads(f.threads)
     train, val = Encoded.load(train_path).to(device), Encoded.load(val_path).to(device)
@@ -128,7 +131,8 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     pruner = prune.make_pruner(params.prune, total_steps)  # None unless prune.method=gradual
     bf16 = f.precision == "bf16"
     # Pruning masks change between steps and broke capture on an H100 (bench/RESULTS.md): those runs stay eager.
-    graphs = f.cuda_graphs and device.startswith("cuda") and not bf16
+    # DDP's gradient all-reduce is not captured: multi-process runs are eager too.
+    graphs = f.cuda_graphs and device.startswith("cuda") and not bf16 and distributed.world_size() == 1
     pad = max(f.pad_to_multiple, 32) if graphs else f.pad_to_multiple  # each width is one graph capture
     seed_everything(f.seed)
     model = load_model(params.model.name, spec.num_labels).to(device)
@@ -140,6 +144,8 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     out, work = Path(out_dir), Path(str(out_dir) + ".partial")
     start_epoch, history = _load_checkpoint(work, model, optimizer, scheduler)
     graphed_step = GraphedTrainStep(model, optimizer) if graphs else None
+    trained = distributed.wrap(model, device)  # the model itself in one process
+    world = distributed.world_size()
     step = start_epoch * steps_per_epoch
     t0, seen, epoch_seconds = time.perf_counter(), 0, []
     model.train()
@@ -147,41 +153,48 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
         loss_sum = correct = count = 0
         t_epoch = time.perf_counter()
         batches = epoch_batches(len(train), f.batch_size, f.seed, epoch, train.lengths, f.group_by_length)
-        bar = tqdm(batches[:total_steps - step], desc=f"{task} epoch {epoch + 1}", leave=False, disable=None)
+        bar = tqdm(batches[:total_steps - step], desc=f"{task} epoch {epoch + 1}", leave=False,
+                   disable=None if main else True)
         for idx in bar:
-            batch = train.batch(idx, pad)
+            local, real = distributed.shard(idx)  # (idx, len(idx)) in one process
+            batch = train.batch(local, pad)
             labels = batch.pop("labels")
             if graphed_step:
                 loss, logits = graphed_step(batch, labels)
             else:
                 with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(**batch).logits
+                    logits = trained(**batch).logits
                 loss = F.cross_entropy(logits.float(), labels)
-                loss.backward()
+                (loss * (real * world / len(idx))).backward()  # x 1.0 in one process; see distributed.shard
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
             if pruner:
                 pruner.after_step(model, step)
-            loss_sum += loss.detach() * len(idx)  # stays on the device: no per-step synchronisation
-            correct += (logits.detach().argmax(-1) == labels).sum()
-            count += len(idx)
+            loss_sum += loss.detach() * real  # stays on the device: no per-step synchronisation
+            correct += (logits.detach().argmax(-1) == labels)[:real].sum()
+            count += real
             if step % f.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+        # float() waits for the device, so the epoch's time is complete; under DDP, sums over all ranks
+        loss_sum, correct, count = distributed.total(loss_sum, correct, count)
         seen += count
-        loss_sum = float(loss_sum)  # waits for the device, so the epoch's time is complete
         epoch_seconds.append(time.perf_counter() - t_epoch)
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            val_loss, val_preds = predict(model, val, f.eval_batch_size, device)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / count,
-               "train_accuracy": float(correct) / count, "val_loss": val_loss,
-               **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, val_preds).items()}}
-        history.append(row)
-        _save_checkpoint(work, epoch + 1, model, optimizer, scheduler, history)
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-        if on_epoch_end:
-            on_epoch_end(epoch + 1, row)
+        row = None
+        if main:
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                val_loss, val_preds = predict(model, val, f.eval_batch_size, device)
+            row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / count,
+                   "train_accuracy": correct / count, "val_loss": val_loss,
+                   **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, val_preds).items()}}
+        history.append(row := distributed.from_main(row))
+        if main:
+            _save_checkpoint(work, epoch + 1, model, optimizer, scheduler, history)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  flush=True)
+            if on_epoch_end:
+                on_epoch_end(epoch + 1, row)
     train_seconds = time.perf_counter() - t0
 
     if pruner:
@@ -191,10 +204,11 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
               "train_samples_per_second": seen / train_seconds if train_seconds else 0.0,
               "epoch_seconds": epoch_seconds,
               "history": history, **({"sparsity": pruner.report(model)} if pruner else {})}
-    _save_final(model, params, work, result)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+    if main:
+        _save_final(model, params, work, result)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
     return result
 
 

@@ -29,7 +29,8 @@ PACKAGE = Path(P.__file__).parent
 READS = {  # step: (params sections, core modules) it depends on; dvc.yaml declares the same per stage
     "download": (["data"], ["glue.py", "hub.py"]),
     "tokenize": (["data", "model", "tokenize"], ["tokenize.py", "model.py"]),
-    "finetune": (["model", "finetune", "prune"], ["finetune.py", "fast.py", "prune.py", "evaluate.py", "metrics.py"]),
+    "finetune": (["model", "finetune", "prune"],
+                 ["finetune.py", "fast.py", "distributed.py", "prune.py", "evaluate.py", "metrics.py"]),
     "prune": (["finetune", "prune"], ["prune.py", "quantize.py", "sizes.py"]),
     "quantize": (["finetune", "quantize"], ["quantize.py", "sizes.py"]),
     "evaluate": (["finetune", "evaluate"], ["evaluate.py", "metrics.py", "sizes.py", "latency.py", "quantize.py"]),
