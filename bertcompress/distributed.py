@@ -62,7 +62,9 @@ def setup(batch_size: int, device: str | None = None) -> str | None:
 
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            dist.init_process_group("nccl", device_id=torch.device(device))  # bound to this rank's GPU
+        else:
+            dist.init_process_group("gloo")
     return device
 
 
