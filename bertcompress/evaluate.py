@@ -33,21 +33,30 @@ def predict(model, data: Encoded, batch_size: int = 128, device: str = "cpu") ->
     return loss_sum / len(data), preds
 
 
-def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, device: str = "cpu") -> dict:
+def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, device: str = "cpu",
+                   keep_predictions: bool = False) -> dict:
+    """Loss, accuracy, the task metric, parameter counts, state_dict size; with keep_predictions also the
+    per-example 'predictions' and 'labels' (lists, in split order: what the report's paired bootstrap needs)."""
     loss, preds = predict(model, data, batch_size, device)
     params, nonzero = sizes.parameter_counts(model)
-    return {"loss": loss, **metrics.compute(task, data.labels, preds), "parameters": params,
-            "nonzero_parameters": nonzero, "size_mb": sizes.state_dict_bytes(model) / 1e6}
+    out = {"loss": loss, **metrics.compute(task, data.labels, preds), "parameters": params,
+           "nonzero_parameters": nonzero, "size_mb": sizes.state_dict_bytes(model) / 1e6}
+    if keep_predictions:
+        out |= {"predictions": preds.tolist(), "labels": np.asarray(data.labels).tolist()}
+    return out
 
 
-def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 128, latency_runs: int = 0) -> dict:
+def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 128, latency_runs: int = 0,
+             keep_predictions: bool = False) -> dict:
     """Load a saved model, any variant (fine-tuned, pruned, quantized), and evaluate it on one tokenized split:
     the metrics, sizes three ways and, with latency_runs, CPU latency (ms) at batch 1 and 8."""
     from .glue import get_task
     from .quantize import load_variant
 
     model = load_variant(model_dir, get_task(task).num_labels)
-    result = {**evaluate_model(model, Encoded.load(tokenized_path), task, batch_size), **sizes.measure(model)}
+    data = Encoded.load(tokenized_path)
+    result = {**evaluate_model(model, data, task, batch_size, keep_predictions=keep_predictions),
+              **sizes.measure(model)}
     if latency_runs:
         from .latency import measure
 

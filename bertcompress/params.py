@@ -60,7 +60,7 @@ class Prune:
     scope: str = "encoder"  # classifier | encoder | all_linear
     ranking: str = "layer"  # layer | global
     initial_sparsity: float = 0.0
-    final_sparsity: float = 0.9
+    final_sparsity: float = 0.5
     begin_step: int = 0
     end_step: int | None = None  # None = 2/3 of the run's total steps
     frequency: int = 10
@@ -91,6 +91,8 @@ class Experiment:
     prune: list[str] = field(default_factory=lambda: ["oneshot"])  # applied to the fine-tuned dense model
     models: list[str] = field(default_factory=lambda: ["dense", "gradual", "oneshot"])  # = finetune + prune
     quantize: list[str] = field(default_factory=lambda: ["dynamic_emb"])  # modes applied to every model
+    lr_candidates: list[float] = field(default_factory=list)  # the flow's lr sweep (dense, first seed); [] = none
+    bootstrap_samples: int = 2000  # resamples of the report's paired bootstrap CIs
 
 
 @dataclass
@@ -215,3 +217,9 @@ def validate(p: Params) -> None:
                         f"{e.finetune + e.prune}, got {e.models}; dvc.yaml quantizes and evaluates each of them")
     if not e.tasks or not e.seeds:
         raise UserError("experiment.tasks and experiment.seeds must each list at least one value")
+    if len(set(e.seeds)) != len(e.seeds):
+        raise UserError(f"experiment.seeds repeats a seed: {e.seeds}; list each seed once")
+    if any(lr <= 0 for lr in e.lr_candidates):
+        raise UserError(f"experiment.lr_candidates must all be > 0, got {e.lr_candidates}; e.g. [2e-5, 3e-5, 5e-5]")
+    if e.bootstrap_samples < 100:
+        raise UserError(f"experiment.bootstrap_samples must be >= 100, got {e.bootstrap_samples}; 2000 is usual")

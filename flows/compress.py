@@ -1,12 +1,14 @@
-"""The experiment, top to bottom: GLUE → tokens → {dense, gradual-pruning} fine-tunes per seed → one-shot pruning
-→ quantized variants of each model → evaluate all → a summary table (returned and printed).
+"""The experiment, top to bottom: GLUE → tokens → the lr sweep (dense model, first seed, each candidate lr; the
+best is used by every variant) → {dense, gradual-pruning} fine-tunes per seed → one-shot pruning → quantized
+variants of each model → evaluate all → a summary table → the report, built from MLflow (tasks/report.py).
 
     python -m flows.compress --task mrpc                      # the main job (params.yaml, experiment section)
     python -m flows.compress --task cola -S finetune.lr=3e-5 -S 'experiment.seeds=[1,2,3]'
 
 Every step is a cached Prefect task (tasks/steps.py): a second run with the same params is all cache hits and
 takes seconds. Each (task, method, seed) is one MLflow run under one parent run per flow run. Outputs go to
-outputs/<task>/flow-<params digest>/ so that results cached for other params are never overwritten.
+outputs/<task>/flow-<params digest>/ so that results cached for other params are never overwritten; the report
+to results/report/<task>/ and to the parent run's artifacts.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ from prefect.runtime import flow_run
 
 from bertcompress import params as P
 from bertcompress.cli import preflight
+from bertcompress.metrics import headline
 from tasks import tracking
-from tasks.steps import configure, download, evaluate, finetune, prune, quantize, tokenize
+from tasks.report import best_lr
+from tasks.steps import configure, download, evaluate, finetune, prune, quantize, report, tokenize
 
 
 def load(task: str, params_file: str, overrides: list[str]) -> P.Params:
@@ -46,16 +50,34 @@ def summary(rows: list[dict]) -> str:
     return table[[c for c in columns if c in table]].to_string(float_format=lambda v: f"{v:.4g}")
 
 
+def outputs(task: str, params: dict) -> Path:
+    digest = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "experiment"},
+                                       sort_keys=True).encode()).hexdigest()[:10]
+    return Path("outputs") / task / f"flow-{digest}"
+
+
+def with_lr(params: dict, lr: float) -> dict:
+    return {**params, "finetune": {**params["finetune"], "lr": lr}}
+
+
 @flow(name="compress", log_prints=True)
 def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
     p = load(task, params_file, overrides or [])
     params, e = p.to_dict(), p.experiment
-    digest = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "experiment"},
-                                       sort_keys=True).encode()).hexdigest()[:10]
-    run_dir = Path("outputs") / task / f"flow-{digest}"
     with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id)) as parent:
         data_dir = download(task, params, f"data/glue/{task}")
         data = tokenize(task, params, data_dir, "data/tokenized")
+        if e.lr_candidates:  # the seed's sweep; the winner's dense run is reused (cached) by the grid below
+            scores, seed = {}, e.seeds[0]
+            for lr in e.lr_candidates:
+                q = with_lr(params, lr)
+                path = finetune(task, "dense", seed, q, data["train"], data["validation"],
+                                f"{outputs(task, q)}/dense-s{seed}", parent)
+                scores[lr] = headline(task, evaluate(task, "dense", "none", seed, q, path, data["validation"], parent))
+            params = with_lr(params, best_lr(scores))
+            print(f"lr sweep ({task}, dense, seed {seed}): {scores}; chosen {params['finetune']['lr']:g}")
+            tracking.log_params(parent, {"lr_selected": params["finetune"]["lr"]})
+        run_dir = outputs(task, params)
         rows = []
         for seed in e.seeds:
             models = {m: finetune(task, m, seed, params, data["train"], data["validation"],
@@ -71,6 +93,7 @@ def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file
         table = summary(rows)
         print(f"{task} ({run_dir}):\n{table}")
         tracking.log_text(parent, table, "summary.txt")
+        print(f"report: {report(task, params, parent)}")
     return rows
 
 

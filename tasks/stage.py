@@ -79,7 +79,7 @@ def run(step: str, task: str, model: str, seed: int, p: P.Params, parent: str) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.stage", description=__doc__.split("\n")[0])
-    parser.add_argument("step", choices=list(steps.READS))
+    parser.add_argument("step", choices=[*steps.READS, "report"])
     parser.add_argument("--task", required=True)
     parser.add_argument("--model", default="dense", help="dense | gradual | oneshot | structured")
     parser.add_argument("--seed", type=int, default=42)
@@ -96,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             name = os.environ.get("DVC_EXP_NAME") or "dvc repro"
             with tracking.parent_run("dvc", name, key=dvc_invocation()) as parent:
-                run(args.step, args.task, args.model, args.seed, p, parent)
+                if args.step == "report":  # the pipeline's lr is finetune.lr: dvc runs no sweep
+                    from .report import build
+
+                    build(args.task, p, parent=parent, sweep=False)
+                else:
+                    run(args.step, args.task, args.model, args.seed, p, parent)
     except P.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ READS = {  # step: (params sections, core modules) it depends on; dvc.yaml decla
     "quantize": (["finetune", "quantize"], ["quantize.py", "sizes.py"]),
     "evaluate": (["finetune", "evaluate"], ["evaluate.py", "metrics.py", "sizes.py", "latency.py", "quantize.py"]),
 }
+PREDICTIONS = "evaluate/predictions.json"  # per-example labels and predictions: the report's paired bootstrap
 FILES = ("data_dir", "train", "validation", "model_dir")  # arguments naming inputs: keyed by their content
 NOT_KEYED = ("params", "out", "cache_dir", "parent")  # params enter by section; where outputs go is no input
 
@@ -168,8 +169,18 @@ def evaluate(task: str, model: str, mode: str, seed: int, params: dict, model_di
 
     p = configure(params, model, seed, mode)
     with tracking.variant_run(parent, task, method(model, mode), p, _data_tags(validation=validation)) as run:
-        result = run_evaluate(model_dir, task, validation, p.finetune.eval_batch_size, p.evaluate.latency_runs)
+        result = run_evaluate(model_dir, task, validation, p.finetune.eval_batch_size, p.evaluate.latency_runs,
+                              keep_predictions=True)
+        tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, PREDICTIONS)
         tracking.log_result(run, "evaluate", result)
         if method(model, mode) != "dense":
             tracking.log_folder(run, model_dir, "model")
     return {"task": task, "method": method(model, mode), "seed": seed, **result}
+
+
+@task(name="report", task_run_name="report-{task}")  # never cached: it reads the MLflow store as it is now
+def report(task: str, params: dict, parent: str | None = None) -> str:
+    """results/report/<task>/report.md and figures, built from the MLflow runs; logged to the parent run."""
+    from . import report as core
+
+    return str(core.build(task, P.from_dict(params), parent=parent))

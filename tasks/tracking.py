@@ -10,6 +10,8 @@ and closes it FINISHED; a step that raises (or is interrupted) closes it FAILED.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import subprocess
 import time
@@ -85,13 +87,21 @@ def parent_run(driver: str, name: str, key: str) -> Iterator[str]:
         yield run_id
 
 
+def variant_digest(task: str, p: Params) -> str:
+    """Names one variant's exact configuration (task + every params section but experiment, seed included): the
+    tag the report finds a variant's runs by, whichever driver (flow, cached flow, dvc) logged them."""
+    config = {"task": task, **{k: v for k, v in p.to_dict().items() if k != "experiment"}}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @contextmanager
 def variant_run(parent: str | None, task: str, method: str, p: Params, tags: dict) -> Iterator[str]:
-    """The (task, method, seed) run: the variant's first step creates it, its later steps add to it."""
+    """The (task, method, seed, config) run: the variant's first step creates it, its later steps add to it."""
     from mlflow.entities import Param, RunTag
 
     c, exp = client()
-    key = {"task": task, "method": method, "seed": str(p.finetune.seed), **({PARENT: parent} if parent else {})}
+    key = {"task": task, "method": method, "seed": str(p.finetune.seed), "variant": variant_digest(task, p),
+           **({PARENT: parent} if parent else {})}
     run_id = (_find(c, exp, key) if parent else None) or c.create_run(
         exp, run_name=f"{task}-{method}-s{p.finetune.seed}", tags={**key, "git_commit": _git_commit()}).info.run_id
     params = {"task": task} | {k: str(v) for k, v in p.flat().items() if not k.startswith("experiment.")}
@@ -129,6 +139,15 @@ def log_result(run_id: str, step: str, result: dict) -> None:
     """A step's result as <step>/metrics.json, its numbers as metrics (val_* came per epoch, with their step)."""
     client()[0].log_dict(run_id, result, f"{step}/metrics.json")
     log_metrics(run_id, {k: v for k, v in result.items() if not k.startswith("val_")})
+
+
+def log_params(run_id: str, params: dict) -> None:
+    for k, v in params.items():
+        client()[0].log_param(run_id, k, str(v))
+
+
+def log_dict(run_id: str, data: dict, name: str) -> None:
+    client()[0].log_dict(run_id, data, name)
 
 
 def log_text(run_id: str, text: str, name: str) -> None:

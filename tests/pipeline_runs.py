@@ -20,7 +20,8 @@ TINY = {  # seconds per model on 2 cores
     "quantize": {"calibration_size": 16},
     "evaluate": {"latency_runs": 1},
     "experiment": {"tasks": ["mrpc"], "seeds": [42], "finetune": ["dense", "gradual"], "prune": ["oneshot"],
-                   "models": ["dense", "gradual", "oneshot"], "quantize": ["dynamic"]},
+                   "models": ["dense", "gradual", "oneshot"], "quantize": ["dynamic"],
+                   "lr_candidates": []},
 }
 METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic", "oneshot", "oneshot+dynamic"]  # TINY's
 _flow: dict = {}

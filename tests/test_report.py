@@ -1,0 +1,124 @@
+"""The report on a real tiny grid (MRPC slice; dense + gradual + int8; 2 seeds; an lr sweep of 2 candidates), run
+through the Prefect flow: its tables equal what mlflow.search_runs returns, the sweep's choice is recorded and
+reused, the figures exist and are logged to the parent run, and a variant missing from MLflow is a clear error."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pipeline_runs as pr
+
+EXPERIMENT = {"seeds": [42, 43], "finetune": ["dense", "gradual"], "prune": [], "models": ["dense", "gradual"],
+              "quantize": ["dynamic"], "lr_candidates": [2e-5, 5e-5], "bootstrap_samples": 200}
+METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic"]
+
+
+@pytest.fixture(scope="session")
+def grid(tmp_path_factory):
+    from flows.compress import compress
+
+    root = tmp_path_factory.mktemp("report")
+    (root / "mlflow").mkdir()
+    params = pr.write_params(root / "params.yaml", experiment=EXPERIMENT)
+    with pr.isolated(root):
+        state = compress("mrpc", params_file=str(params), return_state=True)
+    yield {"root": root, "params": params, "state": state, "report": root / "results" / "report" / "mrpc"}
+    pr.stop_ephemeral_server()
+
+
+def runs_of(grid) -> tuple[pd.DataFrame, pd.Series]:
+    """mlflow.search_runs of the flow run: (its variant runs as a DataFrame, its parent run)."""
+    import mlflow
+
+    from tasks import tracking
+
+    _, experiment = tracking.client()
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    parent = mlflow.search_runs([experiment], f"tags.invocation = '{grid['state'].state_details.flow_run_id}'").iloc[0]
+    children = mlflow.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent['run_id']}'")
+    return children, parent
+
+
+def test_lr_sweep_choice_is_recorded_and_used_by_every_variant(grid):
+    with pr.isolated(grid["root"]):
+        runs, parent = runs_of(grid)
+    sweep = runs[(runs["tags.method"] == "dense") & (runs["tags.seed"] == "42")]
+    scores = dict(zip(sweep["params.finetune.lr"].astype(float), sweep["metrics.f1"]))
+    assert sorted(scores) == [2e-5, 5e-5]
+    chosen = max(scores, key=scores.get)
+    assert float(parent["params.lr_selected"]) == chosen
+    others = runs[~((runs["tags.method"] == "dense") & (runs["tags.seed"] == "42"))]
+    assert set(others["params.finetune.lr"].astype(float)) == {chosen} and len(others) == 4 * 2 - 1
+    table = json.loads((grid["report"] / "tables.json").read_text())["lr_sweep"]
+    assert [(r["lr"], r["dense f1"], r["chosen"]) for r in table] == [
+        (lr, scores[lr], "yes" if lr == chosen else "") for lr in (2e-5, 5e-5)]
+
+
+def test_summary_equals_mlflow_search_runs(grid):
+    with pr.isolated(grid["root"]):
+        runs, parent = runs_of(grid)
+    runs = runs[runs["params.finetune.lr"].astype(float) == float(parent["params.lr_selected"])]
+    summary = pd.read_csv(grid["report"] / "summary.csv", index_col="method")
+    assert list(summary.index) == METHODS and (summary["seeds"] == 2).all()
+    for method, group in runs.groupby("tags.method"):
+        assert sorted(group["tags.seed"]) == ["42", "43"]
+        for col, metric in [("f1 mean", "f1"), ("accuracy mean", "accuracy"), ("compact_mb", "compact_mb"),
+                            ("compressed_mb", "compressed_mb"), ("state_dict_mb", "state_dict_mb"),
+                            ("latency b8 ms", "latency_batch8_ms")]:
+            assert summary.loc[method, col] == pytest.approx(group[f"metrics.{metric}"].mean(), rel=1e-12), col
+        assert summary.loc[method, "f1 std"] == pytest.approx(group["metrics.f1"].std(ddof=1), rel=1e-9, abs=1e-12)
+        sparsity = 1 - group["metrics.nonzero_parameters"] / group["metrics.parameters"]
+        assert summary.loc[method, "sparsity"] == pytest.approx(sparsity.mean(), rel=1e-12)
+    assert summary.loc["gradual", "sparsity"] > 0.2 and summary.loc["dense", "sparsity"] < 0.01
+    for method in METHODS[1:]:  # Δ and its interval: the variant's f1 minus dense's, seed by seed
+        d = runs[runs["tags.method"] == "dense"].set_index("tags.seed")["metrics.f1"]
+        v = runs[runs["tags.method"] == method].set_index("tags.seed")["metrics.f1"]
+        assert summary.loc[method, "Δ vs dense"] == pytest.approx((v - d).mean(), abs=1e-12)
+        row = summary.loc[method]
+        assert row["CI low"] <= row["Δ vs dense"] <= row["CI high"]
+        assert row["verdict"] == ("within noise" if row["CI low"] <= 0 <= row["CI high"] else
+                                  "better" if row["CI low"] > 0 else "worse")
+
+
+def test_tables_figures_and_parent_artifacts(grid):
+    from tasks import tracking
+
+    text = (grid["report"] / "report.md").read_text()
+    for heading in ("## Summary: every variant", "## Table 1/2: per epoch, gradual vs dense",
+                    "## Table 3: without and with quantization", "## Learning rate"):
+        assert heading in text
+    assert "within noise" in text or "better than dense" in text or "worse than dense" in text
+    tables = json.loads((grid["report"] / "tables.json").read_text())
+    assert [r["model"] for r in tables["quantization"]] == ["dense", "gradual"]
+    assert {"fp32 acc", "fp32 f1", "fp32 MB", "dynamic acc", "dynamic f1", "dynamic MB"} <= set(tables["quantization"][0])
+    epoch_table = [line for line in text.split("## Table 1/2")[1].split("##")[0].splitlines() if line.startswith("| ")]
+    assert len(epoch_table) == 1 + 2 and epoch_table[0].count("|") == 1 + 1 + 12  # header + 2 epochs; 12 columns
+    figures = sorted(p.name for p in (grid["report"] / "figures").iterdir())
+    assert figures == ["mrpc-epochs.png", "mrpc-metric-vs-sparsity.png", "mrpc-pareto.png"]
+    for f in figures:
+        assert (grid["report"] / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pr.isolated(grid["root"]):
+        runs, parent = runs_of(grid)
+        client, _ = tracking.client()
+        logged = {a.path for a in client.list_artifacts(parent["run_id"], "report")}
+        assert {"report/report.md", "report/summary.csv", "report/figures"} <= logged
+    assert not list(grid["report"].parent.glob(".mrpc*"))  # no temp folder left behind
+
+
+def test_cli_rebuilds_the_same_summary_and_names_a_missing_variant(grid, capsys):
+    from tasks.report import main
+
+    before = pd.read_csv(grid["report"] / "summary.csv")
+    with pr.isolated(grid["root"]):
+        assert main(["--task", "mrpc", "--params", str(grid["params"])]) == 0
+        after = pd.read_csv(grid["report"] / "summary.csv")
+        pd.testing.assert_frame_equal(before, after)
+        capsys.readouterr()
+        assert main(["--task", "mrpc", "--params", str(grid["params"]), "-S", "experiment.seeds=[42,99]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no finished, evaluated MLflow run of mrpc dense seed 99") and "flows.compress" in err
+    assert len(err.splitlines()) == 1
+    assert np.isclose(after.set_index("method").loc["dense", "seeds"], 2)
