@@ -1,6 +1,7 @@
 """The default experiment grid on one GPU, several runs at once: grid throughput, not single-run speed.
 
     python bench/grid.py --model .carry/minilm --glue-dir .carry/glue --workers 6 --json grid.json
+    python bench/grid.py ... --tasks mrpc --variant g80=prune.method=gradual,prune.final_sparsity=0.8 --lr 2e-5 5e-5
 
 tasks (mrpc, sst2, cola) × {dense, gradual pruning} × seeds (42, 43, 44), seed protocol, then every model's
 quantized variants evaluated (fp16 and bf16 on the GPU, dynamic int8 on the CPU). One small run leaves an H100
@@ -20,15 +21,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-TASKS, METHODS, SEEDS = ("sst2", "cola", "mrpc"), ("dense", "gradual"), (42, 43, 44)
+TASKS, SEEDS = ("sst2", "cola", "mrpc"), (42, 43, 44)
 
 
-def overrides(args, method: str, seed: int) -> list[str]:
-    extra = ["prune.method=gradual"] if method == "gradual" else []
-    return [f"model.name={args.model}", f"data.source={args.glue_dir}", f"finetune.seed={seed}", *extra, *args.set]
+def overrides(args, method: str, seed: int, lr: float | None = None) -> list[str]:
+    extra = args.variants.get(method, [])
+    lr_set = [f"finetune.lr={lr}"] if lr else []
+    return [f"model.name={args.model}", f"data.source={args.glue_dir}", f"finetune.seed={seed}", *lr_set, *extra,
+            *args.set]
 
 
-def run_one(args, task: str, method: str, seed: int, paths: dict) -> dict:
+def run_one(args, task: str, method: str, seed: int, paths: dict, lr: float | None = None) -> dict:
     import torch
 
     from bertcompress import params as P
@@ -39,11 +42,11 @@ def run_one(args, task: str, method: str, seed: int, paths: dict) -> dict:
     from bertcompress.tokenize import Encoded
 
     torch.set_num_threads(2)
-    p = P.load(None, overrides(args, method, seed))
+    p = P.load(None, overrides(args, method, seed, lr))
     t0 = time.perf_counter()
-    out = f"{args.work}/{task}-{method}-s{seed}"
+    out = f"{args.work}/{task}-{method}-lr{p.finetune.lr}-s{seed}"
     m = finetune(p, task, paths["train"], paths["validation"], out)
-    row = {"task": task, "method": method, "seed": seed, "train_s": m["train_seconds"],
+    row = {"task": task, "method": method, "seed": seed, "lr": p.finetune.lr, "train_s": m["train_seconds"],
            "samples_per_s": m["train_samples_per_second"], "metric": headline(task, m),
            "accuracy": m["val_accuracy"], "sparsity": m.get("sparsity", {}).get("overall", 0.0)}
     val = Encoded.load(paths["validation"])
@@ -66,7 +69,14 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/grid")
     ap.add_argument("--json")
     ap.add_argument("-S", "--set", action="append", default=[])
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--lr", nargs="+", type=float, default=[None], help="learning rates (default: params.yaml's)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=SECTION.KEY=V,...",
+                    help="methods to run (default: dense and gradual)")
     args = ap.parse_args()
+    specs = args.variant or ["dense=", "gradual=prune.method=gradual"]
+    args.variants = {n: [o for o in rest.split(",") if o] for n, _, rest in (v.partition("=") for v in specs)}
     import torch
 
     from bertcompress import params as P
@@ -74,15 +84,16 @@ def main() -> None:
 
     t0 = time.perf_counter()
     paths = {t: prepared(t, P.load(None, overrides(args, "dense", 42)), f"{args.work}/glue", f"{args.work}/tok")
-             for t in TASKS}  # once, before the workers: they only read
-    jobs = [(t, m, s) for t in TASKS for m in reversed(METHODS) for s in SEEDS]  # longest (sst2, eager) first
+             for t in args.tasks}  # once, before the workers: they only read
+    jobs = [(t, m, s, lr) for t in args.tasks for m in reversed(list(args.variants)) for lr in args.lr
+            for s in args.seeds]  # longest (sst2, gradual: eager pruning steps) first
     rows = []
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, args, t, m, s, paths[t]): (t, m, s) for t, m, s in jobs}
+        futures = {pool.submit(run_one, args, t, m, s, paths[t], lr): (t, m, s) for t, m, s, lr in jobs}
         for fut in as_completed(futures):
             rows.append(fut.result())
             r = rows[-1]
-            print(f"{r['task']:5} {r['method']:8} s{r['seed']} metric {r['metric']:.4f} fp16 {r['fp16_metric']:.4f} "
+            print(f"{r['task']:5} {r['method']:8} lr {r['lr']:g} s{r['seed']} acc {r['accuracy']:.4f} metric {r['metric']:.4f} fp16 {r['fp16_metric']:.4f} "
                   f"bf16 {r['bf16_metric']:.4f} int8 {r['dynamic_metric']:.4f} sparsity {r['sparsity']:.2f} "
                   f"{r['samples_per_s']:7.0f} samples/s  run {r['wall_s']:6.1f} s", flush=True)
     total = time.perf_counter() - t0

@@ -58,11 +58,13 @@ def flow(tmp_path_factory):
 def test_repro_runs_every_stage_then_is_a_no_op(repo):
     root, first, second = repo
     for stage in ("download@mrpc", "tokenize@mrpc", "finetune@mrpc-dense-42", "quantize@mrpc-dense-42",
-                  "evaluate@mrpc-dense-42"):
+                  "evaluate@mrpc-dense-42", "report@mrpc"):
         assert f"Running stage '{stage}'" in first
     assert "Running stage" not in second and "Data and pipelines are up to date." in second
     assert (root / "outputs/mrpc/dense-s42/model.safetensors").is_file()
     assert (root / "outputs/mrpc/dense-s42.quantized/dynamic").is_dir()
+    report = (root / "results/report/mrpc/report.md").read_text()
+    assert "| dense+dynamic | 1 |" in report and "No sweep: finetune.lr = 2e-05" in report
 
 
 def test_metrics_and_plots_show(repo):
@@ -74,6 +76,8 @@ def test_metrics_and_plots_show(repo):
     plots = json.loads(dvc(root, "plots", "show", "--json").stdout)
     (plot,) = plots["data"]["results/mrpc/dense-s42.history.json"]
     assert [row["epoch"] for row in plot["content"]["data"]["values"]] == [1, 2]
+    figures = {f"results/report/mrpc/figures/mrpc-{n}.png" for n in ("epochs", "metric-vs-sparsity", "pareto")}
+    assert figures <= set(plots["data"])
 
 
 def test_same_metrics_as_the_flow(repo, flow):
