@@ -26,9 +26,11 @@ def test_first_run_evaluates_every_variant(flow):
 
 def test_second_run_takes_every_task_from_the_cache(flow):
     with pr.isolated(flow["root"]):
-        first, second = pr.task_runs(flow["first"], 14), pr.task_runs(flow["second"], 14)
+        first, second = pr.task_runs(flow["first"], 15), pr.task_runs(flow["second"], 15)
     assert set(first.values()) == {"Completed"}
-    assert second == dict.fromkeys(first, "Cached") and len(second) == 2 + 2 + 1 + 3 + 6
+    # the report reads the MLflow store as it is now: never cached (tasks/steps.py)
+    assert second == dict.fromkeys(first, "Cached") | {"report-mrpc": "Completed"}
+    assert len(second) == 2 + 2 + 1 + 3 + 6 + 1
     assert {"download-mrpc", "finetune-mrpc-gradual-s42", "evaluate-mrpc-oneshot+dynamic-s42"} <= set(second)
     assert flow["second"].result() == flow["first"].result()
 
