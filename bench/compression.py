@@ -8,7 +8,7 @@ full validation split, measures sizes (a)/(b)/(c) with sizes.measure and CPU lat
 128 (latency.measure: warm-up, median of --runs; one pass as each variant is built, then the best of --rounds
 passes, because the CPU is shared and a pass can be slowed by other work). Every variant lives in
 outputs/bench/<task>/<name>/, so a rerun skips what is built and an interrupted fine-tune resumes; rows.json
-keeps each variant's accuracy and sizes, so a rerun with --only keeps every row in the table and times only
+keeps each variant's accuracy and sizes, so a rerun with --only "A|B" keeps every row in the table and times only
 the variants it names. The table goes to bench/RESULTS-compression.md after every row.
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default="outputs/bench")
-    parser.add_argument("--only", help="variant names separated by ; (default: all, in order)")
+    parser.add_argument("--only", help="variant names separated by | (default: all, in order)")
     # 1 thread by default: on a 2-core machine that others also load, 2 threads wait on each other (seen: dense
     # batch 1 at 870 ms with 2 threads against 166 ms with 1, in the same minute)
     parser.add_argument("--threads", type=int, default=1)
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     args = parser.parse_args(argv)
     params = P.load(args.params, args.overrides)
-    names = [n.strip() for n in args.only.split(";")] if args.only else list(VARIANTS)
+    names = [n.strip() for n in args.only.split("|")] if args.only else list(VARIANTS)
     data, root = prepared(args.task, params), Path(args.out) / args.task
     root.mkdir(parents=True, exist_ok=True)
     torch._inductor.config.freezing = True  # torch.compile constant-folds the int8 weights into its kernels
