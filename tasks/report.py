@@ -5,9 +5,10 @@ sparsity, a metric vs size Pareto plot).
     python -m tasks.report --task mrpc          # after `python -m flows.compress --task mrpc` or `dvc repro`
 
 params.yaml (with the same overrides as the run) says which variants to report: every model × quantization mode
-× seed of its experiment section. Each variant's runs are found by their `variant` tag (tracking.variant_digest:
-task + the variant's full params), so runs logged by the flow, by a cached rerun of it or by dvc stages are all
-found; a variant's metrics are merged from its FINISHED runs, the latest value of each metric winning. Writes
+× seed of its experiment section. Each variant's runs are found by their logged params (tracking.identity: every
+key its results depend on), so runs logged by the flow, by a rerun of it whose steps came from the cache (a changed
+quantize or evaluate param leaves the fine-tunes cached) or by dvc stages are all found; a variant's metrics are
+merged from its FINISHED runs, the latest value of each metric winning. Writes
 results/report/<task>/{report.md, summary.csv, tables.json, figures/*.png} (to a temp folder, then renamed) and
 logs the same files as artifacts of the parent run.
 """
@@ -34,18 +35,22 @@ EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 SIZES = ("state_dict_mb", "compact_mb", "compressed_mb")
 
 
-def _runs(task: str, digest: str) -> list:
-    """FINISHED runs of one variant, oldest first."""
+def _runs(task: str, q: P.Params, method: str) -> list:
+    """FINISHED runs of one variant, oldest first: its (task, method, seed) runs whose logged params equal the
+    variant's on every key its results depend on (tracking.identity)."""
     c, exp = tracking.client()
-    where = f"tags.task = '{task}' and tags.variant = '{digest}' and attributes.status = 'FINISHED'"
-    return list(reversed(c.search_runs([exp], where, order_by=["attributes.start_time DESC"], max_results=100)))
+    where = (f"tags.task = '{task}' and tags.method = '{method}' and tags.seed = '{q.finetune.seed}' "
+             "and attributes.status = 'FINISHED'")
+    want = tracking.identity(task, q)
+    runs = c.search_runs([exp], where, order_by=["attributes.start_time DESC"], max_results=5000)
+    return [r for r in reversed(runs) if all(r.data.params.get(k) == v for k, v in want.items())]
 
 
 def _variant(task: str, p: P.Params, model: str, mode: str, seed: int) -> dict:
     """One variant's merged record: metrics, per-epoch history (fine-tuned models), predictions, run ids."""
     c, _ = tracking.client()
     q = steps.configure(p.to_dict(), model, seed, mode)
-    runs = _runs(task, tracking.variant_digest(task, q))
+    runs = _runs(task, q, steps.method(model, mode))
     record = {"task": task, "model": model, "mode": mode, "method": steps.method(model, mode), "seed": seed,
               "lr": q.finetune.lr, "run_ids": [r.info.run_id for r in runs], "metrics": {}, "history": None,
               "predictions": None}

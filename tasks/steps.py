@@ -62,6 +62,10 @@ def content_hash(path: str | Path) -> str:
 
 def step_key(step: str, inputs: dict) -> str:
     sections, modules = READS[step]
+    if step == "evaluate" and inputs.get("mode", "none") != "none":
+        # a quantized variant's results are those of its quantize params (tracking.identity): evaluated anew
+        # when they change, even if the quantized file comes out the same (dynamic int8 ignores calibration)
+        sections = [*sections, "quantize"]
     parts = {"step": step, "params": {s: inputs["params"][s] for s in sections},
              "args": {k: v for k, v in inputs.items() if k not in FILES + NOT_KEYED},
              "files": {k: content_hash(v) for k, v in inputs.items() if k in FILES},

@@ -88,10 +88,23 @@ def parent_run(driver: str, name: str, key: str) -> Iterator[str]:
 
 
 def variant_digest(task: str, p: Params) -> str:
-    """Names one variant's exact configuration (task + every params section but experiment, seed included): the
-    tag the report finds a variant's runs by, whichever driver (flow, cached flow, dvc) logged them."""
+    """Names one variant's exact configuration (task + every params section but experiment, seed included): with
+    the parent run, the key that gathers the steps of one variant of one flow run or repro into one MLflow run
+    (the lr sweep's dense runs share task, method and seed)."""
     config = {"task": task, **{k: v for k, v in p.to_dict().items() if k != "experiment"}}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def logged_params(task: str, p: Params) -> dict[str, str]:
+    """What a variant's run logs as params: the task and every params key but the experiment section's."""
+    return {"task": task} | {k: str(v) for k, v in p.flat().items() if not k.startswith("experiment.")}
+
+
+def identity(task: str, p: Params) -> dict[str, str]:
+    """The logged params a variant's results depend on: all but evaluate.* (how it is measured: a rerun with
+    other evaluate params adds metrics to the same variant) and, unquantized, quantize.*."""
+    skip = ("evaluate.",) + (("quantize.",) if p.quantize.mode == "none" else ())
+    return {k: v for k, v in logged_params(task, p).items() if not k.startswith(skip)}
 
 
 @contextmanager
@@ -104,8 +117,8 @@ def variant_run(parent: str | None, task: str, method: str, p: Params, tags: dic
            **({PARENT: parent} if parent else {})}
     run_id = (_find(c, exp, key) if parent else None) or c.create_run(
         exp, run_name=f"{task}-{method}-s{p.finetune.seed}", tags={**key, "git_commit": _git_commit()}).info.run_id
-    params = {"task": task} | {k: str(v) for k, v in p.flat().items() if not k.startswith("experiment.")}
-    c.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in tags.items()])
+    c.log_batch(run_id, params=[Param(k, v) for k, v in logged_params(task, p).items()],
+                tags=[RunTag(k, v) for k, v in tags.items()])
     with _running(run_id):
         yield run_id
 
