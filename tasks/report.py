@@ -174,11 +174,6 @@ def best_lr(scores: dict[float, float]) -> float:
     return max(scores, key=lambda lr: scores[lr])
 
 
-def select_lr(task: str, p: P.Params) -> float:
-    table = lr_sweep(task, p)
-    return float(table.loc[table["chosen"] == "yes", "lr"].iloc[0])
-
-
 def with_lr(p: P.Params, lr: float) -> P.Params:
     q = P.from_dict(p.to_dict())
     q.finetune.lr = lr
@@ -256,7 +251,7 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
     e, metric = p.experiment, get_task(task).metric
     lrs = lr_sweep(task, p) if sweep and e.lr_candidates else None
     if lrs is not None:
-        p = with_lr(p, select_lr(task, p))
+        p = with_lr(p, float(lrs.loc[lrs["chosen"] == "yes", "lr"].iloc[0]))  # the sweep read once
     records = collect(task, p)
     methods = list(e.finetune)
     summary = summary_table(task, records, e.bootstrap_samples)
