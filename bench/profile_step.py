@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bertcompress import params as P  # noqa: E402
 from bertcompress.cli import prepared  # noqa: E402
-from bertcompress.finetune import _save_checkpoint, epoch_batches, make_optimizer  # noqa: E402
+from bertcompress.finetune import Checkpointer, epoch_batches, make_optimizer  # noqa: E402
 from bertcompress.fast import GraphedTrainStep  # noqa: E402
 from bertcompress.model import load_model  # noqa: E402
 from bertcompress.tokenize import Encoded  # noqa: E402
@@ -102,9 +102,13 @@ def main():
             print(f"{name:28} {r['fetch']:7.2f} {r['forward']:8.2f} {r['backward']:9.2f} {r['optimizer']:7.2f} "
                   f"{r['step']:7.2f} {r['max']:7.1f} {r['total_s']:8.2f}")
         opt = make_optimizer(model, 2e-5, 0.01)
-        t0 = time.perf_counter()
-        _save_checkpoint(Path(work) / "ck", 1, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), [])
-        print(f"one epoch-end checkpoint: {time.perf_counter() - t0:.2f} s")
+        with Checkpointer(Path(work) / "ck") as checkpoints:
+            t0 = time.perf_counter()
+            checkpoints.save(1, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), [])
+            t1 = time.perf_counter()
+            checkpoints.wait()
+        print(f"one epoch-end checkpoint: training waits {t1 - t0:.2f} s (host snapshot), the background write "
+              f"{time.perf_counter() - t1:.2f} s more")
 
 
 if __name__ == "__main__":

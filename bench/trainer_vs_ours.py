@@ -97,7 +97,7 @@ def run_trainer(args) -> dict:
         per_device_eval_batch_size=f.eval_batch_size, num_train_epochs=f.epochs, learning_rate=f.lr,
         weight_decay=f.weight_decay, warmup_steps=int(np.ceil(f.warmup_ratio * f.epochs * np.ceil(len(train) / 32))),
         lr_scheduler_type="linear", seed=f.seed, eval_strategy="epoch", save_strategy="no", logging_strategy="no",
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0)
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0, tf32=True if args.trainer_tf32 else None)
 
     def compute(pred):
         return metrics.compute(args.task, pred.label_ids, pred.predictions.argmax(-1))
@@ -135,7 +135,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--max-train-samples", type=int, default=None)
-    ap.add_argument("-S", "--set", action="append", default=[], help="extra override for our side")
+    ap.add_argument("-S", "--set", action="append", default=[], help="extra override for our side "
+                    "(e.g. finetune.precision=tf32)")
+    ap.add_argument("--trainer-tf32", action="store_true", help="Trainer with tf32=True (TF32 matmuls on CUDA)")
     ap.add_argument("--side", choices=["ours", "trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
@@ -157,7 +159,8 @@ def main() -> None:
             results[side] = json.loads(lines[-1][7:])
     t, o = results["trainer"], results["ours"]
     print(f"{args.task}, {args.model}, {args.epochs} epochs, lr {args.lr}, seed {args.seed}, on {device}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, ours {' '.join(args.set) or 'defaults'}, Trainer "
+          f"{'tf32' if args.trainer_tf32 else 'fp32'}")
     print(f"{'':10} {'wall s':>8} {'samples/s':>10} {'steady/s':>9} {'peak MB':>9} {'val acc':>8} {'val metric':>10}")
     for side, r in results.items():
         print(f"{side:10} {r['wall_s']:8.1f} {r['samples_per_s']:10.1f} {r['steady_samples_per_s']:9.1f} "

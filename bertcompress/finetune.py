@@ -13,12 +13,15 @@ evaluates, checkpoints and writes the folder.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import random
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -77,20 +80,80 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.nd
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _save_checkpoint(work: Path, epoch: int, model, optimizer, scheduler, history: list) -> None:
+def _write_checkpoint(work: Path, epoch: int, state: dict) -> None:
     final = work / "checkpoints" / f"epoch-{epoch}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate(), "history": history,
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "state.pt")
+    save_file(state.pop("model"), tmp / "model.safetensors")
+    torch.save(state, tmp / "state.pt")
     os.replace(tmp, final)
     for old in (work / "checkpoints").glob("epoch-*"):  # keep only the newest complete checkpoint
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
+
+
+class Checkpointer:
+    """Epoch checkpoints written by a background thread from a host snapshot, so the next epoch trains
+    meanwhile (writing ~270 MB per epoch took 0.3 s of a 1.2 s MRPC epoch on an H100). GPU tensors are copied
+    into pinned host buffers allocated once and reused (one wait for the device per epoch). One write at a
+    time; wait() returns when the last is complete (its folder renamed into place) and re-raises its error."""
+
+    def __init__(self, work: Path):
+        self.work, self.pool, self.pending, self.buffers = work, ThreadPoolExecutor(1, "checkpoint"), None, {}
+
+    def _host(self, obj, path: str = ""):
+        """obj with every tensor copied to host memory: a snapshot that later optimizer steps cannot change."""
+        if isinstance(obj, dict):
+            return {k: self._host(v, f"{path}/{k}") for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self._host(v, f"{path}/{i}") for i, v in enumerate(obj))
+        if not isinstance(obj, torch.Tensor):
+            return obj
+        if obj.device.type != "cuda":
+            return obj.detach().clone().contiguous()
+        buf = self.buffers.get(path)
+        if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
+            buf = self.buffers[path] = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True)
+        return buf.copy_(obj.detach(), non_blocking=True)
+
+    def save(self, epoch: int, model, optimizer, scheduler, history: list) -> None:
+        self.wait()  # the previous write is done with the buffers
+        opt = optimizer.state_dict()
+        state = {"model": self._host(model.state_dict(), "model"), "epoch": epoch,
+                 # param groups stay where they are: a capturable AdamW's lr is a GPU tensor and loads back there
+                 "optimizer": {"state": self._host(opt["state"], "optimizer"),
+                               "param_groups": copy.deepcopy(opt["param_groups"])},
+                 "scheduler": copy.deepcopy(scheduler.state_dict()), "torch_rng": torch.get_rng_state(),
+                 "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "history": list(history),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        if self.buffers:
+            torch.cuda.synchronize()  # the non-blocking copies have landed
+        self.pending: Future | None = self.pool.submit(_write_checkpoint, self.work, epoch, state)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wait()  # also when training fails: a resumed run finds the last checkpoint complete
+        self.pool.shutdown()
+
+
+@contextmanager
+def matmul_precision(precision: str, device: str):
+    """tf32: fp32 weights and activations, matrix products on TF32 tensor cores (CUDA only; restored after)."""
+    before = torch.get_float32_matmul_precision()
+    if precision == "tf32" and device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _load_checkpoint(work: Path, model, optimizer, scheduler) -> tuple[int, list]:
@@ -143,59 +206,61 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
 
     out, work = Path(out_dir), Path(str(out_dir) + ".partial")
     start_epoch, history = _load_checkpoint(work, model, optimizer, scheduler)
+    checkpoints = Checkpointer(work)
     graphed_step = GraphedTrainStep(model, optimizer) if graphs else None
     trained = distributed.wrap(model, device)  # the model itself in one process
     world = distributed.world_size()
     step = start_epoch * steps_per_epoch
     t0, seen, epoch_seconds = time.perf_counter(), 0, []
     model.train()
-    for epoch in range(start_epoch, math.ceil(total_steps / steps_per_epoch)):
-        loss_sum = correct = count = 0
-        t_epoch = time.perf_counter()
-        batches = epoch_batches(len(train), f.batch_size, f.seed, epoch, train.lengths, f.group_by_length)
-        bar = tqdm(batches[:total_steps - step], desc=f"{task} epoch {epoch + 1}", leave=False,
-                   disable=None if main else True)
-        for idx in bar:
-            local, real = distributed.shard(idx)  # (idx, len(idx)) in one process
-            batch = train.batch(local, pad)
-            labels = batch.pop("labels")
-            if graphed_step:
-                loss, logits = graphed_step(batch, labels)
-            else:
+    with checkpoints, matmul_precision(f.precision, device):
+        for epoch in range(start_epoch, math.ceil(total_steps / steps_per_epoch)):
+            loss_sum = correct = count = 0
+            t_epoch = time.perf_counter()
+            batches = epoch_batches(len(train), f.batch_size, f.seed, epoch, train.lengths, f.group_by_length)
+            bar = tqdm(batches[:total_steps - step], desc=f"{task} epoch {epoch + 1}", leave=False,
+                       disable=None if main else True)
+            for idx in bar:
+                local, real = distributed.shard(idx)  # (idx, len(idx)) in one process
+                batch = train.batch(local, pad)
+                labels = batch.pop("labels")
+                if graphed_step:
+                    loss, logits = graphed_step(batch, labels)
+                else:
+                    with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                        logits = trained(**batch).logits
+                    loss = F.cross_entropy(logits.float(), labels)
+                    (loss * (real * world / len(idx))).backward()  # x 1.0 in one process; see distributed.shard
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                if pruner:
+                    pruner.after_step(model, step)
+                loss_sum += loss.detach() * real  # stays on the device: no per-step synchronisation
+                correct += (logits.detach().argmax(-1) == labels)[:real].sum()
+                count += real
+                if step % f.log_every == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+            # float() waits for the device, so the epoch's time is complete; under DDP, sums over all ranks
+            loss_sum, correct, count = distributed.total(loss_sum, correct, count)
+            seen += count
+            epoch_seconds.append(time.perf_counter() - t_epoch)
+            row = None
+            if main:
                 with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                    logits = trained(**batch).logits
-                loss = F.cross_entropy(logits.float(), labels)
-                (loss * (real * world / len(idx))).backward()  # x 1.0 in one process; see distributed.shard
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            if pruner:
-                pruner.after_step(model, step)
-            loss_sum += loss.detach() * real  # stays on the device: no per-step synchronisation
-            correct += (logits.detach().argmax(-1) == labels)[:real].sum()
-            count += real
-            if step % f.log_every == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        # float() waits for the device, so the epoch's time is complete; under DDP, sums over all ranks
-        loss_sum, correct, count = distributed.total(loss_sum, correct, count)
-        seen += count
-        epoch_seconds.append(time.perf_counter() - t_epoch)
-        row = None
-        if main:
-            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                val_loss, val_preds = predict(model, val, f.eval_batch_size, device)
-            row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / count,
-                   "train_accuracy": correct / count, "val_loss": val_loss,
-                   **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, val_preds).items()}}
-        history.append(row := distributed.from_main(row))
-        if main:
-            _save_checkpoint(work, epoch + 1, model, optimizer, scheduler, history)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
-            if on_epoch_end:
-                on_epoch_end(epoch + 1, row)
-    train_seconds = time.perf_counter() - t0
+                    val_loss, val_preds = predict(model, val, f.eval_batch_size, device)
+                row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / count,
+                       "train_accuracy": correct / count, "val_loss": val_loss,
+                       **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, val_preds).items()}}
+            history.append(row := distributed.from_main(row))
+            if main:
+                checkpoints.save(epoch + 1, model, optimizer, scheduler, history)
+                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                      flush=True)
+                if on_epoch_end:
+                    on_epoch_end(epoch + 1, row)
+        train_seconds = time.perf_counter() - t0
 
     if pruner:
         pruner.finish(model)

@@ -49,7 +49,7 @@ class Finetune:
     threads: int | None = None  # torch CPU threads; None = torch's default
     group_by_length: int = 50  # sort each window of N batches by length (less padding); 0 = plain shuffle
     pad_to_multiple: int = 8  # pad batches to a multiple of this: few distinct shapes
-    precision: str = "fp32"  # fp32 | bf16 (autocast; slower than fp32 for MiniLM on an H100: bench/RESULTS.md)
+    precision: str = "fp32"  # fp32 | tf32 (fp32, TF32 tensor-core matmuls on CUDA) | bf16 (autocast: bench/RESULTS.md)
     cuda_graphs: bool = True  # on GPU: capture each batch shape's forward+backward once, replay it (bertcompress/fast.py)
     log_every: int = 10  # steps between progress-bar loss updates (each one waits for the device)
 
@@ -188,8 +188,8 @@ def validate(p: Params) -> None:
             raise UserError(f"finetune.{key} must be > 0, got {getattr(f, key)}; set a positive value")
     if not 0 <= f.warmup_ratio < 1:
         raise UserError(f"finetune.warmup_ratio must be in [0, 1), got {f.warmup_ratio}")
-    if f.precision not in ("fp32", "bf16"):
-        raise UserError(f"finetune.precision '{f.precision}' is unknown; choose fp32 or bf16")
+    if f.precision not in ("fp32", "tf32", "bf16"):
+        raise UserError(f"finetune.precision '{f.precision}' is unknown; choose fp32, tf32 or bf16")
     for key in ("pad_to_multiple", "log_every"):
         if getattr(f, key) <= 0:
             raise UserError(f"finetune.{key} must be > 0, got {getattr(f, key)}")

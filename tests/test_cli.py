@@ -35,6 +35,7 @@ def fails_with(capsys, argv, pattern, workdir):
     ("tokenize.max_length=1024", r"exceeds the model's 512 positions; set tokenize.max_length <= 512"),
     ("finetune.lrr=1", r"unknown key 'finetune.lrr'; known keys: lr, batch_size"),
     ("finetune.lr=fast", r"finetune.lr: expected float, got 'fast'"),
+    ("finetune.precision=fp8", r"finetune.precision 'fp8' is unknown; choose fp32, tf32 or bf16"),
     ("model.name=./no/such/model", r"model path './no/such/model' has no config.json"),
     ("model.name=bert-base-uncased", r"'bert-base-uncased' is not in the local cache and the hub is offline"),
     ("data.source=/no/such/glue", r"GLUE directory '/no/such/glue' does not exist; set GLUE_DIR"),

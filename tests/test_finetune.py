@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from bertcompress.evaluate import evaluate
-from bertcompress.finetune import epoch_batches, finetune
+import torch
+
+from bertcompress.finetune import epoch_batches, finetune, matmul_precision
 
 
 def test_writes_model_and_per_epoch_metrics(tiny_run):
@@ -93,3 +95,13 @@ def test_fast_path_matches_plain_loss_curve(tiny_params, tiny_mrpc, tmp_path):
     for a, b in zip(*curves):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+
+
+def test_tf32_applies_to_cuda_runs_only_and_is_restored():
+    assert torch.get_float32_matmul_precision() == "highest"
+    with matmul_precision("tf32", "cpu"):
+        assert torch.get_float32_matmul_precision() == "highest"  # CPU results stay bit-identical to fp32
+    with pytest.raises(Interrupted), matmul_precision("tf32", "cuda:0"):
+        assert torch.get_float32_matmul_precision() == "high"
+        raise Interrupted
+    assert torch.get_float32_matmul_precision() == "highest"  # restored even when training fails
