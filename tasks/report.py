@@ -81,10 +81,13 @@ def collect(task: str, p: P.Params) -> list[dict]:
     return records
 
 
-def _fmt(v, digits: int = 4) -> str:
-    if isinstance(v, str):
-        return v
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}g}"
+def _fmt(v) -> str:
+    """Markdown cell: metrics and deltas to 4 decimals, sizes and latencies (>= 10) to 1, counts as they are."""
+    if isinstance(v, str) or isinstance(v, (int, np.integer)):
+        return str(v)
+    if v is None or np.isnan(v):
+        return "–"
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}"
 
 
 def markdown(df: pd.DataFrame, index: bool = True) -> str:
