@@ -28,7 +28,7 @@ from bertcompress import params as P
 from bertcompress.cli import preflight
 from bertcompress.metrics import headline
 from tasks import tracking
-from tasks.report import best_lr
+from tasks.report import best_lr, with_lr
 from tasks.runner import task_runner
 from tasks.steps import configure, download, evaluate, finetune, prune, quantize, report, tokenize
 
@@ -60,10 +60,6 @@ def outputs(task: str, params: dict) -> Path:
     return Path("outputs") / task / f"flow-{digest}"
 
 
-def with_lr(params: dict, lr: float) -> dict:
-    return {**params, "finetune": {**params["finetune"], "lr": lr}}
-
-
 @flow(name="compress", log_prints=True, task_runner=task_runner())  # main() picks another with --workers
 def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
     p = load(task, params_file, overrides or [])
@@ -74,12 +70,12 @@ def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file
         if e.lr_candidates:  # the seed's sweep; the winner's dense run is reused (cached) by the grid below
             scores, seed = {}, e.seeds[0]
             for lr in e.lr_candidates:
-                q = with_lr(params, lr)
+                q = with_lr(p, lr).to_dict()
                 path = finetune.submit(task, "dense", seed, q, data["train"], data["validation"],
                                        f"{outputs(task, q)}/dense-s{seed}", parent)
                 scores[lr] = evaluate.submit(task, "dense", "none", seed, q, path, data["validation"], parent)
             scores = {lr: headline(task, row.result()) for lr, row in scores.items()}
-            params = with_lr(params, best_lr(scores))
+            params = with_lr(p, best_lr(scores)).to_dict()
             print(f"lr sweep ({task}, dense, seed {seed}): {scores}; chosen {params['finetune']['lr']:g}")
             tracking.log_params(parent, {"lr_selected": params["finetune"]["lr"]})
         run_dir = outputs(task, params)

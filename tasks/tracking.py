@@ -155,8 +155,11 @@ def log_result(run_id: str, step: str, result: dict) -> None:
 
 
 def log_params(run_id: str, params: dict) -> None:
-    for k, v in params.items():
-        client()[0].log_param(run_id, k, str(v))
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client()[0].log_batch(run_id, params=items[i:i + 100])
 
 
 def log_dict(run_id: str, data: dict, name: str) -> None:
