@@ -80,6 +80,13 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.nd
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def fill(idx: np.ndarray, size: int) -> np.ndarray:
+    """A short batch topped up to `size` rows by repeating its first example. The caller labels the repeats
+    -100, which cross_entropy ignores: loss and gradients are the short batch's, and a captured step needs one
+    shape per width, not one more for each epoch's last batch."""
+    return np.concatenate([idx, np.repeat(idx[:1], size - len(idx))]) if len(idx) < size else idx
+
+
 def _write_checkpoint(work: Path, epoch: int, state: dict) -> None:
     final = work / "checkpoints" / f"epoch-{epoch}"
     tmp = final.with_name(final.name + ".tmp")
@@ -222,9 +229,10 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
                        disable=None if main else True)
             for idx in bar:
                 local, real = distributed.shard(idx)  # (idx, len(idx)) in one process
-                batch = train.batch(local, pad)
+                batch = train.batch(fill(local, f.batch_size) if graphed_step else local, pad)
                 labels = batch.pop("labels")
                 if graphed_step:
+                    labels[real:] = -100  # fill's repeats: no loss, no gradient, not counted
                     loss, logits = graphed_step(batch, labels)
                 else:
                     with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):

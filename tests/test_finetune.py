@@ -10,7 +10,7 @@ import pytest
 from bertcompress.evaluate import evaluate
 import torch
 
-from bertcompress.finetune import epoch_batches, finetune, matmul_precision
+from bertcompress.finetune import epoch_batches, fill, finetune, matmul_precision
 
 
 def test_writes_model_and_per_epoch_metrics(tiny_run):
@@ -105,3 +105,31 @@ def test_tf32_applies_to_cuda_runs_only_and_is_restored():
         assert torch.get_float32_matmul_precision() == "high"
         raise Interrupted
     assert torch.get_float32_matmul_precision() == "highest"  # restored even when training fails
+
+
+def test_filled_short_batch_gives_the_short_batch_loss_and_gradients(tiny_params, tiny_mrpc):
+    """The captured (GPU) path tops the epoch's last batch up with ignored repeats: same loss, same gradients."""
+    import torch.nn.functional as F
+
+    from bertcompress.model import load_model
+    from bertcompress.tokenize import Encoded
+
+    torch.manual_seed(0)
+    model = load_model(tiny_params.model.name, 2).eval()  # no dropout: the two passes are comparable
+    data, idx = Encoded.load(tiny_mrpc["train"]), np.array([3, 7, 11, 20, 5])
+    filled = fill(idx, 8)
+    assert filled.tolist() == [3, 7, 11, 20, 5, 3, 3, 3] and fill(filled, 8) is filled
+
+    def loss_and_grads(rows):
+        batch = data.batch(rows, 8)
+        labels = batch.pop("labels")
+        labels[len(idx):] = -100
+        model.zero_grad()
+        loss = F.cross_entropy(model(**batch).logits, labels)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (short, short_grads), (full, full_grads) = loss_and_grads(idx), loss_and_grads(filled)
+    torch.testing.assert_close(full, short)
+    for a, b in zip(full_grads, short_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
