@@ -83,7 +83,7 @@ def collect(task: str, p: P.Params) -> list[dict]:
 
 def _fmt(v) -> str:
     """Markdown cell: metrics and deltas to 4 decimals, sizes and latencies (>= 10) to 1, counts as they are."""
-    if isinstance(v, str) or isinstance(v, (int, np.integer)):
+    if isinstance(v, (str, int, np.integer)):
         return str(v)
     if v is None or np.isnan(v):
         return "–"

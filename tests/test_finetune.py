@@ -4,12 +4,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 import pytest
-
-from bertcompress.evaluate import evaluate
 import torch
 
+from bertcompress.evaluate import evaluate
 from bertcompress.finetune import epoch_batches, fill, finetune, matmul_precision
 
 
