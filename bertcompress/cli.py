@@ -16,62 +16,45 @@ import json
 import sys
 from pathlib import Path
 
-from . import distributed, glue
+from . import distributed, glue, io
 from . import params as P
+from .model import preflight
+from .params import QUANTIZE_MODES
+
+HELP = {"download": "validate a GLUE task and write data/glue/<task>/*.parquet",
+        "tokenize": "tokenize train and validation into the cache",
+        "finetune": "fine-tune (and prune, if prune.method=gradual) with the seed recipe",
+        "evaluate": "evaluate a saved model on a split",
+        "prune": "one-shot or structured pruning of a saved model (prune.method)",
+        "quantize": "quantize a saved model (quantize.mode)"}
 
 
-def prepared(task: str, p: P.Params, data_root: str = "data/glue", cache_dir: str = "data/tokenized") -> dict:
-    """Download the task if it is not there yet, tokenize train and validation (cached); return their paths."""
-    from .tokenize import tokenize
-
-    data_dir = Path(data_root) / task
-    if glue.downloaded_from(data_dir) != glue.resolve_source(p.data.source):
-        glue.download(task, data_dir, p.data.source)
-    limits = {"train": p.data.max_train_samples, "validation": p.data.max_eval_samples}
-    return {s: str(tokenize(data_dir, task, s, p.model.name, p.tokenize.max_length, cache_dir, limits[s])[0])
-            for s in glue.SPLITS}
-
-
-def preflight(task: str, p: P.Params) -> None:
-    """Every check that needs neither data nor training: task, model, max length, pruning, quantization."""
-    from . import prune, quantize
-    from .tokenize import check_max_length
-
-    glue.get_task(task)
-    check_max_length(p.model.name, p.tokenize.max_length)
-    prune.validate(p.prune)
-    quantize.validate(p.quantize)
-
-
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)")
-    parser = argparse.ArgumentParser(prog="bertcompress", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in [("download", "validate a GLUE task and write data/glue/<task>/*.parquet"),
-                        ("tokenize", "tokenize train and validation into the cache"),
-                        ("finetune", "fine-tune (and prune, if prune.method=gradual) with the seed recipe"),
-                        ("evaluate", "evaluate a saved model on a split"),
-                        ("prune", "one-shot or structured pruning of a saved model (prune.method)"),
-                        ("quantize", "quantize a saved model (quantize.mode)")]:
+    top = argparse.ArgumentParser(prog="bertcompress", description=__doc__.split("\n")[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, help_ in HELP.items():
         cmd = sub.add_parser(name, help=help_, description=help_, parents=[common])
         cmd.add_argument("--task", required=True, help=f"GLUE task: {', '.join(glue.TASKS)}")
-        if name == "finetune":
-            cmd.add_argument("--out", help="output folder (default: outputs/<task>/finetune-s<seed>)")
         if name in ("evaluate", "prune", "quantize"):
-            cmd.add_argument("--model-dir", required=True, help="a save_pretrained folder")
-        if name in ("prune", "quantize"):
-            cmd.add_argument("--out", help="output folder (default: <model-dir>-<method or mode>)")
+            cmd.add_argument("--model-dir", required=True, help="a saved model folder")
         if name == "evaluate":
             cmd.add_argument("--split", default="validation", choices=glue.SPLITS)
-            cmd.add_argument("--out", help="write the metrics JSON here too")
-    args = parser.parse_args(argv)
+        if name in ("finetune", "prune", "quantize", "evaluate"):
+            cmd.add_argument("--out", help={"finetune": "output folder (default: outputs/<task>/finetune-s<seed>)",
+                                            "evaluate": "write the metrics JSON here too"}.get(
+                name, "output folder (default: <model-dir>-<method or mode>)"))
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         params_path = args.params if Path(args.params).exists() or args.params != "params.yaml" else None
-        p = P.load(params_path, args.overrides)
-        return run(args, p)
+        return run(args, P.load(params_path, args.overrides))
     except P.UserError as e:
         if distributed.is_main():  # every rank makes the same checks: one line, not one per process
             print(f"error: {e}", file=sys.stderr)
@@ -81,60 +64,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, p: P.Params) -> int:
+    from .tokenize import prepared
+
     task = args.task
+    glue.get_task(task)
     if args.command == "download":
-        glue.get_task(task)
         print(json.dumps(glue.download(task, Path("data/glue") / task, p.data.source), indent=2))
-        return 0
-    if args.command == "evaluate":
-        from .evaluate import evaluate
-
-        _check_model_dir(args.model_dir)
-        paths = prepared(task, p)
-        result = evaluate(args.model_dir, task, paths[args.split], p.finetune.eval_batch_size)
-        if args.out:
-            from .finetune import write_json
-
-            write_json(Path(args.out), result)
-        print(json.dumps(result, indent=2))
         return 0
     if args.command == "finetune":
         distributed.setup(p.finetune.batch_size)  # under torchrun: check the world, join it, before any work
-    preflight(task, p)
-    if args.command in ("prune", "quantize"):
-        return compress(args, p)
-    with distributed.main_first():  # one process downloads and tokenizes, the others read its cache
-        paths = prepared(task, p)
-    if args.command == "tokenize":
-        print(json.dumps(paths, indent=2))
-        return 0
-    from .finetune import finetune
-
-    out = args.out or f"outputs/{task}/finetune-s{p.finetune.seed}"
-    result = finetune(p, task, paths["train"], paths["validation"], out)
-    if distributed.is_main():
-        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    return 0
-
-
-def compress(args, p: P.Params) -> int:
-    """prune (prune.method: oneshot | structured) or quantize (quantize.mode) the model in --model-dir."""
-    from . import prune, quantize
-
+    if args.command in ("evaluate", "prune", "quantize"):
+        _check_model_dir(args.model_dir)
     if args.command == "prune" and p.prune.method not in ("oneshot", "structured"):
         raise P.UserError(f"prune needs -S prune.method=oneshot or structured, got '{p.prune.method}' "
                           "(gradual pruning runs in `bertcompress finetune`)")
     if args.command == "quantize" and p.quantize.mode == "none":
-        raise P.UserError(f"quantize needs -S quantize.mode=<one of {', '.join(quantize.MODES[1:])}>")
-    _check_model_dir(args.model_dir)
-    train = prepared(args.task, p)["train"]
-    kind = p.prune.method if args.command == "prune" else p.quantize.mode
-    out = args.out or f"{str(args.model_dir).rstrip('/')}-{kind}"
-    if args.command == "prune":
-        result = getattr(prune, kind)(args.model_dir, out, p, args.task, train)
+        raise P.UserError(f"quantize needs -S quantize.mode=<one of {', '.join(QUANTIZE_MODES[1:])}>")
+    preflight(task, p)
+    with distributed.main_first():  # one process downloads and tokenizes, the others read its cache
+        paths = prepared(task, p)
+    if args.command == "tokenize":
+        result = paths
+    elif args.command == "evaluate":
+        from .evaluate import evaluate
+
+        result = evaluate(args.model_dir, task, paths[args.split], p.runtime.eval_batch_size)
+        if args.out:
+            io.write_json(args.out, result)
+    elif args.command == "finetune":
+        from .finetune import finetune
+
+        out = args.out or f"outputs/{task}/finetune-s{p.finetune.seed}"
+        result = finetune(p, task, paths["train"], paths["validation"], out)
+        result = {k: v for k, v in result.items() if k != "history"}
     else:
-        result = quantize.quantize(args.model_dir, out, p, args.task, calib_path=train, train_path=train)
-    print(json.dumps(result, indent=2))
+        from . import prune, quantize
+
+        kind = p.prune.method if args.command == "prune" else p.quantize.mode
+        out = args.out or f"{str(args.model_dir).rstrip('/')}-{kind}"
+        result = (prune.prune(args.model_dir, out, p, task, paths["train"]) if args.command == "prune"
+                  else quantize.quantize(args.model_dir, out, p, task, paths["train"]))
+    if distributed.is_main():
+        print(json.dumps(result, indent=2))
     return 0
 
 

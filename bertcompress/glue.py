@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from . import hub
-from .params import UserError
+from . import hub, io
+from .params import Params, UserError
 
 HUB_ID = "nyu-mll/glue"
 SPLITS = ("train", "validation")
@@ -43,6 +43,10 @@ TASKS = {
     "qqp": Task(("question1", "question2"), 2, "f1"),
     "mnli": Task(("premise", "hypothesis"), 3, "accuracy"),
 }
+
+
+def reads(p: Params) -> list[str]:
+    return ["data.source"]
 
 
 def get_task(name: str) -> Task:
@@ -140,9 +144,7 @@ def download(task: str, out_dir: str | os.PathLike, source: str = "auto") -> dic
         os.replace(tmp, out / f"{split}.parquet")
     info = {"task": task, "source": where, "rows": {s: len(df) for s, df in frames.items()},
             "content_sha256": {s: content_hash(df, task) for s, df in frames.items()}}
-    tmp = out / ".source.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, out / "source.json")
+    io.write_json(out / "source.json", info)
     return info
 
 

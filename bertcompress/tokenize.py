@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import glue
-from .model import load_tokenizer, max_positions
-from .params import UserError
+from .model import check_max_length, load_tokenizer
+from .params import Params
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -28,11 +28,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}\n{definition}".encode()).hexdigest()
 
 
-def check_max_length(model_name: str, max_length: int) -> None:
-    limit = max_positions(model_name)
-    if max_length > limit:
-        raise UserError(f"tokenize.max_length={max_length} exceeds the model's {limit} positions; "
-                        f"set tokenize.max_length <= {limit}")
+def reads(p: Params) -> list[str]:
+    return ["data.max_train_samples", "data.max_eval_samples", "model.name", "tokenize.max_length"]
 
 
 def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str, max_length: int,
@@ -57,6 +54,16 @@ def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str
              offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=df["label"].to_numpy(np.int64))
     os.replace(tmp, path)
     return path, False
+
+
+def prepared(task: str, p: Params, data_root: str = "data/glue", cache_dir: str = "data/tokenized") -> dict:
+    """Download the task if it is not there yet, tokenize train and validation (cached); return their paths."""
+    data_dir = Path(data_root) / task
+    if glue.downloaded_from(data_dir) != glue.resolve_source(p.data.source):
+        glue.download(task, data_dir, p.data.source)
+    limits = {"train": p.data.max_train_samples, "validation": p.data.max_eval_samples}
+    return {s: str(tokenize(data_dir, task, s, p.model.name, p.tokenize.max_length, cache_dir, limits[s])[0])
+            for s in glue.SPLITS}
 
 
 @dataclass

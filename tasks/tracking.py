@@ -10,8 +10,6 @@ and closes it FINISHED; a step that raises (or is interrupted) closes it FAILED.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import subprocess
 import time
@@ -21,9 +19,12 @@ from typing import Callable, Iterator
 
 from bertcompress.params import Params
 
+from . import variants
+
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "bertcompress"
 PARENT = "mlflow.parentRunId"  # MLflow's tag for nesting
+PREDICTIONS = "evaluate/predictions.json"  # per-example labels and predictions: the report's paired bootstrap
 
 
 def tracking_uri() -> str:
@@ -87,38 +88,21 @@ def parent_run(driver: str, name: str, key: str) -> Iterator[str]:
         yield run_id
 
 
-def variant_digest(task: str, p: Params) -> str:
-    """Names one variant's exact configuration (task + every params section but experiment, seed included): with
-    the parent run, the key that gathers the steps of one variant of one flow run or repro into one MLflow run
-    (the lr sweep's dense runs share task, method and seed)."""
-    config = {"task": task, **{k: v for k, v in p.to_dict().items() if k != "experiment"}}
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def logged_params(task: str, p: Params) -> dict[str, str]:
-    """What a variant's run logs as params: the task and every params key but the experiment section's."""
-    return {"task": task} | {k: str(v) for k, v in p.flat().items() if not k.startswith("experiment.")}
-
-
-def identity(task: str, p: Params) -> dict[str, str]:
-    """The logged params a variant's results depend on: all but evaluate.* (how it is measured: a rerun with
-    other evaluate params adds metrics to the same variant) and, unquantized, quantize.*."""
-    skip = ("evaluate.",) + (("quantize.",) if p.quantize.mode == "none" else ())
-    return {k: v for k, v in logged_params(task, p).items() if not k.startswith(skip)}
-
-
 @contextmanager
-def variant_run(parent: str | None, task: str, method: str, p: Params, tags: dict) -> Iterator[str]:
-    """The (task, method, seed, config) run: the variant's first step creates it, its later steps add to it."""
+def variant_run(parent: str | None, task: str, p: Params, name: str, seed: int, mode: str = "none",
+                tags: dict | None = None) -> Iterator[str]:
+    """The run of one (task, variant, mode, seed) configuration: its first step creates it under the parent,
+    its later steps add to it. Tagged with the configuration digest (tasks/variants.py) the report finds it by."""
     from mlflow.entities import Param, RunTag
 
     c, exp = client()
-    key = {"task": task, "method": method, "seed": str(p.finetune.seed), "variant": variant_digest(task, p),
+    label = variants.method(name, mode)
+    key = {"task": task, "method": label, "seed": str(seed), "config": variants.digest(task, p, name, seed, mode),
            **({PARENT: parent} if parent else {})}
     run_id = (_find(c, exp, key) if parent else None) or c.create_run(
-        exp, run_name=f"{task}-{method}-s{p.finetune.seed}", tags={**key, "git_commit": _git_commit()}).info.run_id
-    c.log_batch(run_id, params=[Param(k, v) for k, v in logged_params(task, p).items()],
-                tags=[RunTag(k, v) for k, v in tags.items()])
+        exp, run_name=f"{task}-{label}-s{seed}", tags={**key, "git_commit": _git_commit()}).info.run_id
+    c.log_batch(run_id, params=[Param(k, v) for k, v in variants.logged(task, p, name, seed, mode).items()],
+                tags=[RunTag(k, v) for k, v in (tags or {}).items()])
     with _running(run_id):
         yield run_id
 

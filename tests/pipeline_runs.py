@@ -15,13 +15,15 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = {  # seconds per model on 2 cores
     "data": {"max_train_samples": 32, "max_eval_samples": 32},
     "tokenize": {"max_length": 32},
-    "finetune": {"batch_size": 16, "epochs": 2, "eval_batch_size": 32, "threads": 1},
+    "finetune": {"batch_size": 16, "epochs": 2},
     "prune": {"end_step": 3, "frequency": 1, "final_sparsity": 0.5},
     "quantize": {"calibration_size": 16},
     "evaluate": {"latency_runs": 1},
-    "experiment": {"tasks": ["mrpc"], "seeds": [42], "finetune": ["dense", "gradual"], "prune": ["oneshot"],
-                   "models": ["dense", "gradual", "oneshot"], "quantize": ["dynamic"],
-                   "lr_candidates": []},
+    "runtime": {"threads": 1, "eval_batch_size": 32},
+    "experiment": {"tasks": ["mrpc"], "seeds": [42], "lr_candidates": []},
+    "variants": {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
+                 "gradual": {"from": "pretrained", "prune": {"method": "gradual"}, "quantize": ["dynamic"]},
+                 "oneshot": {"from": "dense", "prune": {"method": "oneshot"}, "quantize": ["dynamic"]}},
 }
 METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic", "oneshot", "oneshot+dynamic"]  # TINY's
 _flow: dict = {}
@@ -32,7 +34,10 @@ def write_params(path: Path, **changes: dict) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for update in (TINY, changes):
         for section, values in update.items():
-            params[section].update(values)
+            if section == "variants":
+                params[section] = values
+            else:
+                params[section].update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 

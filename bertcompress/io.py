@@ -1,0 +1,72 @@
+"""Files: atomic writes (a JSON file, a whole folder) and content hashes of files and folders.
+
+Every result the pipeline writes appears whole or not at all: it is written under a temporary name beside its
+final place and renamed into it, so a failed or killed run never leaves a half-written result.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder beside `out`; on success it replaces `out` whole, on failure it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
+
+
+def replace_dir(src: Path, out: Path) -> None:
+    """Move folder src to out, replacing what is there (the old copy is removed after the rename)."""
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(src, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's relative paths and file hashes; memoised by size and mtime like DVC."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} is missing")
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}\0{_file_sha256(str(f), st.st_size, st.st_mtime_ns)}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,174 @@
+"""The training loop and the evaluation loop: one of each, for fine-tuning, recovery after pruning and QAT.
+
+    bertcompress finetune --task mrpc        # fine-tuning drives `train` epoch by epoch (bertcompress/finetune.py)
+
+AdamW without decay on biases and LayerNorm, linear warm-up then linear decay, shuffled batches that are a pure
+function of (seed, epoch) so a resumed run sees the same order, dynamic padding. Device, precision (bf16
+autocast, TF32 matmuls), whole-step CUDA graphs (bertcompress/fast.py) and DDP (bertcompress/distributed.py)
+are handled here and nowhere else. `predict` is the one evaluation loop.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from . import distributed
+from .fast import GraphedTrainStep
+from .params import Finetune, Runtime
+from .tokenize import Encoded
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def use_graphs(f: Finetune, r: Runtime, device: str) -> bool:
+    """CUDA graphs on one GPU in fp32/tf32; bf16 autocast and DDP's all-reduce stay eager."""
+    return r.cuda_graphs and device.startswith("cuda") and f.precision != "bf16" and distributed.world_size() == 1
+
+
+def optimizer_and_schedule(model, f: Finetune, total_steps: int, capturable: bool = False):
+    """AdamW without decay on biases and LayerNorm (fused on GPU; capturable, with a tensor lr, for CUDA graphs)
+    and the linear schedule with warm-up over warmup_ratio of total_steps."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    device = next(model.parameters()).device
+    extra = {"fused": True} if device.type == "cuda" else {}
+    if capturable:
+        extra.update(capturable=True, lr=torch.tensor(f.lr, device=device))
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": f.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], **{"lr": f.lr, **extra})
+    return optimizer, get_linear_schedule_with_warmup(optimizer, math.ceil(f.warmup_ratio * total_steps), total_steps)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None,
+                  group: int = 0) -> list[np.ndarray]:
+    """The epoch's shuffled batches, a pure function of (seed, epoch).
+
+    With group > 0 each window of group × batch_size shuffled examples is sorted by length before it is cut
+    into batches (like transformers' group_by_length), and the batches are shuffled again: less padding, and
+    every example still appears once per epoch.
+    """
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(n, generator=g).numpy()
+    if group and lengths is not None:
+        window = group * batch_size
+        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")]
+                                for w in np.split(order, range(window, n, window))])
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def fill(idx: np.ndarray, size: int) -> np.ndarray:
+    """A short batch topped up to `size` rows by repeating its first example. The caller labels the repeats
+    -100, which cross_entropy ignores: loss and gradients are the short batch's, and a captured step needs one
+    shape per width, not one more for each epoch's last batch."""
+    return np.concatenate([idx, np.repeat(idx[:1], size - len(idx))]) if len(idx) < size else idx
+
+
+@contextmanager
+def matmul_precision(precision: str, device: str):
+    """tf32: fp32 weights and activations, matrix products on TF32 tensor cores (CUDA only; restored after)."""
+    before = torch.get_float32_matmul_precision()
+    if precision == "tf32" and device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, scheduler, device: str = "cpu",
+          start_epoch: int = 0, after_step: Callable[[int], None] | None = None,
+          end_of_epoch: Callable[[int, int, dict], None] | None = None, desc: str = "train") -> dict:
+    """Train from start_epoch until total_steps. after_step(step) runs after every optimizer step (pruning
+    masks); end_of_epoch(epoch, step, stats) after every epoch, stats = training loss and accuracy over it
+    (summed over DDP ranks). Returns {'steps', 'loss', 'seen', 'seconds', 'epoch_seconds'}."""
+    graphed = GraphedTrainStep(model, optimizer) if use_graphs(f, r, device) else None
+    pad = max(f.pad_to_multiple, 32) if graphed else f.pad_to_multiple  # each width is one graph capture
+    bf16, kind = f.precision == "bf16", device.split(":")[0]
+    trained, world = distributed.wrap(model, device), distributed.world_size()
+    steps_per_epoch = math.ceil(len(data) / f.batch_size)
+    step, loss_all, seen, epoch_seconds, t0 = start_epoch * steps_per_epoch, 0.0, 0, [], time.perf_counter()
+    model.train()
+    with matmul_precision(f.precision, device):
+        for epoch in range(start_epoch, math.ceil(total_steps / steps_per_epoch)):
+            loss_sum = correct = count = 0
+            t_epoch = time.perf_counter()
+            batches = epoch_batches(len(data), f.batch_size, f.seed, epoch, data.lengths, f.group_by_length)
+            bar = tqdm(batches[:total_steps - step], desc=f"{desc} epoch {epoch + 1}", leave=False,
+                       disable=None if distributed.is_main() else True)
+            for idx in bar:
+                local, real = distributed.shard(idx)  # (idx, len(idx)) in one process
+                batch = data.batch(fill(local, f.batch_size) if graphed else local, pad)
+                labels = batch.pop("labels")
+                if graphed:
+                    labels[real:] = -100  # fill's repeats: no loss, no gradient, not counted
+                    loss, logits = graphed(batch, labels)
+                else:
+                    with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
+                        logits = trained(**batch).logits
+                    loss = F.cross_entropy(logits.float(), labels)
+                    (loss * (real * world / len(idx))).backward()  # x 1.0 in one process; see distributed.shard
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                if after_step:
+                    after_step(step)
+                loss_sum += loss.detach() * real  # stays on the device: no per-step synchronisation
+                correct += (logits.detach().argmax(-1) == labels)[:real].sum()
+                count += real
+                if step % r.log_every == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+            # float() waits for the device, so the epoch's time is complete; under DDP, sums over all ranks
+            loss_sum, correct, count = distributed.total(loss_sum, correct, count)
+            loss_all, seen = loss_all + loss_sum, seen + count
+            epoch_seconds.append(time.perf_counter() - t_epoch)
+            if end_of_epoch:
+                end_of_epoch(epoch + 1, step, {"train_loss": loss_sum / count, "train_accuracy": correct / count})
+    model.eval()
+    return {"steps": step, "loss": loss_all / max(seen, 1), "seen": seen, "seconds": time.perf_counter() - t0,
+            "epoch_seconds": epoch_seconds}
+
+
+def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=None, desc: str = "recover") -> float:
+    """n steps of the seed recipe on a model already in memory, on the CPU (recovery after pruning, QAT);
+    the mean training loss."""
+    seed_everything(f.seed)
+    optimizer, scheduler = optimizer_and_schedule(model, f, n)
+    return train(model, Encoded.load(train_path), f, r, n, optimizer, scheduler, after_step=after_step,
+                 desc=desc)["loss"]
+
+
+@torch.inference_mode()
+def predict(model, data, batch_size: int = 128, device: str = "cpu") -> tuple[float, np.ndarray]:
+    """(mean cross-entropy, predicted labels); batches go in length order to minimise padding."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort(data.lengths, kind="stable")
+    preds = np.empty(len(data), dtype=np.int64)
+    loss_sum = 0.0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(idx, 8).items()}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        preds[idx] = logits.argmax(-1).cpu().numpy()
+    model.train(was_training)
+    return loss_sum / len(data), preds

@@ -1,0 +1,97 @@
+"""A saved variant: write one (any kind) as a folder, and load any folder back as what it was saved as.
+
+A variant folder holds config.json, the tokenizer, the weights, variant.json (mode, base, weights file,
+structure) and metrics.json. `load_variant` rebuilds the architecture, re-applies structure and quantization,
+then loads the weights, so an int8 model comes back int8 with identical predictions; transformers'
+from_pretrained would silently give fp32 (or random weights), so quantized weights never use its file names.
+A plain fine-tuned or magnitude-pruned model is a save_pretrained folder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import io, masks
+from .model import load_model, load_tokenizer
+from .params import QUANTIZE_MODES, UserError
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def convert(model: nn.Module, mode: str) -> nn.Module:
+    """The in-memory conversions (no data needed): int8 dynamic, optionally with int8 embeddings, or half."""
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig, quantize_dynamic
+
+    if mode in ("dynamic", "dynamic_emb"):
+        spec = {nn.Linear: default_dynamic_qconfig}
+        if mode == "dynamic_emb":
+            spec[nn.Embedding] = float_qparams_weight_only_qconfig
+        return quantize_dynamic(model.eval(), spec, dtype=torch.qint8)
+    if mode in DTYPES:
+        return model.to(DTYPES[mode])
+    return model
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """safetensors for plain tensors; torch.save where dynamic int8 keeps packed params safetensors can't hold."""
+    if Path(path).suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    else:
+        torch.save(model.state_dict(), path)
+
+
+def save(out_dir: str, base_dir: str, variant: dict, metrics: dict, write_weights) -> None:
+    """Write config, tokenizer, weights (write_weights(tmp)), variant.json, metrics.json; appear atomically."""
+    with io.atomic_dir(out_dir) as tmp:
+        write_weights(tmp)
+        if not (tmp / "config.json").is_file():
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(base_dir).save_pretrained(tmp)
+        load_tokenizer(str(base_dir)).save_pretrained(tmp)
+        io.write_json(tmp / "variant.json", variant)
+        io.write_json(tmp / "metrics.json", metrics)
+
+
+def read(model_dir: str) -> dict | None:
+    path = Path(model_dir) / "variant.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_float(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
+    """A model to prune or quantize: fine-tuned, pruned or structured, not already quantized."""
+    mode = (read(model_dir) or {}).get("mode")
+    if mode in QUANTIZE_MODES:
+        raise UserError(f"{model_dir} is already quantized ({mode}); pass a fine-tuned or pruned model folder")
+    return load_variant(model_dir, num_labels, **kwargs)
+
+
+def load_variant(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
+    """Any saved model as what it was saved as: fp32 (dense, pruned), structured, int8 dynamic, half, PT2E."""
+    v = read(model_dir)
+    if v is None or (v["mode"] == "oneshot"):
+        return load_model(str(model_dir), num_labels, **kwargs)  # a plain save_pretrained folder
+    weights = Path(model_dir) / v["weights"]
+    if weights.suffix == ".pt2":
+        import torchao.quantization.pt2e as pt2e  # registers the quantized ops the program calls
+        import transformers.modeling_outputs  # noqa: F401  registers SequenceClassifierOutput with pytree
+
+        module = torch.export.load(weights).module()
+        pt2e.allow_exported_model_train_eval(module)
+        return module
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if config.num_labels != num_labels:
+        raise UserError(f"{model_dir} has {config.num_labels} labels, the task {num_labels}; check --task")
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32, **kwargs)
+    if "structure" in v:
+        masks.apply_structure(model, v["structure"])
+    model = convert(model, v["mode"])
+    state = load_file(weights) if weights.suffix == ".safetensors" else torch.load(weights, weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
