@@ -1,102 +1,106 @@
-"""Compression benchmark: every variant of issue 3 on one GLUE task, seed protocol, one table.
+"""Compression benchmark: every variant of a params file's table on one GLUE task, one seed, one table.
 
     nohup .venv/bin/python bench/compression.py --task mrpc > /tmp/bench_compression.log 2>&1 &
+    .venv/bin/python bench/compression.py --only 'dense+static|gradual80'     # build and time only these
 
-Fine-tunes the dense model and the gradually pruned ones with params.yaml (the seed recipe), derives the
-others from them (quantized, one-shot, structured, pruned + int8), evaluates each with evaluate.evaluate on the
-full validation split, measures sizes (a)/(b)/(c) with sizes.measure and CPU latency at batch 1 and 8, length
-128 (latency.measure: warm-up, median of --runs; one pass as each variant is built, then the best of --rounds
-passes, because the CPU is shared and a pass can be slowed by other work). Every variant lives in
-outputs/bench/<task>/<name>/, so a rerun skips what is built and an interrupted fine-tune resumes; rows.json
-keeps each variant's accuracy and sizes, so a rerun with --only "A|B" keeps every row in the table and times only
-the variants it names. The table goes to bench/RESULTS-compression.md after every row.
+The variants are bench/params-compression.yaml's `variants` table (laid over params.yaml; -S overrides as for
+the flow), made by the flow's own step functions in table order: each variant fine-tuned or pruned from the one
+it names, then quantized in each of its modes, then evaluated on the validation split (tasks/stage.py's `made`
+and `evaluated`: the tasks of tasks/steps.py as plain functions, skipped when their output holds the same exact
+key). Outputs: outputs/bench/<task>/<variant>[.<mode>]; MLflow runs under one parent in outputs/bench/mlflow.db
+unless $MLFLOW_TRACKING_URI is set. On top of the flow: CPU latency at batch 1 and 8, length 128, with --threads
+threads (latency.measure: warm-up, median of --runs; one pass as each model is built, then the best of --rounds
+passes, because the CPU is shared), and torch.compile rows for the PT2E (static, qat) models. rows.json keeps
+every row's accuracy and sizes, so a rerun with --only keeps every row in the table and times only the rows it
+names. The table goes to bench/RESULTS-compression.md and the rows to bench/results/compression-<task>.json
+after every row (not with --no-results: the table is printed).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch._inductor.config
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bertcompress import latency, params as P, prune, quantize, sizes
-from bertcompress.cli import prepared
-from bertcompress.evaluate import evaluate_model
-from bertcompress.finetune import finetune
-from bertcompress.glue import get_task
-from bertcompress.tokenize import Encoded
+import torch  # noqa: E402
+import torch._inductor.config  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS-compression.md")
+from bertcompress import latency, model as core_model, params as P  # noqa: E402
+from bertcompress.glue import get_task  # noqa: E402
+from bertcompress.tokenize import prepared  # noqa: E402
+from bertcompress.variant import load_variant  # noqa: E402
+from tasks import tracking, variants  # noqa: E402
+from tasks.stage import evaluated, made  # noqa: E402
 
-
-def gradual(sparsity: float, scope: str = "encoder") -> dict:
-    return {"prune": {"method": "gradual", "scope": scope, "final_sparsity": sparsity}}
-
-
-# name -> (how it is made, from which variant, params changes); the order of work and of the table: the cheap
-# variants of the dense model first, so a run cut short still answers most questions
-VARIANTS = {
-    "dense": ("finetune", None, {}),
-    "int8 dynamic": ("quantize", "dense", {"quantize": {"mode": "dynamic"}}),
-    "int8 dynamic + int8 embeddings": ("quantize", "dense", {"quantize": {"mode": "dynamic_emb"}}),
-    "fp16": ("quantize", "dense", {"quantize": {"mode": "fp16"}}),
-    "bf16": ("quantize", "dense", {"quantize": {"mode": "bf16"}}),
-    "static int8 (PT2E)": ("quantize", "dense", {"quantize": {"mode": "static"}}),
-    "one-shot 50 % (encoder)": ("oneshot", "dense", {"prune": {"method": "oneshot", "final_sparsity": 0.5}}),
-    "one-shot 90 % (encoder)": ("oneshot", "dense", {"prune": {"method": "oneshot", "final_sparsity": 0.9}}),
-    "one-shot 90 % + int8 incl. embeddings": (
-        "quantize", "one-shot 90 % (encoder)", {"quantize": {"mode": "dynamic_emb"}}),
-    "gradual 50 % (encoder)": ("finetune", None, gradual(0.5)),
-    "gradual 90 % (encoder)": ("finetune", None, gradual(0.9)),
-    "gradual 90 % + int8 incl. embeddings": (
-        "quantize", "gradual 90 % (encoder)", {"quantize": {"mode": "dynamic_emb"}}),
-    "gradual 80 % (encoder)": ("finetune", None, gradual(0.8)),
-    "structured (25 % heads + 25 % FFN; 100 recovery steps)": (
-        "structured", "dense", {"prune": {"method": "structured", "recovery_steps": 100}}),
-    "QAT int8 (PT2E, 200 steps)": ("quantize", "dense", {"quantize": {"mode": "qat"}}),
-    "gradual 90 % classifier only (seed)": ("finetune", None, gradual(0.9, "classifier")),
-    "one-shot 90 % + 100 recovery steps": (
-        "oneshot", "dense", {"prune": {"method": "oneshot", "final_sparsity": 0.9, "recovery_steps": 100}}),
-}
+BENCH = Path(__file__).resolve().parent
+RESULTS, JSON = BENCH / "RESULTS-compression.md", BENCH / "results" / "compression-{task}.json"
+COMPILED, PT2E = ", torch.compile", ("static", "qat")
+MODES = {"dynamic": "int8 dynamic", "dynamic_emb": "int8 dynamic + int8 embeddings", "fp16": "fp16", "bf16": "bf16",
+         "static": "static int8 (PT2E)", "qat": "QAT int8 (PT2E, {q.quantize.qat_steps} steps)"}
+KEPT = ("accuracy", "f1", "state_dict_mb", "compact_mb", "compressed_mb", "parameters", "nonzero_parameters")
 
 
-def with_changes(base: P.Params, changes: dict) -> P.Params:
-    return dataclasses.replace(base, **{s: dataclasses.replace(getattr(base, s), **kv) for s, kv in changes.items()})
+def describe(p: P.Params, name: str, mode: str) -> str:
+    """What the row is, in words, from the variant's params: 'one-shot 90 % (encoder) of dense + int8 dynamic'."""
+    q, v = p.variant(name, p.experiment.seeds[0], mode), p.variants[name]
+    r, pct = q.prune, lambda x: f"{100 * x:g} %"
+    what = {"none": "fine-tuned", "gradual": f"gradual {pct(r.final_sparsity)} ({r.scope})",
+            "oneshot": f"one-shot {pct(r.final_sparsity)} ({r.scope}) of {v.source}",
+            "structured": f"structured {pct(r.heads_fraction)} heads + {pct(r.ffn_fraction)} FFN of {v.source}"}
+    text = what[r.method] + (f", {r.recovery_steps} recovery steps" if r.recovery_steps and not v.finetuned else "")
+    return text + (f" + {MODES[mode].format(q=q)}" if mode != "none" else "")
 
 
-def folder(name: str, root: Path) -> Path:
-    return root / "".join(c if c.isalnum() or c in "+-" else "_" for c in name.replace("%", "pct"))
+class Bench:
+    def __init__(self, args, p: P.Params, parent: str):
+        self.args, self.p, self.task, self.parent = args, p, args.task, parent
+        self.root = Path(args.out) / args.task
+        self.data = prepared(args.task, p)
+        self.base = str(Path(args.out) / "pretrained" / p.model.name.replace("/", "--"))
+        if not Path(self.base, "source.json").is_file():
+            core_model.pretrained(p.model.name, self.base)
+        self.built: dict[str, str] = {}
+
+    def common(self, name: str) -> dict:
+        return {"task": self.task, "name": name, "seed": self.p.experiment.seeds[0], "p": self.p, "parent": self.parent}
+
+    def make(self, name: str) -> str:
+        """The variant's folder: fine-tuned from the base model, or pruned from the variant it names (made first)."""
+        if name not in self.built:
+            v, out, a = self.p.variants[name], str(self.root / name), self.common(name)
+            self.built[name] = (made("finetune", {**a, "base": self.base, **self.data}, out) if v.finetuned else
+                                made("prune", {**a, "model_dir": self.make(v.source), "train": self.data["train"]}, out))
+        return self.built[name]
+
+    def model(self, name: str, mode: str) -> tuple[str, dict]:
+        """(folder, row) of one method: made, quantized in mode, evaluated (each step skipped when up to date)."""
+        a, folder = {**self.common(name), "mode": mode}, self.make(name)
+        if mode != "none":
+            folder = made("quantize", {**a, "model_dir": folder, "train": self.data["train"]}, f"{folder}.{mode}")
+        row = evaluated({**a, "model_dir": folder, "validation": self.data["validation"]},
+                        self.root / "eval" / f"{variants.method(name, mode)}.json")
+        return folder, {k: row.get(k) for k in KEPT} | {"sparsity": sparsity(folder)}
 
 
-def build(name: str, root: Path, params: P.Params, task: str, data: dict) -> Path:
-    """The variant's folder, made unless it is already complete."""
-    how, source, changes = VARIANTS[name]
-    out = folder(name, root)
-    if (out / "metrics.json").is_file():
-        return out
-    p, base = with_changes(params, changes), str(build(source, root, params, task, data)) if source else None
-    if how == "finetune":
-        finetune(p, task, data["train"], data["validation"], str(out))
-    elif how == "quantize":
-        quantize.quantize(base, str(out), p, task, calib_path=data["train"], train_path=data["train"])
-    else:
-        getattr(prune, how)(base, str(out), p, task, train_path=data["train"])
-    return out
+def sparsity(folder: str) -> float:
+    """Zeros in the pruned scope; a quantized model reports that of the model it quantized."""
+    saved = json.loads(Path(folder, "metrics.json").read_text())
+    if "sparsity" not in saved and saved.get("base"):
+        return sparsity(saved["base"])
+    return saved.get("sparsity", {}).get("overall", 0.0)
 
 
-def row(name: str, model, out: Path, task: str, data: dict) -> dict:
-    metrics = evaluate_model(model, Encoded.load(data["validation"]), task)  # what evaluate.evaluate does
-    saved = json.loads((out / "metrics.json").read_text())
-    base = saved.get("base")  # a quantized variant reports the sparsity of the model it quantized
-    sparsity = saved.get("sparsity") or (json.loads((Path(base) / "metrics.json").read_text()).get("sparsity")
-                                         if base else None)
-    return {"variant": name, "accuracy": metrics["accuracy"], "f1": metrics.get("f1"), **sizes.measure(model),
-            "sparsity": sparsity["overall"] if sparsity else 0.0}
+def carried(p: P.Params, root: Path, name: str) -> str | None:
+    """Where the variant (or one it is made from) was fine-tuned, if not here (bench/gpu_variants.py)."""
+    for n in reversed(variants.chain(p, name)):
+        path = root / n / "metrics.json"
+        if path.is_file() and (prov := json.loads(path.read_text()).get("provenance")):
+            return prov["trained_on"]
+    return None
 
 
 def timed(rows: dict, models: dict, args) -> None:
@@ -110,26 +114,10 @@ def timed(rows: dict, models: dict, args) -> None:
         print(f"latency {label}: {t}", flush=True)
 
 
-def order(label: str) -> float:
-    """Table order: the order of VARIANTS, each compiled row after its model."""
-    return list(VARIANTS).index(label.split(", torch.compile")[0]) + 0.5 * label.endswith("torch.compile")
-
-
-def carried(name: str, root: Path) -> str | None:
-    """Where a variant's model (or the model it was made from) was fine-tuned, if not here (bench/gpu_variants.py)."""
-    name = name.split(", torch.compile")[0]
-    while name:
-        path = folder(name, root) / "metrics.json"
-        if path.is_file() and (prov := json.loads(path.read_text()).get("provenance")):
-            return prov["trained_on"]
-        name = VARIANTS[name][1]
-    return None
-
-
-def write(rows: dict, task: str, args) -> None:
-    dense = rows.get("dense", {})
-    root = Path(args.out) / task
-    lines = [f"# Compression benchmark: {task}, all-MiniLM-L6-v2, seed protocol (params.yaml)", "",
+def table(rows: dict, order: list[str], p: P.Params, args) -> str:
+    dense, f = rows.get(p.experiment.baseline, {}), p.finetune
+    lines = [f"# Compression benchmark: {args.task}, {p.model.name}, seed protocol ({args.params}: lr {f.lr:g}, "
+             f"batch {f.batch_size}, {f.epochs} epochs, seed {p.experiment.seeds[0]})", "",
              f"Measured on this CPU ({os.cpu_count()} cores, shared), torch {torch.__version__}, "
              f"{args.threads} thread(s), length 128, median of {args.runs} runs after 3 warm-up, the best of the "
              "passes made (one as each variant is built, then passes over all). Sizes in MB (10^6 bytes): "
@@ -138,69 +126,104 @@ def write(rows: dict, task: str, args) -> None:
              "params and seed (bench/gpu_variants.py), carried back in fp16 and restored to fp32, then evaluated, "
              "sized and timed here; (c) is not shown for them: fp16-rounded fp32 weights compress better than "
              "trained ones.",
-             "", "| variant | acc | F1 | Δacc | (a) MB | (b) MB | (c) MB | params | non-zero | sparsity "
-             "| b1 ms | b8 ms | b8 speed-up |", "|" + "---|" * 13]
-    for r in sorted(rows.values(), key=lambda r: order(r["variant"])):
-        fmt = lambda k, f="{:.1f}": f.format(r[k]) if r.get(k) is not None else "–"  # noqa: E731
-        fast = r.get("batch8_ms") and dense.get("batch8_ms")
-        gain = f"{dense['batch8_ms'] / r['batch8_ms']:.1f}×" if fast else "–"
+             "", "| variant | made as | acc | F1 | Δacc | (a) MB | (b) MB | (c) MB | params | non-zero | sparsity "
+             "| b1 ms | b8 ms | b8 speed-up |", "|" + "---|" * 14]
+    for r in sorted(rows.values(), key=lambda r: order.index(r["variant"])):
+        fmt = lambda k, s="{:.1f}": s.format(r[k]) if r.get(k) is not None else "–"  # noqa: E731
+        gain = f"{dense['batch8_ms'] / r['batch8_ms']:.1f}×" if r.get("batch8_ms") and dense.get("batch8_ms") else "–"
         delta = f"{100 * (r['accuracy'] - dense['accuracy']):+.1f}" if dense else "–"
-        gpu = carried(r["variant"], root)
-        lines.append(f"| {r['variant']}{' †' if gpu else ''} | {fmt('accuracy', '{:.3f}')} | {fmt('f1', '{:.3f}')} | "
-                     f"{delta} | {fmt('state_dict_mb')} | {fmt('compact_mb')} | "
-                     f"{'–' if gpu else fmt('compressed_mb')} | "
-                     f"{r['parameters'] / 1e6:.2f} M | {r['nonzero_parameters'] / 1e6:.2f} M | "
-                     f"{100 * r['sparsity']:.1f} % | {fmt('batch1_ms')} | {fmt('batch8_ms')} | {gain} |")
-    RESULTS.write_text("\n".join(lines) + "\n")
-    (Path(args.out) / task / "rows.json").write_text(json.dumps(list(rows.values()), indent=1))
+        gpu = carried(p, Path(args.out) / args.task, r["name"])
+        lines.append(f"| {r['variant']}{' †' if gpu else ''} | {r['description']} | {fmt('accuracy', '{:.3f}')} | "
+                     f"{fmt('f1', '{:.3f}')} | {delta} | {fmt('state_dict_mb')} | {fmt('compact_mb')} | "
+                     f"{'–' if gpu else fmt('compressed_mb')} | {r['parameters'] / 1e6:.2f} M | "
+                     f"{r['nonzero_parameters'] / 1e6:.2f} M | {100 * r['sparsity']:.1f} % | {fmt('batch1_ms')} | "
+                     f"{fmt('batch8_ms')} | {gain} |")
+    return "\n".join(lines) + "\n"
 
 
-def saved_rows(root: Path) -> dict:
-    """Rows of earlier runs without their latency: accuracy and sizes stand, but timings (and speed-ups) are
-    comparable only within one run on a shared CPU, so the table shows those of the variants timed now."""
+def write(rows: dict, order: list[str], p: P.Params, args) -> str:
+    text, root = table(rows, order, p, args), Path(args.out) / args.task
+    (root / "rows.json").write_text(json.dumps(list(rows.values()), indent=1))
+    if args.results:  # the hand-written sections (## ...) below the table stay
+        notes = RESULTS.read_text().partition("\n## ") if RESULTS.is_file() else ("", "", "")
+        RESULTS.write_text(text + (f"\n## {notes[2]}" if notes[1] else ""))
+        path = Path(str(JSON).format(task=args.task))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": args.task, "params": args.params, "overrides": args.overrides,
+                                    "torch": torch.__version__, "cpu_count": os.cpu_count(), "threads": args.threads,
+                                    "runs": args.runs, "rows": sorted(rows.values(), key=lambda r: order.index(
+                                        r["variant"]))}, indent=1) + "\n")
+    return text
+
+
+def saved_rows(root: Path, order: list[str]) -> dict:
+    """Rows of earlier runs (of methods still in the table) without their latency: accuracy and sizes stand, but
+    timings (and speed-ups) are comparable only within one run on a shared CPU."""
     path = root / "rows.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
-    return {r["variant"]: {**r, "batch1_ms": None, "batch8_ms": None, "passes": 0} for r in rows}
+    return {r["variant"]: {**r, "batch1_ms": None, "batch8_ms": None, "passes": 0} for r in rows
+            if r["variant"] in order}
+
+
+def run(args, p: P.Params, parent: str) -> str:
+    methods = [(n, m) for n, v in p.variants.items() for m in ("none", *v.quantize)]
+    order = [label for n, m in methods for label in [variants.method(n, m)] +
+             ([variants.method(n, m) + COMPILED] if args.compile and m in PT2E else [])]  # the table's rows
+    only = [s.strip() for s in args.only.split("|")] if args.only else None
+    if only and (unknown := [o for o in only if o not in order]):
+        raise P.UserError(f"--only: unknown method(s) {', '.join(unknown)}; choose from: {'|'.join(order)}")
+    bench = Bench(args, p, parent)
+    bench.root.mkdir(parents=True, exist_ok=True)
+    rows, models = saved_rows(bench.root, order), {}
+    for name, mode in methods:  # build, evaluate and time each as it comes: a cut-short run still has rows
+        label = variants.method(name, mode)
+        if only and label not in only and label + COMPILED not in only:
+            continue
+        t0 = time.perf_counter()
+        folder, row = bench.model(name, mode)
+        rows[label] = {"variant": label, "name": name, "mode": mode, "description": describe(p, name, mode), **row}
+        new = {label: load_variant(folder, get_task(args.task).num_labels)}
+        if args.compile and mode in PT2E:  # compiled once per input shape, in the first pass's warm-up
+            new[label + COMPILED] = torch.compile(new[label])
+            rows[label + COMPILED] = {**rows[label], "variant": label + COMPILED}
+        print(f"built {label} in {time.perf_counter() - t0:.0f} s: {rows[label]}", flush=True)
+        timed(rows, new, args)
+        models.update(new)
+        write(rows, order, p, args)
+    for _ in range(args.rounds - 1):  # more passes over all models of this run, interleaved, at the end
+        timed(rows, models, args)
+        write(rows, order, p, args)
+    return write(rows, order, p, args)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="mrpc")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--params", default=str(Path("bench") / "params-compression.yaml"))
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", default="outputs/bench")
-    parser.add_argument("--only", help="variant names separated by | (default: all, in order)")
-    # 1 thread by default: on a 2-core machine that others also load, 2 threads wait on each other (seen: dense
-    # batch 1 at 870 ms with 2 threads against 166 ms with 1, in the same minute)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", help="method names separated by | (dense+static, gradual80, ...; default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for the latency passes (default 2)")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-results", dest="results", action="store_false",
+                        help="leave bench/RESULTS-compression.md and bench/results/ alone (smoke runs)")
     args = parser.parse_args(argv)
-    params = P.load(args.params, args.overrides)
-    names = [n.strip() for n in args.only.split("|")] if args.only else list(VARIANTS)
-    data, root = prepared(args.task, params), Path(args.out) / args.task
-    root.mkdir(parents=True, exist_ok=True)
-    torch._inductor.config.freezing = True  # torch.compile constant-folds the int8 weights into its kernels
-    rows, models = saved_rows(root), {}
-    for name in names:  # build, evaluate and time each variant as it comes: a cut-short run still has rows
-        t0 = time.perf_counter()
-        out = build(name, root, params, args.task, data)
-        new = {name: quantize.load_variant(str(out), get_task(args.task).num_labels)}
-        if args.compile and "PT2E" in name:  # compiled once per input shape, in the first pass's warm-up
-            new[f"{name}, torch.compile"] = torch.compile(new[name])
-        if name not in rows:
-            rows[name] = row(name, new[name], out, args.task, data)
-        for label in new:
-            rows[label] = {**rows[name], "variant": label}
-        print(f"built {name} in {time.perf_counter() - t0:.0f} s: {rows[name]}", flush=True)
-        timed(rows, new, args)
-        models.update(new)
-        write(rows, args.task, args)
-    for _ in range(args.rounds - 1):  # more passes over all variants of this run, interleaved, at the end
-        timed(rows, models, args)
-        write(rows, args.task, args)
-    print(RESULTS.read_text())
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
+    try:
+        p = P.load(args.params, args.overrides)
+        core_model.preflight(args.task, p)
+        if len(p.experiment.seeds) != 1 or p.experiment.lr_candidates:
+            raise P.UserError("the bench runs one seed at finetune.lr: set experiment.seeds to one seed and "
+                              "experiment.lr_candidates to []")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        torch._inductor.config.freezing = True  # torch.compile constant-folds the int8 weights into its kernels
+        with tracking.parent_run("bench", f"compression-{args.task}", key=f"{os.getpid()}-{time.time()}") as parent:
+            print(run(args, p, parent))
+    except P.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import os
-import re
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from .ranges import PRUNE_METHODS, QUANTIZE_MODES, UserError, validate  # noqa: F401  (re-exported)
+from .ranges import PRUNE_METHODS, QUANTIZE_MODES, UserError, check_type, unknown, validate, variant_table  # noqa: F401
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "params.yaml"
 PRETRAINED = "pretrained"  # a variant's `from` when it is fine-tuned from model.name
@@ -159,9 +156,11 @@ class Params:
 
     def variant(self, name: str, seed: int, mode: str = "none") -> "Params":
         """The params one (variant, seed, quantization mode) runs with: the variant's overrides, then the seed
-        and the mode. Its own prune.method stands (none for a plain fine-tune)."""
+        and the mode. A variant's prune.method is its entry's (none when it names none), not the section's,
+        which is the CLI's."""
         v = self.variants[name]
-        changes = {f"{s}.{k}": val for s, kv in v.overrides.items() for k, val in kv.items()}
+        changes = {"prune.method": "none"}
+        changes |= {f"{s}.{k}": val for s, kv in v.overrides.items() for k, val in kv.items()}
         changes |= {"finetune.seed": seed, "quantize.mode": mode}
         return self.replace(changes)
 
@@ -170,87 +169,26 @@ def _types(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _check_type(where: str, value, annotation):
-    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    for t in hints:
-        if t is type(None) and value is None:
-            return value
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if t is float and isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t in (str, bool) and isinstance(value, t):
-            return value
-        if typing.get_origin(t) is list and isinstance(value, list):
-            return [_check_type(where, v, typing.get_args(t)[0]) for v in value]
-    names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in hints)
-    raise UserError(f"{where}: expected {names}, got {value!r}; fix the value in params.yaml or the override")
-
-
-def _unknown(what: str, name: str, known) -> UserError:
-    near = difflib.get_close_matches(name, list(known), n=1)
-    hint = f"did you mean '{near[0]}'? " if near else ""
-    return UserError(f"unknown {what} '{name}'; {hint}known: {', '.join(known)}")
-
-
 def _section(name: str, values: dict, source: str):
     cls, hints = SECTIONS[name], _types(SECTIONS[name])
     if not isinstance(values, dict):
         raise UserError(f"{source}: section '{name}' must be a mapping of keys, got {values!r}")
     for key in values:
         if key not in hints:
-            raise UserError(f"{source}: " + str(_unknown("key", f"{name}.{key}", [f"{name}.{k}" for k in hints])))
+            raise UserError(f"{source}: " + str(unknown("key", f"{name}.{key}", [f"{name}.{k}" for k in hints])))
     missing = [k for k in hints if k not in values]
     if missing:
         raise UserError(f"{source}: {name} lacks {', '.join(missing)}; add them (see {DEFAULTS.name} in the project)")
-    return cls(**{k: _check_type(f"{source}: {name}.{k}", values[k], hints[k]) for k in hints})
-
-
-def _variants(table, source: str) -> dict:
-    if not isinstance(table, dict) or not table:
-        raise UserError(f"{source}: variants must be a mapping of at least one variant, e.g. "
-                        "{dense: {from: pretrained, quantize: [dynamic]}}")
-    out: dict[str, Variant] = {}
-    for name, entry in table.items():
-        where = f"{source}: variants.{name}"
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)):
-            raise UserError(f"{where}: a variant name is lower-case letters, digits and _ (it names folders, "
-                            "DVC stages and MLflow runs); rename it")
-        if not isinstance(entry, dict) or "from" not in entry:
-            raise UserError(f"{where}: give at least `from: pretrained` (fine-tune) or `from: <variant>` (prune it)")
-        entry = dict(entry)
-        src, modes = entry.pop("from"), entry.pop("quantize", []) or []
-        if src != PRETRAINED and src not in out:
-            raise UserError(f"{where}: from '{src}' is not a variant listed above it; list '{src}' first, "
-                            f"or use from: {PRETRAINED}")
-        if not isinstance(modes, list) or any(m not in QUANTIZE_MODES[1:] for m in modes):
-            raise UserError(f"{where}.quantize: expected a list of {', '.join(QUANTIZE_MODES[1:])}, got {modes!r}")
-        for section, values in entry.items():
-            if section not in VARIANT_SECTIONS:
-                raise UserError(f"{where}: " + str(_unknown("override section", section, VARIANT_SECTIONS)))
-            if not isinstance(values, dict):
-                raise UserError(f"{where}.{section}: expected a mapping of {section} keys, got {values!r}")
-            hints = _types(SECTIONS[section])
-            for key, value in values.items():
-                if key not in hints:
-                    raise UserError(f"{where}: " + str(_unknown("key", f"{section}.{key}",
-                                                                [f"{section}.{k}" for k in hints])))
-                values[key] = _check_type(f"{where}.{section}.{key}", value, hints[key])
-        out[name] = Variant(name, src, copy.deepcopy(entry), tuple(modes))
-    return out
+    return cls(**{k: check_type(f"{source}: {name}.{k}", values[k], hints[k]) for k in hints})
 
 
 def _build(raw: dict, source: str, table: bool = True) -> Params:
     for name in raw:
         if name not in SECTIONS and name != "variants":
-            raise UserError(f"{source}: " + str(_unknown("section", name, [*SECTIONS, "variants"])))
+            raise UserError(f"{source}: " + str(unknown("section", name, [*SECTIONS, "variants"])))
     p = Params(**{s: _section(s, raw.get(s) or {}, source) for s in SECTIONS},
-               variants=_variants(raw.get("variants"), source))
+               variants=variant_table(raw.get("variants"), source, {s: _types(SECTIONS[s]) for s in VARIANT_SECTIONS},
+                                      Variant))
     validate(p, table)
     return p
 

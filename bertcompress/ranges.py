@@ -5,12 +5,82 @@ them whenever it builds a Params object.
 """
 from __future__ import annotations
 
+import copy
+import difflib
+import re
+import types
+import typing
+
 PRUNE_METHODS = ("none", "gradual", "oneshot", "structured")
 QUANTIZE_MODES = ("none", "dynamic", "dynamic_emb", "fp16", "bf16", "static", "qat")
 
 
 class UserError(Exception):
     """Bad input: the message is one line that names the problem and the fix."""
+
+
+def check_type(where: str, value, annotation):
+    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for t in hints:
+        if t is type(None) and value is None:
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is float and isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool) and isinstance(value, t):
+            return value
+        if typing.get_origin(t) is list and isinstance(value, list):
+            return [check_type(where, v, typing.get_args(t)[0]) for v in value]
+    names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in hints)
+    raise UserError(f"{where}: expected {names}, got {value!r}; fix the value in params.yaml or the override")
+
+
+def unknown(what: str, name: str, known) -> UserError:
+    near = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    return UserError(f"unknown {what} '{name}'; {hint}known: {', '.join(known)}")
+
+
+def variant_table(table, source: str, hints: dict, make) -> dict:
+    """The `variants` table checked, as {name: make(name, source, overrides, modes)}, parents first; hints:
+    {section: {key: type}} of the sections an entry may override."""
+    if not isinstance(table, dict) or not table:
+        raise UserError(f"{source}: variants must be a mapping of at least one variant, e.g. "
+                        "{dense: {from: pretrained, quantize: [dynamic]}}")
+    out: dict = {}
+    for name, entry in table.items():
+        where = f"{source}: variants.{name}"
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)):
+            raise UserError(f"{where}: a variant name is lower-case letters, digits and _ (it names folders, "
+                            "DVC stages and MLflow runs); rename it")
+        if not isinstance(entry, dict) or "from" not in entry:
+            raise UserError(f"{where}: give at least `from: pretrained` (fine-tune) or `from: <variant>` (prune it)")
+        entry = dict(entry)
+        src, modes = entry.pop("from"), entry.pop("quantize", []) or []
+        if src != "pretrained" and src not in out:
+            raise UserError(f"{where}: from '{src}' is not a variant listed above it; list '{src}' first, "
+                            f"or use from: pretrained")
+        if not isinstance(modes, list) or any(m not in QUANTIZE_MODES[1:] for m in modes):
+            raise UserError(f"{where}.quantize: expected a list of {', '.join(QUANTIZE_MODES[1:])}, got {modes!r}")
+        for section, values in entry.items():
+            if section not in hints:
+                raise UserError(f"{where}: " + str(unknown("override section", section, list(hints))))
+            if not isinstance(values, dict):
+                raise UserError(f"{where}.{section}: expected a mapping of {section} keys, got {values!r}")
+            known = hints[section]
+            for key, value in values.items():
+                if key not in known:
+                    raise UserError(f"{where}: " + str(unknown("key", f"{section}.{key}",
+                                                                [f"{section}.{k}" for k in known])))
+                values[key] = check_type(f"{where}.{section}.{key}", value, known[key])
+        out[name] = make(name, src, copy.deepcopy(entry), tuple(modes))
+    return out
 
 
 def validate(p, table: bool = True) -> None:
@@ -95,13 +165,13 @@ def _validate_experiment(p) -> None:
         raise UserError(f"experiment.baseline '{e.baseline}' is not in the variant table; "
                         f"choose one of: {', '.join(p.variants)}")
     for v in p.variants.values():
-        method = v.overrides.get("prune", {}).get("method", p.prune.method)
+        method = v.overrides.get("prune", {}).get("method", "none")
         allowed = ("none", "gradual") if v.finetuned else ("oneshot", "structured")
         if method not in allowed:
             made = "fine-tuned from pretrained" if v.finetuned else f"made from variant '{v.source}'"
             raise UserError(f"variants.{v.name} is {made}, so its prune.method must be {' or '.join(allowed)}, "
                             f"got '{method}'; set variants.{v.name}.prune.method")
     base = p.variants[e.baseline]
-    if base.source != "pretrained" or base.overrides.get("prune", {}).get("method", p.prune.method) != "none":
+    if base.source != "pretrained" or base.overrides.get("prune", {}).get("method", "none") != "none":
         raise UserError(f"experiment.baseline '{e.baseline}' must be a plain fine-tune (from: pretrained, "
                         "prune.method none): every variant is compared with it")

@@ -1,31 +1,32 @@
 """DVC's driver: each dvc.yaml stage runs tasks of tasks/steps.py as plain functions (`.fn`) on params.yaml.
 
-    python -m tasks.stage finetune --task mrpc --model gradual --seed 42     # what `dvc repro` runs
+    python -m tasks.stage variant --name gradual       # what `dvc repro variant@gradual` runs
 
-The same functions the Prefect flow runs, so both drivers give the same metrics for the same params; the file
-layout below is the one dvc.yaml declares. Every stage of one `dvc repro` or `dvc exp run` logs under one
-MLflow parent run, found by the dvc process running the stages. Bad params print one line `error: ...` and
-exit 2, as the CLI does.
+dvc.yaml expands the variant table with `foreach`: one stage per variant makes it (fine-tune or prune) for
+every task and seed, quantizes it in each of its modes and evaluates each. The `plan` stage writes, per
+variant, the leaf params its steps read (tasks/variants.py), so DVC skips a variant whose plan, inputs and code
+are unchanged; inside a stage, a (task, seed, step) whose output carries the same exact key as the Prefect
+cache's is skipped too (the stage's outputs persist). The same functions as the flow, so both drivers give
+the same metrics; every stage of one `dvc repro` or `dvc exp run` logs under one MLflow parent run.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
 
+from bertcompress import io
 from bertcompress import params as P
-from bertcompress.cli import preflight
+from bertcompress.metrics import headline
+from bertcompress.model import preflight
 
-from . import steps, tracking
+from . import steps, tracking, variants
+from .report import build
 
-TOKENIZED = "data/dvc/tokenized"  # DVC's own tokenize cache: dvc clears an out folder before its stage runs
-
-
-def model_dir(task: str, model: str, seed: int) -> str:
-    return f"outputs/{task}/{model}-s{seed}"
+TOKENIZED, PRETRAINED, SWEEP = "data/dvc/tokenized", "outputs/pretrained", "results/sweep.json"
 
 
 def tokenized(task: str) -> dict:
@@ -47,61 +48,118 @@ def dvc_invocation() -> str:
     return f"{os.getpid()}-standalone"
 
 
-def write_result(task: str, name: str, data: dict) -> None:
-    from bertcompress.finetune import write_json  # atomic
+def made(step: str, args: dict, out: str, reuse: list[Path] = ()) -> str:
+    """Run one step into out unless out already holds its exact key (or a folder in reuse does: copied)."""
+    key, done = steps.step_key(step, args), Path(out) / "key.json"
+    if done.is_file() and io.read_json(done)["key"] == key:
+        print(f"{step} {args['task']} {Path(out).name}: up to date (key {key[:12]})", flush=True)
+        return out
+    same = [d for d in reuse if (d / "key.json").is_file() and io.read_json(d / "key.json")["key"] == key]
+    if same:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(same[0], out)
+        print(f"{step} {args['task']} {Path(out).name}: the same as {same[0]} (key {key[:12]})", flush=True)
+        return out
+    getattr(steps, step).fn(**args, out=out)
+    io.write_json(done, {"key": key, "step": step})
+    return out
 
-    Path("results", task).mkdir(parents=True, exist_ok=True)
-    write_json(Path("results", task, name), data)
+
+def evaluated(args: dict, cache: Path) -> dict:
+    """The evaluation row of one model (cached in cache, a JSON file, by its exact key)."""
+    key = steps.step_key("evaluate", args)
+    if cache.is_file() and (saved := io.read_json(cache))["key"] == key:
+        return saved["row"]
+    row = steps.evaluate.fn(**args)
+    io.write_json(cache, {"key": key, "row": row})
+    return row
 
 
-def run(step: str, task: str, model: str, seed: int, p: P.Params, parent: str) -> None:
-    params, modes = p.to_dict(), p.experiment.quantize
-    data, out = tokenized(task), model_dir(task, model, seed)
-    if step == "finetune":
-        steps.finetune.fn(task, model, seed, params, data["train"], data["validation"], out, parent)
-        history = json.loads((Path(out) / "metrics.json").read_text())["history"]
-        write_result(task, f"{model}-s{seed}.history.json", {"history": history})
-    elif step == "prune":
-        steps.prune.fn(task, model, seed, params, model_dir(task, "dense", seed), data["train"], out, parent)
-    elif step == "quantize":
-        Path(f"{out}.quantized").mkdir(parents=True, exist_ok=True)  # the stage's out, even with no modes
-        for mode in modes:
-            steps.quantize.fn(task, model, mode, seed, params, out, data["train"], f"{out}.quantized/{mode}", parent)
-    elif step == "evaluate":
-        metrics = {}  # {fp32: {accuracy: .., ..}, dynamic: {..}}: one column group per mode in `dvc metrics show`
-        for mode in ["none", *modes]:
-            variant = out if mode == "none" else f"{out}.quantized/{mode}"
-            row = steps.evaluate.fn(task, model, mode, seed, params, variant, data["validation"], parent)
-            metrics["fp32" if mode == "none" else mode] = {
-                k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "seed"}
-        write_result(task, f"{model}-s{seed}.json", metrics)
+def numbers(row: dict) -> dict:
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "seed"}
+
+
+def sweep(p: P.Params, parent: str) -> None:
+    """results/sweep.json: per task the lr every variant uses (the baseline's best candidate, first seed)."""
+    e, chosen = p.experiment, {}
+    for task in e.tasks:
+        data, scores = tokenized(task), {}
+        for lr in e.lr_candidates:
+            args = {"task": task, "name": e.baseline, "seed": e.seeds[0], "p": variants.with_lr(p, lr),
+                    "base": PRETRAINED, "train": data["train"], "validation": data["validation"], "parent": parent}
+            out = made("finetune", args, f"outputs/sweep/{task}-lr{lr:g}")
+            row = evaluated({k: args[k] for k in ("task", "name", "seed", "p", "validation", "parent")} |
+                            {"mode": "none", "model_dir": out}, Path(f"outputs/sweep/eval/{task}-lr{lr:g}.json"))
+            scores[lr] = headline(task, row)
+        chosen[task] = {"lr": variants.best_lr(scores) if scores else p.finetune.lr,
+                        "scores": {f"{lr:g}": s for lr, s in scores.items()}}
+    Path("outputs/sweep").mkdir(parents=True, exist_ok=True)  # the stage's out, also with no candidates
+    io.write_json(SWEEP, chosen)
+
+
+def variant(p: P.Params, name: str, parent: str) -> None:
+    """Make, quantize and evaluate one variant for every task and seed; its metrics and learning curves."""
+    v, lrs, metrics, history = p.variants[name], io.read_json(SWEEP), {}, []
+    for task in p.experiment.tasks:
+        q, data = variants.with_lr(p, lrs[task]["lr"]), tokenized(task)
+        for seed in p.experiment.seeds:
+            out, common = f"outputs/{name}/{task}-s{seed}", {"task": task, "name": name, "seed": seed, "p": q,
+                                                              "parent": parent}
+            if v.finetuned:
+                made("finetune", {**common, "base": PRETRAINED, "train": data["train"],
+                                  "validation": data["validation"]}, out, sorted(Path("outputs/sweep").glob("*-lr*")))
+                history += [{"task": task, "seed": seed, **r} for r in io.read_json(f"{out}/metrics.json")["history"]]
+            else:
+                made("prune", {**common, "model_dir": f"outputs/{v.source}/{task}-s{seed}", "train": data["train"]},
+                     out)
+            rows = {}
+            for mode in ["none", *v.quantize]:
+                model = out if mode == "none" else made("quantize", {**common, "mode": mode, "model_dir": out,
+                                                                     "train": data["train"]}, f"{out}.{mode}")
+                rows["fp32" if mode == "none" else mode] = numbers(evaluated(
+                    {**common, "mode": mode, "model_dir": model, "validation": data["validation"]},
+                    Path(f"outputs/{name}/eval/{task}-s{seed}-{mode}.json")))
+            metrics[f"{task}-s{seed}"] = rows
+    io.write_json(f"results/variants/{name}.json", metrics)  # `dvc metrics show`: one column group per mode
+    io.write_json(f"results/history/{name}.json", history)  # `dvc plots show`: per-epoch curves
+
+
+def run(args, p: P.Params) -> None:
+    if args.step == "plan":
+        for file, content in variants.plan(p).items():
+            io.write_json(Path("plan") / file, content)
+    elif args.step == "download":
+        steps.download.fn(args.task, p, f"data/glue/{args.task}")
+    elif args.step == "tokenize":
+        steps.tokenize.fn(args.task, p, f"data/glue/{args.task}", TOKENIZED)
+    elif args.step == "pretrained":
+        steps.pretrained.fn(p, PRETRAINED)
+    else:
+        with tracking.parent_run("dvc", os.environ.get("DVC_EXP_NAME") or "dvc repro", key=dvc_invocation()) as parent:
+            if args.step == "sweep":
+                sweep(p, parent)
+            elif args.step == "variant":
+                variant(p, args.name, parent)
+            else:
+                build(args.task, p, parent=parent)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.stage", description=__doc__.split("\n")[0])
-    parser.add_argument("step", choices=[*steps.READS, "report"])
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--model", default="dense", help="dense | gradual | oneshot | structured")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("step", choices=["plan", "download", "tokenize", "pretrained", "sweep", "variant", "report"])
+    parser.add_argument("--task", help="the GLUE task (download, tokenize, report)")
+    parser.add_argument("--name", help="the variant (variant)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed stage leaves its MLflow run FAILED
     try:
         p = P.load(args.params)
-        preflight(args.task, steps.configure(p.to_dict(), args.model, args.seed))
-        if args.step == "download":
-            steps.download.fn(args.task, p.to_dict(), f"data/glue/{args.task}")
-        elif args.step == "tokenize":
-            steps.tokenize.fn(args.task, p.to_dict(), f"data/glue/{args.task}", TOKENIZED)
-        else:
-            name = os.environ.get("DVC_EXP_NAME") or "dvc repro"
-            with tracking.parent_run("dvc", name, key=dvc_invocation()) as parent:
-                if args.step == "report":  # the pipeline's lr is finetune.lr: dvc runs no sweep
-                    from .report import build
-
-                    build(args.task, p, parent=parent, sweep=False)
-                else:
-                    run(args.step, args.task, args.model, args.seed, p, parent)
+        for task in p.experiment.tasks:
+            preflight(task, p)
+        if args.step == "variant" and args.name not in p.variants:
+            raise P.UserError(f"variant '{args.name}' is not in params.yaml's table; choose one of: "
+                              f"{', '.join(p.variants)}")
+        run(args, p)
     except P.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

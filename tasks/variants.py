@@ -135,6 +135,5 @@ def plan(p: Params) -> dict[str, dict]:
     base = p.variant(e.baseline, e.seeds[0])
     files["sweep.json"] = {"tasks": e.tasks, "lr_candidates": e.lr_candidates, "lr": p.finetune.lr,
                            "finetune": reads("finetune", base), "evaluate": reads("evaluate", base)}
-    files["data.json"] = {"download": reads("download", p), "tokenize": reads("tokenize", p),
-                          "pretrained": reads("pretrained", p)}
+    files |= {f"{step}.json": {"tasks": e.tasks, **reads(step, p)} for step in ("download", "tokenize", "pretrained")}
     return files

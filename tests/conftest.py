@@ -15,7 +15,7 @@ for var, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PREFECT_S
 os.environ.setdefault("GLUE_DIR", str(os.environ.get("GLUE_DIR") or SHARED_GLUE))
 
 TINY = ["data.max_train_samples=64", "data.max_eval_samples=64", "tokenize.max_length=32",
-        "finetune.batch_size=16", "finetune.epochs=2", "finetune.eval_batch_size=64", "finetune.threads=1"]
+        "finetune.batch_size=16", "finetune.epochs=2", "runtime.eval_batch_size=64", "runtime.threads=1"]
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def tiny_params():
 @pytest.fixture(scope="session")
 def tiny_mrpc(tmp_path_factory, tiny_params, glue_dir) -> dict:
     """Tokenized 64-example MRPC train/validation slices: {'train': npz, 'validation': npz}."""
-    from bertcompress.cli import prepared
+    from bertcompress.tokenize import prepared
 
     root = tmp_path_factory.mktemp("data")
     return prepared("mrpc", tiny_params, root / "glue", root / "tokenized")

@@ -33,7 +33,8 @@ def fails_with(capsys, argv, pattern, workdir):
     ("finetune.epochs=0", r"finetune.epochs must be > 0"),
     ("tokenize.max_length=4", r"tokenize.max_length must be >= 8, got 4"),
     ("tokenize.max_length=1024", r"exceeds the model's 512 positions; set tokenize.max_length <= 512"),
-    ("finetune.lrr=1", r"unknown key 'finetune.lrr'; known keys: lr, batch_size"),
+    ("finetune.lrr=1", r"unknown key 'finetune.lrr'; did you mean 'finetune.lr'\? known: finetune.lr, finetune.batch_size"),
+    ("finetune.threads=1", r"unknown key 'finetune.threads'; .*known: finetune.lr"),  # runtime.threads now
     ("finetune.lr=fast", r"finetune.lr: expected float, got 'fast'"),
     ("finetune.precision=fp8", r"finetune.precision 'fp8' is unknown; choose fp32, tf32 or bf16"),
     ("model.name=./no/such/model", r"model path './no/such/model' has no config.json"),
@@ -69,6 +70,14 @@ def test_bad_data_reaches_the_cli(capsys, workdir, glue_dir, monkeypatch):
 
 def test_evaluate_needs_a_saved_model(capsys, workdir):
     fails_with(capsys, ["evaluate", "--task", "mrpc", "--model-dir", "nowhere"], r"holds no saved model", workdir)
+
+
+@pytest.mark.parametrize("method", ["oneshot", "structured"])
+def test_prune_method_override_is_accepted(capsys, workdir, method):
+    """The documented `bertcompress prune --model-dir D -S prune.method=oneshot`: the params load, the model
+    folder is what is refused."""
+    fails_with(capsys, ["prune", "--task", "mrpc", "--model-dir", "nowhere", "-S", f"prune.method={method}"],
+               r"holds no saved model", workdir)
 
 
 def test_real_process_exit_code_and_help(workdir):

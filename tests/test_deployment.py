@@ -14,7 +14,7 @@ import pytest
 
 import pipeline_runs as pr
 
-EXPERIMENT = {"finetune": ["dense"], "prune": [], "models": ["dense"], "quantize": []}
+VARIANTS = {"dense": {"from": "pretrained"}}
 
 
 def free_port() -> int:
@@ -28,7 +28,7 @@ def served(tmp_path_factory):
     """(workspace, env) with the server up and compress/mrpc served; both stopped afterwards."""
     root = pr.copy_project(tmp_path_factory.mktemp("served"), "bertcompress", "tasks", "flows", "scripts",
                            "prefect.toml")
-    pr.write_params(root / "params.yaml", experiment=EXPERIMENT)
+    pr.write_params(root / "params.yaml", variants=VARIANTS)
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(root / ".prefect"), "PREFECT_PORT": str(port),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
@@ -86,7 +86,7 @@ def test_deployment_run_completes(served):
     done = deployment_run(env, root)
     assert done.returncode == 0, done.stdout + done.stderr
     assert flow_run_state(env, done.stdout).is_completed()
-    assert (root / "outputs" / "mrpc").is_dir()  # the served run worked in the workspace, not the work tree
+    assert (root / "outputs" / "flow" / "mrpc").is_dir()  # the served run worked in the workspace, not the work tree
 
 
 def test_bad_params_fail_the_run_with_the_cli_message(served, capsys):

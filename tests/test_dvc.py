@@ -1,6 +1,7 @@
 """The DVC pipeline in a workspace of its own (a tmp git repo with the project's sources and a tiny params.yaml):
-dvc repro end to end, then a no-op; metrics and plots show; dvc exp run -S reruns only what the param feeds;
-the same metrics as the Prefect flow; bad params stop it with the CLI's message; a killed stage's run is FAILED."""
+dvc repro end to end, then a no-op; metrics and plots show; dvc exp run -S reruns exactly the stages whose plan
+reads the param (a pruning param: the pruned variants only; a runtime knob: none); the same metrics as the Prefect
+flow; bad params stop it with the CLI's message; a killed stage's run is FAILED."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ import pytest
 
 import pipeline_runs as pr
 
-EXPERIMENT = {"finetune": ["dense"], "prune": [], "models": ["dense"], "quantize": ["dynamic"]}
+VARIANTS = {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
+            "oneshot": {"from": "dense", "prune": {"method": "oneshot"}}}
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -37,7 +39,7 @@ def repo(tmp_path_factory):
     """The workspace after two `dvc repro`: (root, first output, second output)."""
     root = pr.copy_project(tmp_path_factory.mktemp("dvc"), "bertcompress", "tasks", "dvc.yaml", ".dvc", ".dvcignore",
                            ".gitignore", "prefect.toml")
-    pr.write_params(root / "params.yaml", experiment=EXPERIMENT)
+    pr.write_params(root / "params.yaml", variants=VARIANTS)
     (root / "mlflow").mkdir()
     git = lambda *a: subprocess.run(["git", *a], cwd=root, check=True, capture_output=True)  # noqa: E731
     git("init", "-q")
@@ -55,33 +57,38 @@ def flow(tmp_path_factory):
     pr.stop_ephemeral_server()
 
 
+def running(out: str) -> set[str]:
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+
+
 def test_repro_runs_every_stage_then_is_a_no_op(repo):
     root, first, second = repo
-    for stage in ("download@mrpc", "tokenize@mrpc", "finetune@mrpc-dense-42", "quantize@mrpc-dense-42",
-                  "evaluate@mrpc-dense-42", "report@mrpc"):
-        assert f"Running stage '{stage}'" in first
+    assert running(first) == {"plan", "download@mrpc", "tokenize@mrpc", "pretrained", "sweep", "variant@dense",
+                              "variant@oneshot", "report@mrpc"}
     assert "Running stage" not in second and "Data and pipelines are up to date." in second
-    assert (root / "outputs/mrpc/dense-s42/model.safetensors").is_file()
-    assert (root / "outputs/mrpc/dense-s42.quantized/dynamic").is_dir()
+    assert (root / "outputs/dense/mrpc-s42/model.safetensors").is_file()
+    assert (root / "outputs/dense/mrpc-s42.dynamic/weights.pt").is_file()
+    assert (root / "outputs/oneshot/mrpc-s42/model.safetensors").is_file()
     report = (root / "results/report/mrpc/report.md").read_text()
-    assert "| dense+dynamic | 1 |" in report and "No sweep: finetune.lr = 2e-05" in report
+    assert "| dense+dynamic | 1 |" in report and "| oneshot | 1 |" in report
+    assert "No sweep: finetune.lr = 2e-05" in report
 
 
 def test_metrics_and_plots_show(repo):
     root = repo[0]
     metrics = json.loads(dvc(root, "metrics", "show", "--json").stdout)
-    data = next(iter(metrics.values()))["data"]["results/mrpc/dense-s42.json"]["data"]
+    data = next(iter(metrics.values()))["data"]["results/variants/dense.json"]["data"]["mrpc-s42"]
     assert set(data) == {"fp32", "dynamic"} and 0 <= data["fp32"]["accuracy"] <= 1
     assert data["dynamic"]["size_mb"] < data["fp32"]["size_mb"]
     plots = json.loads(dvc(root, "plots", "show", "--json").stdout)
-    (plot,) = plots["data"]["results/mrpc/dense-s42.history.json"]
+    (plot,) = plots["data"]["results/history/dense.json"]
     assert [row["epoch"] for row in plot["content"]["data"]["values"]] == [1, 2]
     figures = {f"results/report/mrpc/figures/mrpc-{n}.png" for n in ("epochs", "metric-vs-sparsity", "pareto")}
     assert figures <= set(plots["data"])
 
 
 def test_same_metrics_as_the_flow(repo, flow):
-    dvc_rows = json.loads((repo[0] / "results/mrpc/dense-s42.json").read_text())
+    dvc_rows = json.loads((repo[0] / "results/variants/dense.json").read_text())["mrpc-s42"]
     flow_rows = {r["method"]: r for r in flow["first"].result()}
     for mode, method in (("fp32", "dense"), ("dynamic", "dense+dynamic")):
         for key in ("accuracy", "f1", "parameters", "nonzero_parameters", "state_dict_mb", "compact_mb"):
@@ -91,9 +98,16 @@ def test_same_metrics_as_the_flow(repo, flow):
 
 def test_exp_run_with_a_set_param_reruns_only_what_reads_it(repo):
     root = repo[0]
-    out = dvc(root, "exp", "run", "-S", "quantize.calibration_size=8").stdout
-    assert "Running stage 'quantize@mrpc-dense-42'" in out
-    assert "Running stage 'finetune" not in out and "Running stage 'tokenize" not in out
+    out = dvc(root, "exp", "run", "-S", "quantize.calibration_size=8").stdout  # read by no variant here
+    assert running(out) == {"plan"}
+    out = dvc(root, "exp", "run", "-S", "prune.final_sparsity=0.7").stdout  # read by the pruned variant only
+    assert running(out) == {"plan", "variant@oneshot", "report@mrpc"}
+    out = dvc(root, "exp", "run", "-S", "runtime.log_every=1", "-S", "runtime.eval_batch_size=16").stdout
+    assert running(out) == {"plan"}  # the plan's files come out the same: no stage after it runs
+    out = dvc(root, "exp", "run", "-S", "evaluate.latency_runs=2").stdout  # inside the stage: evaluation only
+    assert running(out) == {"plan", "variant@dense", "variant@oneshot", "report@mrpc"}
+    assert "finetune mrpc mrpc-s42: up to date" in out and "quantize mrpc mrpc-s42.dynamic: up to date" in out
+    assert "prune mrpc mrpc-s42: up to date" in out
     exps = json.loads(dvc(root, "exp", "show", "--json").stdout)
     params = [e["data"]["params"]["params.yaml"]["data"]["quantize"]["calibration_size"]
               for b in exps for e in [b, *[x for run in b.get("experiments") or [] for x in run["revs"]]]
@@ -111,7 +125,8 @@ def test_dvc_runs_nest_under_one_parent_per_repro(repo):
         runs = {r.data.tags["method"]: r for r in client.search_runs(
             [experiment], f"tags.`mlflow.parentRunId` = '{repro.info.run_id}'")}
     assert repro.data.tags["git_commit"] and repro.info.status == "FINISHED"
-    assert sorted(runs) == ["dense", "dense+dynamic"] and all(r.info.status == "FINISHED" for r in runs.values())
+    assert sorted(runs) == ["dense", "dense+dynamic", "oneshot"]
+    assert all(r.info.status == "FINISHED" for r in runs.values())
     assert [m.step for m in client.get_metric_history(runs["dense"].info.run_id, "val_loss")] == [1, 2]
     assert {"state_dict_mb", "compressed_mb", "latency_batch1_ms"} <= set(runs["dense+dynamic"].data.metrics)
 
@@ -129,7 +144,7 @@ def test_bad_params_stop_repro_with_the_cli_message(repo, capsys):
     finally:
         (root / "params.yaml").write_text(params)
     assert done.returncode != 0 and message in done.stderr + done.stdout
-    assert "Running stage 'finetune@mrpc-dense-42'" in done.stdout
+    assert "Running stage 'plan'" in done.stdout
 
 
 def test_a_killed_stage_leaves_its_run_failed(repo, tmp_path):
@@ -138,9 +153,10 @@ def test_a_killed_stage_leaves_its_run_failed(repo, tmp_path):
     from tasks import tracking
 
     root = repo[0]
-    slow = pr.write_params(tmp_path / "slow.yaml", experiment=EXPERIMENT, finetune={"epochs": 50})
-    stage = subprocess.Popen([sys.executable, "-m", "tasks.stage", "finetune", "--task", "mrpc", "--model", "dense",
-                              "--seed", "7", "--params", str(slow)], cwd=root, env=_env(root), text=True,
+    slow = pr.write_params(tmp_path / "slow.yaml", variants=VARIANTS, finetune={"epochs": 50},
+                           experiment={"seeds": [7]})
+    stage = subprocess.Popen([sys.executable, "-m", "tasks.stage", "variant", "--name", "dense",
+                              "--params", str(slow)], cwd=root, env=_env(root), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
@@ -150,21 +166,37 @@ def test_a_killed_stage_leaves_its_run_failed(repo, tmp_path):
         assert stage.wait(timeout=120) == 143
     finally:
         stage.kill()
-        shutil.rmtree(root / "outputs/mrpc/dense-s7.partial", ignore_errors=True)
+        shutil.rmtree(root / "outputs/dense/mrpc-s7.partial", ignore_errors=True)
     with pr.env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"):
         client, experiment = tracking.client()
         (run,) = client.search_runs([experiment], "tags.seed = '7'")
     assert run.info.status == "FAILED"
 
 
-def test_stages_depend_on_the_modules_the_tasks_are_keyed_on():
-    """dvc.lock and the Prefect cache key watch the same core source files, step by step."""
+def test_the_variant_stages_expand_the_table():
+    """dvc.yaml holds no list of variants: its variant stages are the params.yaml table, whatever it holds."""
+    done = dvc(pr.REPO, "stage", "list", "--name-only")
+    from bertcompress import params as P
+
+    assert {s for s in done.stdout.split() if s.startswith("variant@")} == {
+        f"variant@{n}" for n in P.load(pr.REPO / "params.yaml").variants}
+
+
+def test_an_added_variant_is_one_more_stage(repo):
+    """The README's gradual80 entry added to params.yaml: dvc repro runs its stage (and the plan and the report)
+    only, its metrics and the report's rows appear, and the next repro is a no-op."""
     import yaml
 
-    from tasks.steps import READS
+    from test_variants import readme_entry
 
-    stages = yaml.safe_load((pr.REPO / "dvc.yaml").read_text())["stages"]
-    for step, (_, modules) in READS.items():
-        deps = (stages[step].get("do") or stages[step])["deps"]
-        assert sorted(d.removeprefix("bertcompress/") for d in deps if d.startswith("bertcompress/")) == \
-            sorted(modules), step
+    root = repo[0]
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["variants"] |= readme_entry()
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert running(dvc(root, "repro").stdout) == {"plan", "variant@gradual80", "report@mrpc"}
+    metrics = json.loads((root / "results/variants/gradual80.json").read_text())["mrpc-s42"]
+    assert set(metrics) == {"fp32", "dynamic_emb"}
+    assert metrics["fp32"]["nonzero_parameters"] < 0.75 * metrics["fp32"]["parameters"]
+    report = (root / "results/report/mrpc/report.md").read_text()
+    assert "| gradual80 | 1 |" in report and "| gradual80+dynamic_emb | 1 |" in report
+    assert "Running stage" not in dvc(root, "repro").stdout

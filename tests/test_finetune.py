@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bertcompress.evaluate import evaluate
-from bertcompress.finetune import epoch_batches, fill, finetune, matmul_precision
+from bertcompress.finetune import finetune
+from bertcompress.loop import epoch_batches, fill, matmul_precision
 
 
 def test_writes_model_and_per_epoch_metrics(tiny_run):
@@ -82,12 +83,10 @@ def test_length_grouping_keeps_every_example_once_and_pads_less():
 
 def test_fast_path_matches_plain_loss_curve(tiny_params, tiny_mrpc, tmp_path):
     """Padding to multiples and logging every 10 steps change execution, not the maths."""
-    import dataclasses
-
-    plain = dataclasses.replace(tiny_params, finetune=dataclasses.replace(
-        tiny_params.finetune, group_by_length=0, pad_to_multiple=1, log_every=1))
-    fast = dataclasses.replace(tiny_params, finetune=dataclasses.replace(
-        tiny_params.finetune, group_by_length=0, pad_to_multiple=8, log_every=10))
+    plain = tiny_params.replace({"finetune.group_by_length": 0, "finetune.pad_to_multiple": 1,
+                                 "runtime.log_every": 1})
+    fast = tiny_params.replace({"finetune.group_by_length": 0, "finetune.pad_to_multiple": 8,
+                                "runtime.log_every": 10})
     curves = [finetune(p, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / name))["history"]
               for name, p in (("plain", plain), ("fast", fast))]
     for a, b in zip(*curves):

@@ -1,10 +1,13 @@
-"""The Prefect flow on a tiny MRPC slice, ephemeral API: every variant evaluated, a second run all cache hits,
-a changed parameter reruns only the steps that read it, bad params fail before any work with the CLI's message."""
+"""The Prefect flow on a tiny MRPC slice, ephemeral API: every variant of the table evaluated, a second run all
+cache hits, a changed parameter reruns exactly the steps that read it (a pruning param: the pruned variants only;
+a runtime knob: nothing), bad params fail before any work with the CLI's message."""
 from __future__ import annotations
 
 import pytest
 
 import pipeline_runs as pr
+
+
 
 @pytest.fixture(scope="session")
 def flow(tmp_path_factory):
@@ -21,7 +24,7 @@ def test_first_run_evaluates_every_variant(flow):
     assert by["dense"]["nonzero_parameters"] > 0.99 * by["dense"]["parameters"]
     for pruned in ("gradual", "oneshot"):  # half the encoder's Linear weights, most of the model's parameters
         assert by[pruned]["nonzero_parameters"] < 0.8 * by["dense"]["nonzero_parameters"]
-    assert (flow["root"] / "outputs" / "mrpc").is_dir() and not (pr.REPO / "outputs" / "mrpc" / "flow").exists()
+    assert (flow["root"] / "outputs" / "flow" / "mrpc").is_dir() and not (pr.REPO / "outputs" / "flow").exists()
 
 
 def test_second_run_takes_every_task_from_the_cache(flow):
@@ -30,29 +33,47 @@ def test_second_run_takes_every_task_from_the_cache(flow):
     assert set(first.values()) == {"Completed"}
     # the report reads the MLflow store as it is now: never cached (tasks/steps.py)
     assert second == dict.fromkeys(first, "Cached") | {"report-mrpc": "Completed"}
-    assert len(second) == 2 + 2 + 1 + 3 + 6 + 1
-    assert {"download-mrpc", "finetune-mrpc-gradual-s42", "evaluate-mrpc-oneshot+dynamic-s42"} <= set(second)
+    assert len(second) == 3 + 2 + 1 + 3 + 6 + 1  # download, tokenize, pretrained; fine-tunes, pruning, ...
+    assert {"download-mrpc", "pretrained", "finetune-mrpc-gradual-s42", "evaluate-mrpc-oneshot+dynamic-s42"} <= set(second)
     assert flow["second"].result() == flow["first"].result()
 
 
-def test_a_changed_param_reruns_only_the_steps_that_read_it(flow):
+def rerun(flow, *overrides: str) -> dict[str, str]:
     from flows.compress import compress
 
     with pr.isolated(flow["root"]):
-        state = compress("mrpc", ["quantize.calibration_size=8"], str(flow["params"]), return_state=True)
-        runs = pr.task_runs(state, 14)
-    assert state.is_completed()
-    assert {n: s for n, s in runs.items() if n.startswith("quantize")} == dict.fromkeys(
-        ["quantize-mrpc-dense+dynamic-s42", "quantize-mrpc-gradual+dynamic-s42",
-         "quantize-mrpc-oneshot+dynamic-s42"], "Completed")
-    assert all(s == "Cached" for n, s in runs.items() if n.split("-")[0] in ("download", "tokenize", "finetune",
-                                                                               "prune"))
+        state = compress("mrpc", list(overrides), str(flow["params"]), return_state=True)
+        assert state.is_completed()
+        return pr.task_runs(state, 16)
+
+
+def test_a_changed_param_reruns_only_the_steps_that_read_it(flow):
+    runs = rerun(flow, "quantize.calibration_size=8")  # read by static/qat only: dynamic int8 ignores it
+    assert {n: s for n, s in runs.items() if s != "Cached"} == {"report-mrpc": "Completed"}
+    runs = rerun(flow, "evaluate.latency_runs=2")
+    assert {n for n, s in runs.items() if s != "Cached"} == {f"evaluate-mrpc-{m}-s42" for m in pr.METHODS} | {
+        "report-mrpc"}
+
+
+def test_a_pruning_param_reruns_only_the_pruned_variants(flow):
+    runs = rerun(flow, "prune.final_sparsity=0.7")
+    rerun_now = {n for n, s in runs.items() if s == "Completed"}
+    pruned = {f"{step}-mrpc-{m}-s42" for m in ("gradual", "oneshot") for step in ("evaluate",)}
+    pruned |= {"finetune-mrpc-gradual-s42", "prune-mrpc-oneshot-s42", "quantize-mrpc-gradual+dynamic-s42",
+               "quantize-mrpc-oneshot+dynamic-s42", "evaluate-mrpc-gradual+dynamic-s42",
+               "evaluate-mrpc-oneshot+dynamic-s42"}
+    assert rerun_now == pruned | {"report-mrpc"}  # the dense fine-tune and its int8 model: cache hits
+
+
+def test_a_runtime_knob_reruns_nothing(flow):
+    runs = rerun(flow, "runtime.log_every=1", "runtime.eval_batch_size=16", "runtime.threads=2")
+    assert {n: s for n, s in runs.items() if s != "Cached"} == {"report-mrpc": "Completed"}
 
 
 @pytest.mark.parametrize("task,overrides,cli_overrides", [
     ("mrpc", ["finetune.lr=-1"], ["finetune.lr=-1"]),
     ("mrcp", [], []),
-    ("mrpc", ["experiment.quantize=[int3]"], ["quantize.mode=int3"]),
+    ("mrpc", ["variants.dense.quantize=[int3]"], ["variants.dense.quantize=[int3]"]),
 ])
 def test_bad_params_fail_with_the_cli_message(flow, capsys, task, overrides, cli_overrides):
     from bertcompress.cli import main

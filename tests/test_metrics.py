@@ -22,7 +22,7 @@ def test_known_values():
 
 
 def test_run_metrics_equal_sklearn_on_its_predictions(tiny_run, tiny_mrpc):
-    from bertcompress.evaluate import predict
+    from bertcompress.loop import predict
     from bertcompress.model import load_model
     from bertcompress.tokenize import Encoded
 

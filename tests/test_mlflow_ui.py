@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("dense", "gradual", "dense+dynamic")
@@ -30,18 +31,20 @@ SERVER_START_S = 90  # mlflow server answers in ~10-20 s on 2 busy cores
 UI_TIMEOUT_MS = 30_000
 
 
-def _variant(tiny_params, method: str):
-    """tiny_params for one method (what tasks/steps.configure sets), trimmed to one epoch of two steps."""
+def _experiment(tiny_params, root: Path):
+    """tiny_params as an experiment whose variant table holds the logged methods (dense, gradual, and dense
+    quantized to dynamic int8), trimmed to one epoch of two steps and one seed; written as a params file."""
     from bertcompress import params as P
 
-    model, _, mode = method.partition("+")
     raw = tiny_params.to_dict()
     raw["finetune"] |= {"epochs": 1, "batch_size": 32}
-    raw["prune"] |= {"method": "none" if model == "dense" else model, "frequency": 1, "final_sparsity": 0.5}
-    raw["quantize"]["mode"] = mode or "none"
-    p = P.from_dict(raw)
-    P.validate(p)
-    return p
+    raw["prune"] |= {"frequency": 1, "final_sparsity": 0.5}
+    raw["experiment"] |= {"seeds": [raw["finetune"]["seed"]], "baseline": "dense"}
+    raw["variants"] = {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
+                       "gradual": {"from": "pretrained", "prune": {"method": "gradual"}}}
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return P.load(path)
 
 
 def _log_grid(tiny_params, tiny_mrpc, work: Path) -> tuple[str, dict]:
@@ -53,20 +56,25 @@ def _log_grid(tiny_params, tiny_mrpc, work: Path) -> tuple[str, dict]:
     from tasks import tracking
 
     train, validation = tiny_mrpc["train"], tiny_mrpc["validation"]
+    work.mkdir(parents=True, exist_ok=True)
+    p = _experiment(tiny_params, work)
+    seed = p.experiment.seeds[0]
     runs = {}
     with tracking.parent_run("test", PARENT, key="ui") as parent:
         for method in METHODS:
-            p, model = _variant(tiny_params, method), method.partition("+")[0]
-            with tracking.variant_run(parent, "mrpc", method, p, {"method": method}) as run:
+            name, _, mode = method.partition("+")
+            q = p.variant(name, seed, mode or "none")
+            with tracking.variant_run(parent, "mrpc", p, name, seed, mode or "none") as run:
                 out = work / method
-                if method in ("dense", "gradual"):
-                    result = finetune(p, "mrpc", train, validation, str(out), on_epoch_end=tracking.epoch_logger(run))
+                if not mode:
+                    result = finetune(q, "mrpc", train, validation, str(out), on_epoch_end=tracking.epoch_logger(run))
                     tracking.log_result(run, "finetune", result)
                 else:
-                    tracking.log_result(run, "quantize", quantize(str(work / model), str(out), p, "mrpc"))
-                result = evaluate(str(out), "mrpc", validation, p.finetune.eval_batch_size)
+                    tracking.log_result(run, "quantize", quantize(str(work / name), str(out), q, "mrpc"))
+                result = evaluate(str(out), "mrpc", validation, q.runtime.eval_batch_size)
                 tracking.log_result(run, "evaluate", result)
             logged = tracking.client()[0].get_run(run)
+            assert logged.data.tags["method"] == method
             runs[method] = (logged.info.run_name, run, {m: logged.data.metrics[m] for m in METRICS})
     return parent, runs
 

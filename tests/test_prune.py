@@ -9,13 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bertcompress import loop, masks, prune
 from bertcompress import params as P
-from bertcompress import prune, quantize
 from bertcompress.cli import main
-from bertcompress.evaluate import evaluate, predict
+from bertcompress.evaluate import evaluate
 from bertcompress.finetune import finetune
+from bertcompress.loop import predict
 from bertcompress.model import load_model
 from bertcompress.tokenize import Encoded
+from bertcompress.variant import load_variant
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +27,12 @@ def fresh_model():
 
 
 def schedule(**kw) -> P.Prune:
-    return dataclasses.replace(P.Prune(method="gradual"), **kw)
+    return dataclasses.replace(P.defaults().prune, method="gradual", **kw)
 
 
 def test_schedule_equals_formula_at_begin_middle_end():
     p = schedule(initial_sparsity=0.1, final_sparsity=0.9, begin_step=10, end_step=30, frequency=5)
-    pruner = prune.GradualPruner(p, total_steps=40)
+    pruner = masks.GradualPruner(p, total_steps=40)
     formula = lambda t: 0.9 + (0.1 - 0.9) * (1 - (t - 10) / (30 - 10)) ** 3  # noqa: E731
     assert pruner.sparsity_at(10) == pytest.approx(0.1) == formula(10)
     assert pruner.sparsity_at(20) == pytest.approx(formula(20)) == pytest.approx(0.9 - 0.8 / 8)
@@ -42,15 +44,15 @@ def test_schedule_equals_formula_at_begin_middle_end():
                                            ("all_linear", "global")])
 def test_target_sparsity_reached_per_scope(fresh_model, scope, ranking):
     model = copy.deepcopy(fresh_model)
-    pruner = prune.GradualPruner(schedule(scope=scope, ranking=ranking, final_sparsity=0.8, end_step=4,
+    pruner = masks.GradualPruner(schedule(scope=scope, ranking=ranking, final_sparsity=0.8, end_step=4,
                                           frequency=2), total_steps=6)
     pruner.attach(model)
     for step in range(1, 7):
-        pruner.after_step(model, step)
-    pruner.finish(model)
-    report = pruner.report(model)
+        pruner.after_step(step)
+    report = pruner.finish(model)
+    assert report == masks.sparsity_report(model, scope)  # what finish reports is what the model holds
     assert report["overall"] == pytest.approx(0.8, abs=0.005)
-    assert set(report["layers"]) == set(prune.target_modules(model, scope))
+    assert set(report["layers"]) == set(masks.target_modules(model, scope))
     if ranking == "layer":
         assert all(s == pytest.approx(0.8, abs=0.005) for s in report["layers"].values())
     outside = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in report["layers"]]
@@ -59,12 +61,14 @@ def test_target_sparsity_reached_per_scope(fresh_model, scope, ranking):
 
 def test_pruned_weights_stay_zero_under_training_and_masks_go(fresh_model, tiny_params, tiny_mrpc):
     model = copy.deepcopy(fresh_model)
-    pruner = prune.GradualPruner(schedule(final_sparsity=0.5, end_step=1), total_steps=1)
+    pruner = masks.GradualPruner(schedule(final_sparsity=0.5, end_step=1), total_steps=1)
     pruner.attach(model)
-    pruner.after_step(model, 1)
+    pruner.after_step(1)
     zeros = {n: m.weight == 0 for n, m in pruner.modules.items()}
     before = {n: m.weight.detach().clone() for n, m in pruner.modules.items()}
-    prune.recover(model, tiny_mrpc["train"], 3, tiny_params.finetune, lambda s: pruner.after_step(model, 1 + s))
+    loss = loop.steps(model, tiny_mrpc["train"], tiny_params.finetune, tiny_params.runtime, 3,
+                      lambda s: pruner.after_step(1 + s))
+    assert loss > 0
     for n, m in pruner.modules.items():
         assert (m.weight[zeros[n]] == 0).all()
         assert not torch.equal(m.weight, before[n])  # training did move the kept weights
@@ -75,8 +79,8 @@ def test_pruned_weights_stay_zero_under_training_and_masks_go(fresh_model, tiny_
 
 
 def test_gradual_finetune_saves_pruned_model_without_masks(tiny_params, tiny_mrpc, tmp_path):
-    p = dataclasses.replace(tiny_params, finetune=dataclasses.replace(tiny_params.finetune, max_steps=4),
-                            prune=schedule(final_sparsity=0.5, end_step=3, frequency=1))
+    p = tiny_params.replace({"finetune.max_steps": 4, "prune.method": "gradual", "prune.final_sparsity": 0.5,
+                             "prune.end_step": 3, "prune.frequency": 1})
     result = finetune(p, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / "gradual"))
     assert result["sparsity"]["overall"] == pytest.approx(0.5, abs=0.005)
     state = load_file(tmp_path / "gradual" / "model.safetensors")
@@ -87,23 +91,23 @@ def test_gradual_finetune_saves_pruned_model_without_masks(tiny_params, tiny_mrp
 
 def test_oneshot_reaches_target_and_reloads(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     dense, _ = tiny_run
-    p = dataclasses.replace(tiny_params, prune=schedule(method="oneshot", final_sparsity=0.9, recovery_steps=2))
+    p = tiny_params.replace({"prune.method": "oneshot", "prune.final_sparsity": 0.9, "prune.recovery_steps": 2})
     result = prune.oneshot(str(dense), str(tmp_path / "oneshot"), p, "mrpc", tiny_mrpc["train"])
     assert result["sparsity"]["overall"] == pytest.approx(0.9, abs=0.005) and result["recovery_steps"] == 2
     assert json.loads((tmp_path / "oneshot" / "metrics.json").read_text())["sparsity"] == result["sparsity"]
     assert not (tmp_path / "oneshot.tmp").exists()
-    model = quantize.load_variant(str(tmp_path / "oneshot"), 2)
-    assert prune.sparsity_report(model, "encoder")["overall"] == pytest.approx(0.9, abs=0.005)
+    model = load_variant(str(tmp_path / "oneshot"), 2)
+    assert masks.sparsity_report(model, "encoder")["overall"] == pytest.approx(0.9, abs=0.005)
 
 
 def test_structured_removes_heads_and_neurons(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     dense, _ = tiny_run
-    p = dataclasses.replace(tiny_params, prune=schedule(method="structured", heads_fraction=0.25, ffn_fraction=0.5))
+    p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.25, "prune.ffn_fraction": 0.5})
     out = tmp_path / "structured"
     result = prune.structured(str(dense), str(out), p, "mrpc", tiny_mrpc["train"])
     assert result["structure"] == {"heads": [9] * 6, "intermediate": [768] * 6}
     assert result["criterion"] == "importance" and result["parameters"] < result["parameters_before"] - 4_000_000
-    model = quantize.load_variant(str(out), 2)
+    model = load_variant(str(out), 2)
     layer = model.bert.encoder.layer[0]
     assert layer.attention.self.query.out_features == 9 * 32 and layer.output.dense.in_features == 768
     metrics = evaluate(str(out), "mrpc", tiny_mrpc["validation"], 64)
@@ -114,11 +118,11 @@ def test_structured_removes_heads_and_neurons(tiny_run, tiny_params, tiny_mrpc, 
 
 def test_structured_by_magnitude_predicts_like_before_when_removing_nothing(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     dense, _ = tiny_run
-    p = dataclasses.replace(tiny_params, prune=schedule(method="structured", heads_fraction=0.0, ffn_fraction=0.0))
+    p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.0, "prune.ffn_fraction": 0.0})
     prune.structured(str(dense), str(tmp_path / "same"), p, "mrpc")
     data = Encoded.load(tiny_mrpc["validation"])
-    loss_a, preds_a = predict(quantize.load_variant(str(dense), 2), data)
-    loss_b, preds_b = predict(quantize.load_variant(str(tmp_path / "same"), 2), data)
+    loss_a, preds_a = predict(load_variant(str(dense), 2), data)
+    loss_b, preds_b = predict(load_variant(str(tmp_path / "same"), 2), data)
     assert (preds_a == preds_b).all() and loss_a == pytest.approx(loss_b, rel=1e-5)
 
 

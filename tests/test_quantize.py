@@ -1,7 +1,6 @@
 """Quantization: each mode yields quantized modules, saves, and reloads as itself with identical predictions."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -12,29 +11,30 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from bertcompress import params as P
 from bertcompress import latency, quantize
 from bertcompress.cli import main
-from bertcompress.evaluate import evaluate, predict
+from bertcompress.evaluate import evaluate
+from bertcompress.loop import predict
 from bertcompress.model import load_model
 from bertcompress.tokenize import Encoded
+from bertcompress.variant import convert, load_variant
 
 
 def quantized(tiny_run, tiny_params, tiny_mrpc, out, **kw) -> dict:
-    p = dataclasses.replace(tiny_params, quantize=dataclasses.replace(P.Quantize(), **kw))
+    p = tiny_params.replace({f"quantize.{k}": v for k, v in kw.items()})
     dense, _ = tiny_run
-    return quantize.quantize(str(dense), str(out), p, "mrpc", calib_path=tiny_mrpc["train"],
-                             train_path=tiny_mrpc["train"])
+    return quantize.quantize(str(dense), str(out), p, "mrpc", train_path=tiny_mrpc["train"])
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "dynamic_emb"])
 def test_int8_reloads_as_int8_with_identical_predictions(mode, tiny_run, tiny_params, tiny_mrpc, tmp_path):
     result = quantized(tiny_run, tiny_params, tiny_mrpc, tmp_path / mode, mode=mode)
-    model = quantize.load_variant(str(tmp_path / mode), 2)
+    model = load_variant(str(tmp_path / mode), 2)
     linears = [m for n, m in model.named_modules() if n.endswith(("query", "dense", "classifier"))]
     assert linears and all(isinstance(m, DynamicLinear) for m in linears)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert isinstance(model.bert.embeddings.word_embeddings, QEmbedding) == (mode == "dynamic_emb")
     # the same conversion in memory, from the fine-tuned weights, gives the very same predictions and loss
     data = Encoded.load(tiny_mrpc["validation"])
-    in_memory = quantize.convert(load_model(str(tiny_run[0]), 2), mode)
+    in_memory = convert(load_model(str(tiny_run[0]), 2), mode)
     (loss_a, preds_a), (loss_b, preds_b) = predict(in_memory, data), predict(model, data)
     assert (preds_a == preds_b).all() and loss_a == loss_b
     assert result["state_dict_mb"] < (30 if mode == "dynamic_emb" else 62)
@@ -46,7 +46,7 @@ def test_int8_reloads_as_int8_with_identical_predictions(mode, tiny_run, tiny_pa
 @pytest.mark.parametrize("mode,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
 def test_half_reloads_as_half(mode, dtype, tiny_run, tiny_params, tiny_mrpc, tmp_path):
     result = quantized(tiny_run, tiny_params, tiny_mrpc, tmp_path / mode, mode=mode)
-    model = quantize.load_variant(str(tmp_path / mode), 2)
+    model = load_variant(str(tmp_path / mode), 2)
     assert {p.dtype for p in model.parameters()} == {dtype}
     assert 44 < result["state_dict_mb"] < 47 and result["compact_mb"] < 46
     metrics = evaluate(str(tmp_path / mode), "mrpc", tiny_mrpc["validation"], 64)
@@ -61,7 +61,7 @@ def quantized_ops(module) -> set[str]:
 def test_pt2e_static_and_qat_produce_quantized_program(mode, extra, tiny_run, tiny_params, tiny_mrpc, tmp_path):
     out = tmp_path / mode
     result = quantized(tiny_run, tiny_params, tiny_mrpc, out, mode=mode, **extra)
-    module = quantize.load_variant(str(out), 2)
+    module = load_variant(str(out), 2)
     ops = quantized_ops(module)
     assert any("quantize_per_tensor" in o for o in ops) and any("dequantize_per_channel" in o for o in ops)
     int8 = [t for t in module.state_dict().values() if t.dtype == torch.int8]
@@ -78,7 +78,7 @@ def test_pt2e_static_and_qat_produce_quantized_program(mode, extra, tiny_run, ti
 
 def test_quantizing_a_quantized_model_is_refused(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     quantized(tiny_run, tiny_params, tiny_mrpc, tmp_path / "q", mode="dynamic")
-    p = dataclasses.replace(tiny_params, quantize=P.Quantize(mode="fp16"))
+    p = tiny_params.replace({"quantize.mode": "fp16"})
     with pytest.raises(P.UserError, match="already quantized"):
         quantize.quantize(str(tmp_path / "q"), str(tmp_path / "qq"), p, "mrpc")
 
@@ -97,13 +97,13 @@ def test_bad_quantization_input_is_one_line(override, words, capsys, tmp_path, m
 def test_int8_of_a_structured_model_keeps_its_shapes(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     from bertcompress import prune
 
-    p = dataclasses.replace(tiny_params, prune=P.Prune(method="structured", heads_fraction=0.25, ffn_fraction=0.5),
-                            quantize=P.Quantize(mode="dynamic"))
+    p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.25, "prune.ffn_fraction": 0.5,
+                             "quantize.mode": "dynamic"})
     prune.structured(str(tiny_run[0]), str(tmp_path / "small"), p, "mrpc")
     quantize.quantize(str(tmp_path / "small"), str(tmp_path / "small-int8"), p, "mrpc")
-    model = quantize.load_variant(str(tmp_path / "small-int8"), 2)
+    model = load_variant(str(tmp_path / "small-int8"), 2)
     query = model.bert.encoder.layer[0].attention.self.query
     assert isinstance(query, DynamicLinear) and query.out_features == 9 * 32
     data = Encoded.load(tiny_mrpc["validation"])
-    in_memory = quantize.convert(quantize.load_variant(str(tmp_path / "small"), 2), "dynamic")
+    in_memory = convert(load_variant(str(tmp_path / "small"), 2), "dynamic")
     assert (predict(in_memory, data)[1] == predict(model, data)[1]).all()

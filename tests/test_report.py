@@ -11,8 +11,9 @@ import pytest
 
 import pipeline_runs as pr
 
-EXPERIMENT = {"seeds": [42, 43], "finetune": ["dense", "gradual"], "prune": [], "models": ["dense", "gradual"],
-              "quantize": ["dynamic"], "lr_candidates": [2e-5, 5e-5], "bootstrap_samples": 200}
+EXPERIMENT = {"seeds": [42, 43], "lr_candidates": [2e-5, 5e-5], "bootstrap_samples": 200}
+VARIANTS = {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
+            "gradual": {"from": "pretrained", "prune": {"method": "gradual"}, "quantize": ["dynamic"]}}
 METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic"]
 
 
@@ -22,7 +23,7 @@ def grid(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("report")
     (root / "mlflow").mkdir()
-    params = pr.write_params(root / "params.yaml", experiment=EXPERIMENT)
+    params = pr.write_params(root / "params.yaml", experiment=EXPERIMENT, variants=VARIANTS)
     with pr.isolated(root):
         state = compress("mrpc", params_file=str(params), return_state=True)
     yield {"root": root, "params": params, "state": state, "report": root / "results" / "report" / "mrpc"}

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from bertcompress import masks, sizes
 from bertcompress import params as P
-from bertcompress import prune, quantize, sizes
+from bertcompress.variant import convert
 from bertcompress.model import load_model
 
 
@@ -20,10 +21,11 @@ def dense():
 
 def sparse(model, sparsity: float, scope: str = "all_linear"):
     model = copy.deepcopy(model)
-    pruner = prune.GradualPruner(P.Prune(method="gradual", scope=scope, ranking="layer", initial_sparsity=sparsity,
-                                         final_sparsity=sparsity, end_step=1), 1)
+    schedule = dataclasses.replace(P.defaults().prune, method="gradual", scope=scope, ranking="layer",
+                                   initial_sparsity=sparsity, final_sparsity=sparsity, end_step=1)
+    pruner = masks.GradualPruner(schedule, 1)
     pruner.attach(model)
-    pruner.after_step(model, 1)
+    pruner.after_step(1)
     pruner.finish(model)
     return model
 
@@ -50,14 +52,14 @@ def test_compact_size_of_a_90_percent_sparse_model_is_well_below_the_dense_file(
 
 @pytest.mark.parametrize("mode,compact_mb", [("dynamic", (55, 60)), ("dynamic_emb", (20, 24)), ("fp16", (44, 46))])
 def test_quantized_and_half_sizes(dense, mode, compact_mb):
-    model = quantize.convert(copy.deepcopy(dense), mode)
+    model = convert(copy.deepcopy(dense), mode)
     m = sizes.measure(model)
     assert compact_mb[0] < m["compact_mb"] < compact_mb[1]
     assert m["parameters"] == sizes.measure(dense)["parameters"]  # int8 weights are counted, qparams are not
 
 
 def test_sparse_int8_counts_pruned_zeros_and_is_smallest(dense):
-    model = quantize.convert(sparse(dense, 0.9, "encoder"), "dynamic_emb")
+    model = convert(sparse(dense, 0.9, "encoder"), "dynamic_emb")
     m = sizes.measure(model)
     assert m["compact_mb"] < 15 and m["compact_mb"] < m["state_dict_mb"] / 1.5
     assert m["nonzero_parameters"] < 0.6 * m["parameters"]

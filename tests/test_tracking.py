@@ -49,6 +49,10 @@ def test_one_run_per_variant_under_the_flow_run(flow):
             assert params["tokenize.max_length"] == "32" and params["finetune.batch_size"] == "16"
             assert params["quantize.mode"] == ("dynamic" if "+" in method else "none")
             assert params["prune.method"] == {"dense": "none"}.get(method.split("+")[0], method.split("+")[0])
+            assert params["variant"] == method.split("+")[0] and len(run.data.tags["config"]) == 16
+            assert not [k for k in params if k.startswith("runtime.")]  # how it ran is no param of the result
+            # only the leaf params its steps read: a dense model logs no pruning schedule
+            assert ("prune.final_sparsity" in params) == (method.split("+")[0] != "dense")
             assert {"accuracy", "f1", "loss", "parameters", "nonzero_parameters", "state_dict_mb", "compact_mb",
                     "compressed_mb", "latency_batch1_ms", "latency_batch8_ms"} <= set(run.data.metrics)
             assert run.info.artifact_uri.startswith(artifacts.as_uri())
@@ -92,13 +96,13 @@ def test_an_interrupted_step_is_failed_and_a_later_step_reopens_its_run(store, t
 
     client, _ = store
     p = P.load(pr.write_params(tmp_path / "params.yaml"))
-    with pytest.raises(KeyboardInterrupt), tracking.variant_run(None, "mrpc", "dense", p, {}) as run:
+    with pytest.raises(KeyboardInterrupt), tracking.variant_run(None, "mrpc", p, "dense", 42) as run:
         raise KeyboardInterrupt
     assert client.get_run(run).info.status == "FAILED"
     with tracking.parent_run("test", "repro", key="k2") as parent:
-        with tracking.variant_run(parent, "mrpc", "dense", p, {}) as first:
+        with tracking.variant_run(parent, "mrpc", p, "dense", 42) as first:
             tracking.log_metrics(first, {"accuracy": 0.5})
-        with tracking.variant_run(parent, "mrpc", "dense", p, {}) as again:
+        with tracking.variant_run(parent, "mrpc", p, "dense", 42) as again:
             tracking.log_metrics(again, {"f1": 0.5})
     assert again == first and client.get_run(first).info.status == "FINISHED"
     assert set(client.get_run(first).data.metrics) == {"accuracy", "f1"}
@@ -107,4 +111,4 @@ def test_an_interrupted_step_is_failed_and_a_later_step_reopens_its_run(store, t
 def _params(path):
     from bertcompress import params as P
 
-    return P.load(path).to_dict()
+    return P.load(path)

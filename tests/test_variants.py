@@ -1,0 +1,156 @@
+"""The experiment as data: a variant added to params.yaml (the README's gradual80 entry, exactly) runs in the flow,
+is logged to MLflow and reported, with no code change; each step is keyed on the leaf params it reads; the code
+has no import cycle (function-local imports included), keeps its layers, and no module is over 250 lines."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pipeline_runs as pr
+
+NEW = ("finetune-mrpc-gradual80-s42", "evaluate-mrpc-gradual80-s42", "quantize-mrpc-gradual80+dynamic_emb-s42",
+       "evaluate-mrpc-gradual80+dynamic_emb-s42")
+
+
+def readme_entry() -> dict:
+    """The variant entry the README shows a user to add: {name: entry}."""
+    text = (pr.REPO / "README.md").read_text()
+    block = re.search(r"```yaml\n(variants:\n(?:(?!```).)*gradual80:(?:(?!```).)*)```", text, re.S).group(1)
+    return yaml.safe_load(block)["variants"]
+
+
+def with_entry(params: Path, out: Path) -> Path:
+    raw = yaml.safe_load(params.read_text())
+    raw["variants"] |= readme_entry()
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    yield pr.flow_twice(tmp_path_factory)
+    pr.stop_ephemeral_server()
+
+
+def test_the_readme_entry_is_one_variant():
+    assert list(readme_entry()) == ["gradual80"]
+    from bertcompress import params as P
+
+    p = P.load(None, [f"variants.gradual80={yaml.safe_dump(readme_entry()['gradual80'], default_flow_style=True)}"])
+    q = p.variant("gradual80", 42)
+    assert q.prune.method == "gradual" and q.prune.final_sparsity == 0.8
+    assert p.variant("gradual", 42).prune.final_sparsity == 0.5  # the other entries are untouched
+
+
+def test_an_added_variant_runs_is_logged_and_reported(flow):
+    import pandas as pd
+
+    from flows.compress import compress
+    from tasks import tracking
+
+    params = with_entry(flow["params"], flow["root"] / "params-gradual80.yaml")
+    with pr.isolated(flow["root"]):
+        state = compress("mrpc", params_file=str(params), return_state=True)
+        runs = pr.task_runs(state, 20)
+        client, experiment = tracking.client()
+        (parent,) = client.search_runs([experiment], f"tags.invocation = '{state.state_details.flow_run_id}'")
+        logged = {r.data.tags["method"]: r for r in client.search_runs(
+            [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert state.is_completed()
+    assert {n for n, s in runs.items() if s == "Completed"} == {*NEW, "report-mrpc"}  # the rest: cache hits
+    rows = {r["method"]: r for r in state.result()}
+    for method in ("gradual80", "gradual80+dynamic_emb"):
+        assert method in rows and method in logged and logged[method].info.status == "FINISHED"
+    assert logged["gradual80"].data.params["prune.final_sparsity"] == "0.8"
+    assert logged["gradual80"].data.metrics["sparsity.overall"] == pytest.approx(0.8, abs=0.01)
+    assert rows["gradual80"]["nonzero_parameters"] < rows["gradual"]["nonzero_parameters"]
+    summary = pd.read_csv(flow["root"] / "results/report/mrpc/summary.csv", index_col="method")
+    assert {"gradual80", "gradual80+dynamic_emb", *pr.METHODS} == set(summary.index)
+    assert summary.loc["gradual80", "f1 mean"] == pytest.approx(logged["gradual80"].data.metrics["f1"])
+
+
+def test_each_step_reads_only_its_leaf_params():
+    from bertcompress import params as P
+    from tasks import variants
+
+    p = P.load(None, ["prune.recovery_steps=0"])
+    dense, gradual, oneshot = (p.variant(n, 42) for n in ("dense", "gradual", "oneshot"))
+    assert not [k for k in variants.reads("finetune", dense) if k.startswith("prune.")]
+    assert {"prune.final_sparsity", "prune.end_step", "prune.frequency"} <= set(variants.reads("finetune", gradual))
+    assert set(variants.reads("prune", oneshot)) == {"prune.method", "prune.scope", "prune.ranking",
+                                                     "prune.final_sparsity", "prune.recovery_steps"}
+    assert variants.reads("quantize", p.variant("dense", 42, "dynamic")) == {"quantize.mode": "dynamic"}
+    every = {k for step in variants.MODULES for q in (dense, gradual, oneshot)
+             if (step == "prune") == (q is oneshot) for k in variants.reads(step, q)}
+    assert not [k for k in every if k.startswith(("runtime.", "experiment."))]
+    # a pruning param changes the pruned variants' configuration, never the dense one's
+    q = P.load(None, ["prune.final_sparsity=0.8"])
+    assert variants.digest("mrpc", q, "dense", 42) == variants.digest("mrpc", p, "dense", 42)
+    assert variants.digest("mrpc", q, "oneshot", 42) != variants.digest("mrpc", p, "oneshot", 42)
+    assert variants.digest("mrpc", P.load(None, ["runtime.threads=1"]), "gradual", 42) == \
+        variants.digest("mrpc", p, "gradual", 42)
+
+
+def test_a_step_is_keyed_on_the_code_it_imports():
+    from tasks import variants
+
+    finetune, prune = set(variants.code("finetune")), set(variants.code("prune"))
+    assert {"bertcompress/finetune.py", "bertcompress/loop.py", "bertcompress/masks.py"} <= finetune
+    assert not {"bertcompress/prune.py", "bertcompress/quantize.py", "bertcompress/evaluate.py"} & finetune
+    assert "bertcompress/variant.py" in prune and "bertcompress/finetune.py" not in prune
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> project modules it imports, anywhere in its body (function-local imports included)."""
+    mods = {".".join(f.relative_to(pr.REPO).with_suffix("").parts): f
+            for pkg in ("bertcompress", "tasks", "flows") for f in (pr.REPO / pkg).glob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = name.rsplit(".", 1)[0] if node.level else ""
+                target = ".".join(filter(None, [base, node.module or ""]))
+                deps |= {f"{target}.{a.name}" if f"{target}.{a.name}" in mods else target for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[name] = {d for d in deps if d in mods and d != name and not d.endswith("__init__")}
+    return graph
+
+
+def test_no_import_cycles_and_downward_layers():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in graph[node]:
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(path + [dep])}"
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    steps = {f"bertcompress.{m}" for m in ("finetune", "prune", "quantize", "evaluate")}
+    for step in steps:
+        assert not graph[step] & steps, f"{step} imports another step: {graph[step] & steps}"
+    for name, deps in graph.items():
+        if name.startswith("bertcompress."):
+            assert not [d for d in deps if not d.startswith("bertcompress.")], name
+            assert "bertcompress.cli" not in deps, name
+        text = (pr.REPO / (name.replace(".", "/") + ".py")).read_text()
+        assert ("import mlflow" in text or "from mlflow" in text) == (name == "tasks.tracking"), name
+        if name.startswith("bertcompress."):
+            assert "prefect" not in text.replace("Prefect", ""), name
+
+
+def test_no_module_over_250_lines():
+    for pkg in ("bertcompress", "tasks", "flows"):
+        for f in (pr.REPO / pkg).glob("*.py"):
+            assert len(f.read_text().splitlines()) <= 250, f
