@@ -57,13 +57,12 @@ def describe(p: P.Params, name: str, mode: str) -> str:
 
 class Bench:
     def __init__(self, args, p: P.Params, parent: str):
-        self.args, self.p, self.task, self.parent = args, p, args.task, parent
-        self.root = Path(args.out) / args.task
-        self.data = prepared(args.task, p)
+        self.p, self.task, self.parent, self.root = p, args.task, parent, Path(args.out) / args.task
+        self.data, self.built = prepared(args.task, p), {}
+        self.root.mkdir(parents=True, exist_ok=True)
         self.base = str(Path(args.out) / "pretrained" / p.model.name.replace("/", "--"))
         if not Path(self.base, "source.json").is_file():
             core_model.pretrained(p.model.name, self.base)
-        self.built: dict[str, str] = {}
 
     def common(self, name: str) -> dict:
         return {"task": self.task, "name": name, "seed": self.p.experiment.seeds[0], "p": self.p, "parent": self.parent}
@@ -72,8 +71,11 @@ class Bench:
         """The variant's folder: fine-tuned from the base model, or pruned from the variant it names (made first)."""
         if name not in self.built:
             v, out, a = self.p.variants[name], str(self.root / name), self.common(name)
-            self.built[name] = (made("finetune", {**a, "base": self.base, **self.data}, out) if v.finetuned else
-                                made("prune", {**a, "model_dir": self.make(v.source), "train": self.data["train"]}, out))
+            if v.finetuned:
+                self.built[name] = made("finetune", {**a, "base": self.base, **self.data}, out)
+            else:
+                self.built[name] = made("prune", {**a, "model_dir": self.make(v.source), "train": self.data["train"]},
+                                        out)
         return self.built[name]
 
     def model(self, name: str, mode: str) -> tuple[str, dict]:
@@ -89,9 +91,9 @@ class Bench:
 def sparsity(folder: str) -> float:
     """Zeros in the pruned scope; a quantized model reports that of the model it quantized."""
     saved = json.loads(Path(folder, "metrics.json").read_text())
-    if "sparsity" not in saved and saved.get("base"):
-        return sparsity(saved["base"])
-    return saved.get("sparsity", {}).get("overall", 0.0)
+    if "sparsity" in saved:
+        return saved["sparsity"]["overall"]
+    return sparsity(saved["base"]) if "base" in saved else 0.0
 
 
 def carried(p: P.Params, root: Path, name: str) -> str | None:
@@ -106,8 +108,7 @@ def carried(p: P.Params, root: Path, name: str) -> str | None:
 def timed(rows: dict, models: dict, args) -> None:
     """One latency pass over these models; each row keeps its best median (the CPU is shared)."""
     for label, m in models.items():
-        t = latency.measure(m, runs=args.runs, threads=args.threads)
-        r = rows[label]
+        t, r = latency.measure(m, runs=args.runs, threads=args.threads), rows[label]
         for k in ("batch1_ms", "batch8_ms"):
             r[k] = min(r.get(k) or float("inf"), t[k])
         r["passes"] = r.get("passes", 0) + 1
@@ -122,15 +123,16 @@ def table(rows: dict, order: list[str], p: P.Params, args) -> str:
              f"{args.threads} thread(s), length 128, median of {args.runs} runs after 3 warm-up, the best of the "
              "passes made (one as each variant is built, then passes over all). Sizes in MB (10^6 bytes): "
              "(a) torch.save(state_dict), (b) compact (non-zero values + bitmask, int8/fp16 at their size), "
-             "(c) zstd -9 of (a). Sparsity: zeros in the pruned scope. † fine-tuned on a lent GPU with the same code, "
-             "params and seed (bench/gpu_variants.py), carried back in fp16 and restored to fp32, then evaluated, "
-             "sized and timed here; (c) is not shown for them: fp16-rounded fp32 weights compress better than "
-             "trained ones.",
+             "(c) zstd -9 of (a). Sparsity: zeros in the pruned scope. † fine-tuned on a lent GPU with the same "
+             "code, params and seed (bench/gpu_variants.py), carried back in fp16 and restored to fp32, then "
+             "evaluated, sized and timed here; (c) is not shown for them: fp16-rounded fp32 weights compress better "
+             "than trained ones.",
              "", "| variant | made as | acc | F1 | Δacc | (a) MB | (b) MB | (c) MB | params | non-zero | sparsity "
              "| b1 ms | b8 ms | b8 speed-up |", "|" + "---|" * 14]
     for r in sorted(rows.values(), key=lambda r: order.index(r["variant"])):
         fmt = lambda k, s="{:.1f}": s.format(r[k]) if r.get(k) is not None else "–"  # noqa: E731
-        gain = f"{dense['batch8_ms'] / r['batch8_ms']:.1f}×" if r.get("batch8_ms") and dense.get("batch8_ms") else "–"
+        fast = r.get("batch8_ms") and dense.get("batch8_ms")
+        gain = f"{dense['batch8_ms'] / r['batch8_ms']:.1f}×" if fast else "–"
         delta = f"{100 * (r['accuracy'] - dense['accuracy']):+.1f}" if dense else "–"
         gpu = carried(p, Path(args.out) / args.task, r["name"])
         lines.append(f"| {r['variant']}{' †' if gpu else ''} | {r['description']} | {fmt('accuracy', '{:.3f}')} | "
@@ -147,22 +149,20 @@ def write(rows: dict, order: list[str], p: P.Params, args) -> str:
     if args.results:  # the hand-written sections (## ...) below the table stay
         notes = RESULTS.read_text().partition("\n## ") if RESULTS.is_file() else ("", "", "")
         RESULTS.write_text(text + (f"\n## {notes[2]}" if notes[1] else ""))
-        path = Path(str(JSON).format(task=args.task))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"task": args.task, "params": args.params, "overrides": args.overrides,
-                                    "torch": torch.__version__, "cpu_count": os.cpu_count(), "threads": args.threads,
-                                    "runs": args.runs, "rows": sorted(rows.values(), key=lambda r: order.index(
-                                        r["variant"]))}, indent=1) + "\n")
+        meta = {k: getattr(args, k) for k in ("task", "params", "overrides", "threads", "runs")}
+        JSON.parent.mkdir(exist_ok=True)
+        Path(str(JSON).format(task=args.task)).write_text(json.dumps(
+            {**meta, "torch": torch.__version__, "cpu_count": os.cpu_count(),
+             "rows": sorted(rows.values(), key=lambda r: order.index(r["variant"]))}, indent=1) + "\n")
     return text
 
 
 def saved_rows(root: Path, order: list[str]) -> dict:
     """Rows of earlier runs (of methods still in the table) without their latency: accuracy and sizes stand, but
     timings (and speed-ups) are comparable only within one run on a shared CPU."""
-    path = root / "rows.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    return {r["variant"]: {**r, "batch1_ms": None, "batch8_ms": None, "passes": 0} for r in rows
-            if r["variant"] in order}
+    old = json.loads((root / "rows.json").read_text()) if (root / "rows.json").is_file() else []
+    return {r["variant"]: {**r, "batch1_ms": None, "batch8_ms": None, "passes": 0}
+            for r in old if r["variant"] in order}
 
 
 def run(args, p: P.Params, parent: str) -> str:
@@ -173,7 +173,6 @@ def run(args, p: P.Params, parent: str) -> str:
     if only and (unknown := [o for o in only if o not in order]):
         raise P.UserError(f"--only: unknown method(s) {', '.join(unknown)}; choose from: {'|'.join(order)}")
     bench = Bench(args, p, parent)
-    bench.root.mkdir(parents=True, exist_ok=True)
     rows, models = saved_rows(bench.root, order), {}
     for name, mode in methods:  # build, evaluate and time each as it comes: a cut-short run still has rows
         label = variants.method(name, mode)
@@ -210,6 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-results", dest="results", action="store_false",
                         help="leave bench/RESULTS-compression.md and bench/results/ alone (smoke runs)")
     args = parser.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     try:
         p = P.load(args.params, args.overrides)
@@ -217,7 +217,6 @@ def main(argv=None) -> int:
         if len(p.experiment.seeds) != 1 or p.experiment.lr_candidates:
             raise P.UserError("the bench runs one seed at finetune.lr: set experiment.seeds to one seed and "
                               "experiment.lr_candidates to []")
-        Path(args.out).mkdir(parents=True, exist_ok=True)
         torch._inductor.config.freezing = True  # torch.compile constant-folds the int8 weights into its kernels
         with tracking.parent_run("bench", f"compression-{args.task}", key=f"{os.getpid()}-{time.time()}") as parent:
             print(run(args, p, parent))

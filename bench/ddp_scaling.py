@@ -6,7 +6,7 @@ scaling efficiency.
 
 Each run is `torchrun --standalone --nproc_per_node N -m bertcompress.cli finetune` with the protocol's global
 batch (32: each of N ranks takes 32/N of every batch). DDP runs are eager (no CUDA graphs: DDP's all-reduce is
-not captured), so the baseline for efficiency is the eager 1-GPU run (`-S finetune.cuda_graphs=false`); the
+not captured), so the baseline for efficiency is the eager 1-GPU run (`-S runtime.cuda_graphs=false`); the
 graphed 1-GPU run, the default, is listed too. "steady" = samples/s of the last epoch (training only, no start-up,
 evaluation or checkpoint). efficiency = steady(N) / (N × steady(1 GPU, eager)). Needs only torch, transformers,
 pandas, pyarrow, scikit-learn (no Prefect, MLflow or datasets).
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 def finetune(args, task: str, gpus: int, graphs: bool) -> dict:
     out = Path(args.work) / f"{task}-g{gpus}-{'graphed' if graphs else 'eager'}"
     overrides = [f"model.name={Path(args.model).resolve()}", f"data.source={Path(args.glue_dir).resolve()}",
-                 f"finetune.epochs={args.epochs}", f"finetune.cuda_graphs={str(graphs).lower()}", *args.set]
+                 f"finetune.epochs={args.epochs}", f"runtime.cuda_graphs={str(graphs).lower()}", *args.set]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     cmd = [*launcher, "-m", "bertcompress.cli", "finetune", "--task", task, "--out", str(out),
            *[a for o in overrides for a in ("-S", o)]]

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bertcompress import params as P  # noqa: E402
-from bertcompress.cli import prepared  # noqa: E402
-from bertcompress.finetune import Checkpointer, epoch_batches, make_optimizer  # noqa: E402
+from bertcompress.tokenize import prepared  # noqa: E402
+from bertcompress.checkpoint import Checkpointer  # noqa: E402
+from bertcompress.loop import epoch_batches, optimizer_and_schedule  # noqa: E402
 from bertcompress.fast import GraphedTrainStep  # noqa: E402
 from bertcompress.model import load_model  # noqa: E402
 from bertcompress.tokenize import Encoded  # noqa: E402
@@ -33,7 +34,7 @@ def sync():
 
 
 def profile(model, data, batches, bf16: bool, device: str, steps: int, graphs: bool = False) -> dict:
-    opt = make_optimizer(model, 2e-5, 0.01, capturable=graphs)
+    opt = optimizer_and_schedule(model, P.defaults().finetune, 1, capturable=graphs)[0]  # the seed's lr and decay
     whole = GraphedTrainStep(model, opt) if graphs else None
     phases = {"fetch": [], "forward": [], "backward": [], "optimizer": [], "step": []}
     for i, idx in enumerate(batches[:steps + 5]):
@@ -101,7 +102,7 @@ def main():
             r = profile(model, data, batches, bf16, device, args.steps, graphs="graphs" in name)
             print(f"{name:28} {r['fetch']:7.2f} {r['forward']:8.2f} {r['backward']:9.2f} {r['optimizer']:7.2f} "
                   f"{r['step']:7.2f} {r['max']:7.1f} {r['total_s']:8.2f}")
-        opt = make_optimizer(model, 2e-5, 0.01)
+        opt = optimizer_and_schedule(model, P.defaults().finetune, 1)[0]
         with Checkpointer(Path(work) / "ck") as checkpoints:
             t0 = time.perf_counter()
             checkpoints.save(1, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), [])

@@ -6,7 +6,6 @@ per-epoch history; it is written to a temp folder and renamed, and only the newe
 from __future__ import annotations
 
 import copy
-import os
 import random
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,15 +15,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import io
+
 
 def _write(work: Path, epoch: int, state: dict) -> None:
     final = work / "checkpoints" / f"epoch-{epoch}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state.pop("model"), tmp / "model.safetensors")
-    torch.save(state, tmp / "state.pt")
-    os.replace(tmp, final)
+    with io.atomic_dir(final) as tmp:
+        save_file(state.pop("model"), tmp / "model.safetensors")
+        torch.save(state, tmp / "state.pt")
     for old in (work / "checkpoints").glob("epoch-*"):  # keep only the newest complete checkpoint
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -83,7 +81,7 @@ class Checkpointer:
 
 def load(work: Path, model, optimizer, scheduler) -> tuple[int, list]:
     """(epochs done, history) of the newest complete checkpoint in work/, its states loaded; (0, []) if none."""
-    done = sorted((p for p in (work / "checkpoints").glob("epoch-*") if not p.name.endswith(".tmp")),
+    done = sorted((p for p in (work / "checkpoints").glob("epoch-*") if p.name.split("-")[1].isdigit()),
                   key=lambda p: int(p.name.split("-")[1]))
     if not done:
         return 0, []

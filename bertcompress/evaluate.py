@@ -34,9 +34,10 @@ def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, devic
 
 
 def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 128, latency_runs: int = 0,
-             keep_predictions: bool = False) -> dict:
+             keep_predictions: bool = False, threads: int | None = None) -> dict:
     """Load a saved model, any variant (fine-tuned, pruned, quantized), and evaluate it on one tokenized split:
-    the metrics, sizes three ways and, with latency_runs, CPU latency (ms) at batch 1 and 8."""
+    the metrics, sizes three ways and, with latency_runs, CPU latency (ms) at batch 1 and 8 on `threads` torch
+    threads (None: torch's default), reported beside it."""
     model = load_variant(model_dir, get_task(task).num_labels)
     data = Encoded.load(tokenized_path)
     result = {**evaluate_model(model, data, task, batch_size, keep_predictions=keep_predictions),
@@ -44,6 +45,6 @@ def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 1
     if latency_runs:
         from .latency import measure
 
-        timed = measure(model, runs=latency_runs)
+        timed = measure(model, runs=latency_runs, threads=threads)
         result |= {f"latency_{k}": v for k, v in timed.items() if k.endswith("_ms")} | {"threads": timed["threads"]}
     return result

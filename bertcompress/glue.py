@@ -139,9 +139,8 @@ def download(task: str, out_dir: str | os.PathLike, source: str = "auto") -> dic
     where = resolve_source(source)
     frames = {split: load_split(task, split, where) for split in SPLITS}  # all checked before any write
     for split, df in frames.items():
-        tmp = out / f".{split}.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, out / f"{split}.parquet")
+        with io.atomic_file(out / f"{split}.parquet") as tmp:
+            df.to_parquet(tmp, index=False)
     info = {"task": task, "source": where, "rows": {s: len(df) for s, df in frames.items()},
             "content_sha256": {s: content_hash(df, task) for s, df in frames.items()}}
     io.write_json(out / "source.json", info)

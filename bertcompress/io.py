@@ -15,12 +15,24 @@ from pathlib import Path
 from typing import Iterator
 
 
-def write_json(path: str | os.PathLike, data) -> None:
+@contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path beside `path` (ending in suffix, for writers that insist on one); renamed into place on
+    success, removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import glue
+from . import glue, io
 from .model import check_max_length, load_tokenizer
 from .params import Params
 
@@ -47,12 +47,10 @@ def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str
     enc = tokenizer(*(df[k].tolist() for k in keys), truncation=True, max_length=max_length,
                     return_token_type_ids=True)
     lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(df))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, input_ids=np.concatenate(enc["input_ids"]).astype(np.int32),
-             token_type_ids=np.concatenate(enc["token_type_ids"]).astype(np.int8),
-             offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=df["label"].to_numpy(np.int64))
-    os.replace(tmp, path)
+    with io.atomic_file(path, ".npz") as tmp:
+        np.savez(tmp, input_ids=np.concatenate(enc["input_ids"]).astype(np.int32),
+                 token_type_ids=np.concatenate(enc["token_type_ids"]).astype(np.int8),
+                 offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=df["label"].to_numpy(np.int64))
     return path, False
 
 

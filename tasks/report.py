@@ -83,7 +83,7 @@ def _fmt(v) -> str:
         return str(v)
     if v is None or np.isnan(v):
         return "–"
-    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}"
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3g}"  # lr: 2e-05
 
 
 def markdown(df: pd.DataFrame, index: bool = True) -> str:
@@ -193,36 +193,34 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
     methods = [e.baseline, *[n for n, v in p.variants.items() if v.finetuned and n != e.baseline]]
     summary = summary_table(task, records, e.bootstrap_samples, e.baseline)
     epochs, quant = epoch_tables(records, methods), quantization_table(task, records)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    (tmp / "figures").mkdir()
-    names = figures.draw(task, records, summary, methods, tmp / "figures")
-    per_run = pd.DataFrame([{"method": r["method"], "seed": r["seed"], "run_id": r["run_ids"][-1],
-                             **{k: r["metrics"].get(k) for k in ("accuracy", metric, *SIZES)}} for r in records])
-    summary.to_csv(tmp / "summary.csv")
-    per_run.to_csv(tmp / "runs.csv", index=False)
-    (tmp / "tables.json").write_text(json.dumps({"summary": summary.reset_index().to_dict("records"),
-                                                 "quantization": quant.reset_index().to_dict("records"),
-                                                 "lr_sweep": None if lrs is None else lrs.to_dict("records")},
-                                                indent=1, default=float))
-    lines = [f"# {task}: compression report", "",
-             f"Model `{p.model.name}`, lr {p.finetune.lr:g}, seeds {', '.join(map(str, e.seeds))}; "
-             f"every number below is read from the MLflow runs in `{tracking.tracking_uri()}` (runs.csv lists "
-             f"them). Δ = variant − dense of the validation {metric}, averaged over seeds paired by seed, with a "
-             f"paired bootstrap 95 % interval over validation examples ({e.bootstrap_samples} resamples).", "",
-             "## Summary: every variant", "", markdown(summary), "", *words(task, summary), ""]
-    for m, table in epochs.items():
-        lines += [f"## Table 1/2: per epoch, {m} vs dense (mean over seeds)", "", markdown(table), ""]
-    lines += ["## Table 3: without and with quantization (mean over seeds)", "", markdown(quant), "",
-              "## Learning rate", ""]
-    if lrs is None:
-        lines += [f"No sweep: finetune.lr = {p.finetune.lr:g} for every variant.", ""]
-    else:
-        lines += [f"The baseline ({e.baseline}), seed {e.seeds[0]}, at each candidate; the best validation {metric} "
-                  "is used for every variant that sets no lr of its own.", "", markdown(lrs, index=False), ""]
-    lines += ["## Figures", "", *[f"![{n}](figures/{n})" for n in names], ""]
-    (tmp / "report.md").write_text("\n".join(lines))
-    io.replace_dir(tmp, out)
+    with io.atomic_dir(out) as tmp:
+        (tmp / "figures").mkdir()
+        names = figures.draw(task, records, summary, methods, tmp / "figures")
+        per_run = pd.DataFrame([{"method": r["method"], "seed": r["seed"], "run_id": r["run_ids"][-1],
+                                 **{k: r["metrics"].get(k) for k in ("accuracy", metric, *SIZES)}} for r in records])
+        summary.to_csv(tmp / "summary.csv")
+        per_run.to_csv(tmp / "runs.csv", index=False)
+        (tmp / "tables.json").write_text(json.dumps({"summary": summary.reset_index().to_dict("records"),
+                                                     "quantization": quant.reset_index().to_dict("records"),
+                                                     "lr_sweep": None if lrs is None else lrs.to_dict("records")},
+                                                    indent=1, default=float))
+        lines = [f"# {task}: compression report", "",
+                 f"Model `{p.model.name}`, lr {p.finetune.lr:g}, seeds {', '.join(map(str, e.seeds))}; "
+                 f"every number below is read from the MLflow runs in `{tracking.tracking_uri()}` (runs.csv lists "
+                 f"them). Δ = variant − dense of the validation {metric}, averaged over seeds paired by seed, with a "
+                 f"paired bootstrap 95 % interval over validation examples ({e.bootstrap_samples} resamples).", "",
+                 "## Summary: every variant", "", markdown(summary), "", *words(task, summary), ""]
+        for m, table in epochs.items():
+            lines += [f"## Table 1/2: per epoch, {m} vs dense (mean over seeds)", "", markdown(table), ""]
+        lines += ["## Table 3: without and with quantization (mean over seeds)", "", markdown(quant), "",
+                  "## Learning rate", ""]
+        if lrs is None:
+            lines += [f"No sweep: finetune.lr = {p.finetune.lr:g} for every variant.", ""]
+        else:
+            lines += [f"The baseline ({e.baseline}), seed {e.seeds[0]}, at each candidate; the best validation {metric} "
+                      "is used for every variant that sets no lr of its own.", "", markdown(lrs, index=False), ""]
+        lines += ["## Figures", "", *[f"![{n}](figures/{n})" for n in names], ""]
+        (tmp / "report.md").write_text("\n".join(lines))
     if parent:
         tracking.log_folder(parent, str(out), "report")
     return out / "report.md"

@@ -132,7 +132,7 @@ def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: s
     q = p.variant(name, seed, mode)
     with tracking.variant_run(parent, task, p, name, seed, mode, _data_tags(validation=validation)) as run:
         result = core_evaluate.evaluate(model_dir, task, validation, q.runtime.eval_batch_size,
-                                        q.evaluate.latency_runs, keep_predictions=True)
+                                        q.evaluate.latency_runs, keep_predictions=True, threads=q.runtime.threads)
         tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
         tracking.log_result(run, "evaluate", result)
         if variants.method(name, mode) != p.experiment.baseline:

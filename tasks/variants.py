@@ -133,7 +133,8 @@ def plan(p: Params) -> dict[str, dict]:
             rows[str(seed)] = row
         files[f"{name}.json"] = {"tasks": e.tasks, "from": v.source, "seeds": rows}
     base = p.variant(e.baseline, e.seeds[0])
-    files["sweep.json"] = {"tasks": e.tasks, "lr_candidates": e.lr_candidates, "lr": p.finetune.lr,
-                           "finetune": reads("finetune", base), "evaluate": reads("evaluate", base)}
+    files["sweep.json"] = {"tasks": e.tasks, "lr_candidates": e.lr_candidates, "lr": p.finetune.lr}
+    if swept:  # what the sweep's fine-tunes and evaluations read; with no candidates it only passes finetune.lr on
+        files["sweep.json"] |= {"finetune": reads("finetune", base), "evaluate": reads("evaluate", base)}
     files |= {f"{step}.json": {"tasks": e.tasks, **reads(step, p)} for step in ("download", "tokenize", "pretrained")}
     return files
