@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/bertcompress finetune --task mrpc
 
-experiment: setup  # the whole compress flow on MRPC: every variant of params.yaml's experiment section
+experiment: setup  # the whole compress flow on MRPC: every variant of params.yaml's variant table
 	$(BIN)/python -m flows.compress --task mrpc
 
 test: setup

@@ -1,8 +1,8 @@
-"""Fine-tune bench/compression.py's variants on a lent GPU and carry them back to this CPU, where
+"""Fine-tune variants of bench/params-compression.yaml on a lent GPU and carry them back to this CPU, where
 bench/compression.py evaluates them (accuracy, sizes, latency) like the others.
 
-    # on the GPU machine ($OUT comes back: at most 8 files of 16 MiB, 64 MiB in all)
-    python3 bench/gpu_variants.py pack --model .carry/minilm --glue-dir .carry/glue --out $OUT "gradual 80 % (encoder)"
+    # on the GPU machine ($OUT comes back: at most 8 files of 16 MiB, 64 MiB in all); needs only the core package
+    python3 bench/gpu_variants.py pack --model .carry/minilm --glue-dir .carry/glue --out $OUT gradual80 gradual90
     # here
     python bench/gpu_variants.py unpack /work/.device/N        # -> outputs/bench/mrpc/<variant>/
 
@@ -10,7 +10,9 @@ Why: a full MRPC fine-tune takes ~10 min on this 2-core CPU when it is quiet and
 on one H100 it takes ~30 s with the same code, params and seed. The weights travel as fp16 (a gzip'd tar
 split into 15 MiB parts, since fp32 models exceed what comes back), so `unpack` restores fp32 tensors that
 differ from the trained ones by fp16 rounding; metrics.json records both the GPU's validation metrics and
-that provenance, and bench/compression.py evaluates the restored fp32 model on this CPU.
+that provenance, and bench/compression.py evaluates the restored fp32 model on this CPU (its table marks
+it †). `unpack` records for each folder the exact key of the same fine-tune here (tasks/variants.py), so the
+bench takes the carried model instead of training it again.
 """
 from __future__ import annotations
 
@@ -31,29 +33,29 @@ def pack(args) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    import compression as bench
     from bertcompress import params as P
-    from bertcompress.cli import prepared
+    from bertcompress.finetune import finetune
+    from bertcompress.tokenize import prepared
 
-    params = P.load(args.params, [f"model.name={args.model}", f"data.source={args.glue_dir}"])
-    data, root = prepared(args.task, params, "/tmp/gv/glue", "/tmp/gv/tok"), Path("/tmp/gv/models")
+    p = P.load(args.params, [f"model.name={args.model}", f"data.source={args.glue_dir}", *args.set])
+    data, root = prepared(args.task, p, "/tmp/gv/glue", "/tmp/gv/tok"), Path("/tmp/gv/models")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name in args.variants:
-            how, source, _ = bench.VARIANTS[name]
-            if how != "finetune":
-                raise SystemExit(f"error: {name} is made by {how}, not a fine-tune; build it here with bench/compression.py")
-            out = bench.build(name, root, params, args.task, data)
+            if name not in p.variants or not p.variants[name].finetuned:
+                raise SystemExit(f"error: {name} is no fine-tuned variant of {args.params}; build pruned ones here")
+            out = root / name
+            metrics = finetune(p.variant(name, p.experiment.seeds[0]), args.task, data["train"], data["validation"],
+                               str(out))
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(out / "model.safetensors").items()}
             save_file(tensors, out / "model.fp16.safetensors")
-            metrics = json.loads((out / "metrics.json").read_text())
-            metrics["provenance"] = {"trained_on": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                     "carried_as": "fp16"}
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-            folder = bench.folder(name, Path("."))
+            saved = json.loads((out / "metrics.json").read_text())
+            saved["provenance"] = {"trained_on": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                   "carried_as": "fp16"}
+            (out / "metrics.json").write_text(json.dumps(saved, indent=1))
             for f in out.iterdir():
                 if f.name != "model.safetensors":
-                    tar.add(f, arcname=f"{folder}/{f.name}")
+                    tar.add(f, arcname=f"{name}/{f.name}")
             print(f"{name}: val acc {metrics['val_accuracy']:.4f} F1 {metrics.get('val_f1', 0):.4f}", flush=True)
     blob = buf.getvalue()
     for i in range(0, len(blob), PART):
@@ -62,21 +64,28 @@ def pack(args) -> None:
 
 
 def unpack(args) -> None:
-    import torch
     from safetensors.torch import load_file, save_file
 
+    import compression
+    from bertcompress import io as bio
+    from bertcompress import params as P
+    from tasks import steps
+
+    p = P.load(args.params, args.set)
+    bench = compression.Bench(argparse.Namespace(task=args.task, out=args.into), p, parent=None)
     parts = sorted(Path(args.folder).glob("variants.tgz.*"))
-    root = Path(args.into) / args.task
-    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(q.read_bytes() for q in parts)), mode="r:gz") as tar:
         names = sorted({m.name.split("/")[0] for m in tar.getmembers()})
-        tar.extractall(root, filter="data")
+        tar.extractall(bench.root, filter="data")
     for name in names:
-        out = root / name
+        out = bench.root / name
         half = out / "model.fp16.safetensors"
         save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(half).items()},
                   out / "model.safetensors", metadata={"format": "pt"})
         half.unlink()
-        print(f"{out}: restored fp32 from fp16")
+        key = steps.step_key("finetune", {**bench.common(name), "base": bench.base, **bench.data})
+        bio.write_json(out / "key.json", {"key": key, "step": "finetune", "carried": True})
+        print(f"{out}: restored fp32 from fp16; taken by bench/compression.py as the fine-tune of {name}")
 
 
 def main() -> None:
@@ -86,13 +95,14 @@ def main() -> None:
     p.add_argument("variants", nargs="+")
     p.add_argument("--model", default=".carry/minilm")
     p.add_argument("--glue-dir", default=".carry/glue")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--task", default="mrpc")
     p.add_argument("--out", required=True)
     u = sub.add_parser("unpack")
     u.add_argument("folder")
-    u.add_argument("--task", default="mrpc")
     u.add_argument("--into", default="outputs/bench")
+    for cmd in (p, u):
+        cmd.add_argument("--params", default="bench/params-compression.yaml")
+        cmd.add_argument("--task", default="mrpc")
+        cmd.add_argument("-S", "--set", dest="set", action="append", default=[])
     args = ap.parse_args()
     pack(args) if args.cmd == "pack" else unpack(args)
 

@@ -19,7 +19,7 @@ from .glue import get_task
 from .params import Params, UserError
 from .tokenize import Encoded
 
-QAT = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple")
+QAT = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple", "precision")
 
 
 def reads(p: Params) -> list[str]:
