@@ -14,6 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
+from . import ranges
+
 
 @contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -82,3 +86,18 @@ def content_hash(path: str | os.PathLike) -> str:
         st = f.stat()
         h.update(f"{f.relative_to(root)}\0{_file_sha256(str(f), st.st_size, st.st_mtime_ns)}\n".encode())
     return h.hexdigest()
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping (a params file); a missing or broken file is one line naming it and the fix."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ranges.UserError(f"{path}: file not found; pass --params with the path to your params.yaml") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise ranges.UserError(f"{path}: not valid YAML{f' at line {line + 1}' if line is not None else ''}; "
+                        "fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ranges.UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+    return raw

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from . import io
 from .ranges import PRUNE_METHODS, QUANTIZE_MODES, UserError, check_type, unknown, validate, variant_table  # noqa: F401
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "params.yaml"
@@ -147,12 +148,17 @@ class Params:
         return out
 
     def replace(self, changes: dict) -> "Params":
-        """A checked copy with {'section.key': value} changes."""
-        raw = self.to_dict()
+        """A checked copy with {'section.key': value} changes (typed and range-checked like params.yaml)."""
+        by: dict[str, dict] = {}
         for key, value in changes.items():
             section, name = key.split(".")
-            raw[section][name] = value
-        return _build(raw, "params", table=False)
+            hints = _types(SECTIONS[section])
+            if name not in hints:
+                raise UserError(str(unknown("key", key, [f"{section}.{k}" for k in hints])))
+            by.setdefault(section, {})[name] = check_type(key, value, hints[name])
+        p = dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **kv) for s, kv in by.items()})
+        validate(p, table=False)
+        return p
 
     def variant(self, name: str, seed: int, mode: str = "none") -> "Params":
         """The params one (variant, seed, quantization mode) runs with: the variant's overrides, then the seed
@@ -203,20 +209,6 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _read(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found; pass --params with the path to your params.yaml") from None
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise UserError(f"{path}: not valid YAML{f' at line {line + 1}' if line is not None else ''}; "
-                        "fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
-    return raw
-
-
 def _override(raw: dict, item: str) -> None:
     """`section.key=value`, or `variants.<name>[.<section>.<key>]=value`; the value is YAML, as DVC reads it."""
     key, sep, value = item.partition("=")
@@ -235,10 +227,10 @@ def _override(raw: dict, item: str) -> None:
 
 def load(path: str | os.PathLike | None = "params.yaml", overrides: list[str] = ()) -> Params:
     """The defaults (the project's params.yaml), the file at path laid over them, then the overrides."""
-    raw = _read(DEFAULTS)
+    raw = io.read_yaml(DEFAULTS)
     source = "params"
     if path is not None and Path(path).resolve() != DEFAULTS:
-        raw, source = _merge(raw, _read(Path(path))), str(path)
+        raw, source = _merge(raw, io.read_yaml(Path(path))), str(path)
     elif path is not None:
         source = str(path)
     for item in overrides:
