@@ -84,7 +84,7 @@ def unpack(args) -> None:
                   out / "model.safetensors", metadata={"format": "pt"})
         half.unlink()
         key = steps.step_key("finetune", {**bench.common(name), "base": bench.base, **bench.data})
-        bio.write_json(out / "key.json", {"key": key, "step": "finetune", "carried": True})
+        bio.write_json(f"{out}.key.json", {"key": key, "step": "finetune", "carried": True})
         print(f"{out}: restored fp32 from fp16; taken by bench/compression.py as the fine-tune of {name}")
 
 

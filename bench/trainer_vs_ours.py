@@ -94,7 +94,7 @@ def run_trainer(args) -> dict:
     model = load_model(p.model.name, get_task(args.task).num_labels)
     targs = TrainingArguments(
         output_dir=f"{args.work}/trainer", per_device_train_batch_size=f.batch_size,
-        per_device_eval_batch_size=p.runtime.eval_batch_size, num_train_epochs=f.epochs, learning_rate=f.lr,
+        per_device_eval_batch_size=p.evaluate.batch_size, num_train_epochs=f.epochs, learning_rate=f.lr,
         weight_decay=f.weight_decay, warmup_steps=int(np.ceil(f.warmup_ratio * f.epochs * np.ceil(len(train) / 32))),
         lr_scheduler_type="linear", seed=f.seed, eval_strategy="epoch", save_strategy="no", logging_strategy="no",
         report_to=[], disable_tqdm=True, dataloader_num_workers=0, tf32=True if args.trainer_tf32 else None)

@@ -88,7 +88,7 @@ def run(args, p: P.Params) -> int:
     elif args.command == "evaluate":
         from .evaluate import evaluate
 
-        result = evaluate(args.model_dir, task, paths[args.split], p.runtime.eval_batch_size)
+        result = evaluate(args.model_dir, task, paths[args.split], p.evaluate.batch_size)
         if args.out:
             io.write_json(args.out, result)
     elif args.command == "finetune":

@@ -33,7 +33,7 @@ GRADUAL = ("method", "scope", "ranking", "initial_sparsity", "final_sparsity", "
 def reads(p: Params) -> list[str]:
     """The params keys a fine-tune's result depends on (besides its inputs: the base model and the data)."""
     pruning = [f"prune.{k}" for k in GRADUAL] if p.prune.method == "gradual" else []
-    return [f"finetune.{k}" for k in RECIPE] + pruning
+    return [f"finetune.{k}" for k in RECIPE] + pruning + ["evaluate.batch_size"]  # the per-epoch validation
 
 
 def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir: str,
@@ -63,7 +63,7 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
         row = None
         if main:
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                val_loss, preds = loop.predict(model, val, r.eval_batch_size, device)
+                val_loss, preds = loop.predict(model, val, params.evaluate.batch_size, device)
             row = {"epoch": epoch, "step": step, **stats, "val_loss": val_loss,
                    **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, preds).items()}}
         history.append(row := distributed.from_main(row))

@@ -9,6 +9,7 @@ are handled here and nowhere else. `predict` is the one evaluation loop.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -147,8 +148,9 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
 
 
 def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=None, desc: str = "recover") -> float:
-    """n steps of the seed recipe on a model already in memory, on the CPU (recovery after pruning, QAT);
-    the mean training loss."""
+    """n steps of the seed recipe on a model already in memory, on the CPU and in fp32 (recovery after pruning,
+    QAT: finetune.precision is the GPU fine-tune's); the mean training loss."""
+    f = dataclasses.replace(f, precision="fp32")
     seed_everything(f.seed)
     optimizer, scheduler = optimizer_and_schedule(model, f, n)
     return train(model, Encoded.load(train_path), f, r, n, optimizer, scheduler, after_step=after_step,

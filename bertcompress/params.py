@@ -82,7 +82,9 @@ class Quantize:
 
 @dataclass(frozen=True)
 class Evaluate:
+    batch_size: int
     latency_runs: int
+    latency_threads: int
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,6 @@ class Runtime:
     threads: int | None
     log_every: int
     cuda_graphs: bool
-    eval_batch_size: int
 
 
 @dataclass(frozen=True)

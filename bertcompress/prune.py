@@ -22,8 +22,7 @@ from .glue import get_task
 from .params import Finetune, Params, UserError
 from .tokenize import Encoded
 
-RECOVERY = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple",
-            "precision")
+RECOVERY = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple")
 READS = {"oneshot": ("method", "scope", "ranking", "final_sparsity", "recovery_steps"),
          "structured": ("method", "heads_fraction", "ffn_fraction", "recovery_steps")}
 

@@ -19,14 +19,14 @@ from .glue import get_task
 from .params import Params, UserError
 from .tokenize import Encoded
 
-QAT = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple", "precision")
+QAT = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple")
 
 
 def reads(p: Params) -> list[str]:
     """The params keys a quantized model depends on (besides the model it quantizes and the training data)."""
     mode = p.quantize.mode
     if mode == "static":
-        return ["quantize.mode", "quantize.calibration_size", "finetune.seed"]
+        return ["quantize.mode", "quantize.calibration_size", "finetune.seed", "evaluate.batch_size"]
     if mode == "qat":
         return ["quantize.mode", "quantize.qat_steps", *[f"finetune.{k}" for k in QAT]]
     return ["quantize.mode"]
@@ -79,7 +79,7 @@ def pt2e(model: nn.Module, params: Params, train_path: str, qat: bool):
         loss = loop.steps(prepared, train_path, f, params.runtime, q.qat_steps, desc="qat")
         info = {"qat_steps": q.qat_steps, "qat_loss": loss}
     else:
-        loop.predict(prepared, _subset(data, q.calibration_size, f.seed), params.runtime.eval_batch_size)
+        loop.predict(prepared, _subset(data, q.calibration_size, f.seed), params.evaluate.batch_size)
         info = {"calibration_size": min(q.calibration_size, len(data))}
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)

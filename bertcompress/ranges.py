@@ -13,6 +13,7 @@ import typing
 
 PRUNE_METHODS = ("none", "gradual", "oneshot", "structured")
 QUANTIZE_MODES = ("none", "dynamic", "dynamic_emb", "fp16", "bf16", "static", "qat")
+RESERVED = ("pretrained", "sweep", "flow", "bench", "eval")  # folders beside the variants' under outputs/
 
 
 class UserError(Exception):
@@ -56,9 +57,9 @@ def variant_table(table, source: str, hints: dict, make) -> dict:
     out: dict = {}
     for name, entry in table.items():
         where = f"{source}: variants.{name}"
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)) or name in RESERVED:
             raise UserError(f"{where}: a variant name is lower-case letters, digits and _ (it names folders, "
-                            "DVC stages and MLflow runs); rename it")
+                            f"DVC stages and MLflow runs), none of {', '.join(RESERVED)}; rename it")
         if not isinstance(entry, dict) or "from" not in entry:
             raise UserError(f"{where}: give at least `from: pretrained` (fine-tune) or `from: <variant>` (prune it)")
         entry = dict(entry)
@@ -100,9 +101,11 @@ def validate(p, table: bool = True) -> None:
     if f.max_steps is not None and f.max_steps <= 0:
         raise UserError(f"finetune.max_steps must be > 0 or null, got {f.max_steps}")
     r = p.runtime
-    for key in ("log_every", "eval_batch_size"):
-        if getattr(r, key) <= 0:
-            raise UserError(f"runtime.{key} must be > 0, got {getattr(r, key)}")
+    if r.log_every <= 0:
+        raise UserError(f"runtime.log_every must be > 0, got {r.log_every}")
+    for key in ("batch_size", "latency_threads"):
+        if getattr(p.evaluate, key) <= 0:
+            raise UserError(f"evaluate.{key} must be > 0, got {getattr(p.evaluate, key)}")
     if r.threads is not None and r.threads <= 0:
         raise UserError(f"runtime.threads must be > 0 or null, got {r.threads}")
     if p.tokenize.max_length < 8:
@@ -171,7 +174,18 @@ def _validate_experiment(p) -> None:
             made = "fine-tuned from pretrained" if v.finetuned else f"made from variant '{v.source}'"
             raise UserError(f"variants.{v.name} is {made}, so its prune.method must be {' or '.join(allowed)}, "
                             f"got '{method}'; set variants.{v.name}.prune.method")
+    for v in p.variants.values():
+        if "seed" in v.overrides.get("finetune", {}):
+            raise UserError(f"variants.{v.name} sets finetune.seed, which experiment.seeds decides; remove it")
+        for mode in ("none", *v.quantize):  # the entry's overrides checked now, not when its turn comes
+            try:
+                p.variant(v.name, e.seeds[0], mode)
+            except UserError as err:
+                raise UserError(f"variants.{v.name}: {err}") from None
     base = p.variants[e.baseline]
+    if e.lr_candidates and "lr" in base.overrides.get("finetune", {}):
+        raise UserError(f"variants.{e.baseline} sets finetune.lr, but the lr sweep (experiment.lr_candidates) "
+                        "chooses the baseline's lr; remove one of them")
     if base.source != "pretrained" or base.overrides.get("prune", {}).get("method", "none") != "none":
         raise UserError(f"experiment.baseline '{e.baseline}' must be a plain fine-tune (from: pretrained, "
                         "prune.method none): every variant is compared with it")

@@ -48,20 +48,32 @@ def dvc_invocation() -> str:
     return f"{os.getpid()}-standalone"
 
 
+def key_of(folder: str | Path) -> str | None:
+    """The exact key a step's output was made with: <out>.key.json beside it (not in it: the folder's content
+    hash, the next step's input, stays the Prefect flow's)."""
+    path = Path(f"{folder}.key.json")
+    return io.read_json(path)["key"] if path.is_file() and Path(folder).exists() else None
+
+
 def made(step: str, args: dict, out: str, reuse: list[Path] = ()) -> str:
     """Run one step into out unless out already holds its exact key (or a folder in reuse does: copied)."""
-    key, done = steps.step_key(step, args), Path(out) / "key.json"
-    if done.is_file() and io.read_json(done)["key"] == key:
+    key = steps.step_key(step, args)
+    if key_of(out) == key:
         print(f"{step} {args['task']} {Path(out).name}: up to date (key {key[:12]})", flush=True)
         return out
-    same = [d for d in reuse if (d / "key.json").is_file() and io.read_json(d / "key.json")["key"] == key]
-    if same:
+    Path(f"{out}.key.json").unlink(missing_ok=True)
+    if same := [d for d in reuse if key_of(d) == key]:
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(same[0], out)
         print(f"{step} {args['task']} {Path(out).name}: the same as {same[0]} (key {key[:12]})", flush=True)
-        return out
-    getattr(steps, step).fn(**args, out=out)
-    io.write_json(done, {"key": key, "step": step})
+    else:
+        partial = Path(f"{out}.partial")  # an interrupted fine-tune resumes only under the same key
+        if partial.exists() and key_of(partial) != key:
+            shutil.rmtree(partial)
+        io.write_json(f"{partial}.key.json", {"key": key, "step": step})
+        getattr(steps, step).fn(**args, out=out)
+        Path(f"{partial}.key.json").unlink(missing_ok=True)
+    io.write_json(f"{out}.key.json", {"key": key, "step": step})
     return out
 
 
@@ -106,8 +118,9 @@ def variant(p: P.Params, name: str, parent: str) -> None:
             out, common = f"outputs/{name}/{task}-s{seed}", {"task": task, "name": name, "seed": seed, "p": q,
                                                               "parent": parent}
             if v.finetuned:
+                reuse = sorted(Path("outputs/sweep").glob("*-lr*[0-9]")) if name == p.experiment.baseline else []
                 made("finetune", {**common, "base": PRETRAINED, "train": data["train"],
-                                  "validation": data["validation"]}, out, sorted(Path("outputs/sweep").glob("*-lr*")))
+                                  "validation": data["validation"]}, out, reuse)
                 history += [{"task": task, "seed": seed, **r} for r in io.read_json(f"{out}/metrics.json")["history"]]
             else:
                 made("prune", {**common, "model_dir": f"outputs/{v.source}/{task}-s{seed}", "train": data["train"]},

@@ -37,11 +37,15 @@ def params_of(step: str, a: dict) -> Params:
 
 
 def step_key(step: str, a: dict) -> str:
-    """The exact key of one task call (a: its arguments by name)."""
-    extra = {k: a[k] for k in ("task", "mode") if k in a}
+    """The exact key of one task call (a: its arguments by name). The variant's name is part of it: each
+    variant's steps log its own MLflow runs, even where two variants' recipes coincide."""
+    extra = {k: a[k] for k in ("task", "name", "mode") if k in a}
+    inputs = {k: a[k] for k in variants.FILES if a.get(k)}
     if step == "download":  # where `auto` points ($GLUE_DIR, the hub, ../shared/glue) is part of the input
         extra["source"] = glue.resolve_source(a["p"].data.source)
-    return variants.key(step, params_of(step, a), {k: a[k] for k in variants.FILES if a.get(k)}, extra)
+    if step in ("pretrained", "tokenize") and Path(local := model.resolve(a["p"].model.name)).is_dir():
+        inputs["model"] = local  # a model folder (the packaged one too) is keyed by its files, not its name
+    return variants.key(step, params_of(step, a), inputs, extra)
 
 
 @dataclass
@@ -131,8 +135,8 @@ def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: s
     """Metrics, sizes and CPU latency of one variant (and mode) on the validation split."""
     q = p.variant(name, seed, mode)
     with tracking.variant_run(parent, task, p, name, seed, mode, _data_tags(validation=validation)) as run:
-        result = core_evaluate.evaluate(model_dir, task, validation, q.runtime.eval_batch_size,
-                                        q.evaluate.latency_runs, keep_predictions=True, threads=q.runtime.threads)
+        result = core_evaluate.evaluate(model_dir, task, validation, q.evaluate.batch_size, q.evaluate.latency_runs,
+                                        keep_predictions=True, threads=q.evaluate.latency_threads)
         tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
         tracking.log_result(run, "evaluate", result)
         if variants.method(name, mode) != p.experiment.baseline:

@@ -71,10 +71,11 @@ def code(step: str) -> tuple[str, ...]:
 
 
 def key(step: str, q: Params, inputs: dict, extra: dict | None = None) -> str:
-    """The step's cache key: its leaf params, its inputs' contents, its code (and any extra arguments)."""
+    """The step's cache key: its leaf params, its inputs' contents, its code (the core modules it imports and the
+    task wrapper, which picks the arguments) and any extra arguments."""
     parts = {"step": step, "reads": reads(step, q), "extra": extra or {},
              "inputs": {k: io.content_hash(v) for k, v in sorted(inputs.items())},
-             "code": {f: io.content_hash(PACKAGE.parent / f) for f in code(step)}}
+             "code": {f: io.content_hash(PACKAGE.parent / f) for f in (*code(step), "tasks/steps.py")}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -136,5 +137,8 @@ def plan(p: Params) -> dict[str, dict]:
     files["sweep.json"] = {"tasks": e.tasks, "lr_candidates": e.lr_candidates, "lr": p.finetune.lr}
     if swept:  # what the sweep's fine-tunes and evaluations read; with no candidates it only passes finetune.lr on
         files["sweep.json"] |= {"finetune": reads("finetune", base), "evaluate": reads("evaluate", base)}
-    files |= {f"{step}.json": {"tasks": e.tasks, **reads(step, p)} for step in ("download", "tokenize", "pretrained")}
+    files |= {f"{step}-{task}.json": reads(step, p) for step in ("download", "tokenize") for task in e.tasks}
+    files["pretrained.json"] = reads("pretrained", p)
+    files["report.json"] = {"tasks": e.tasks, "seeds": e.seeds, "baseline": e.baseline,
+                            "bootstrap_samples": e.bootstrap_samples, "variants": list(p.variants)}
     return files

@@ -15,7 +15,7 @@ for var, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PREFECT_S
 os.environ.setdefault("GLUE_DIR", str(os.environ.get("GLUE_DIR") or SHARED_GLUE))
 
 TINY = ["data.max_train_samples=64", "data.max_eval_samples=64", "tokenize.max_length=32",
-        "finetune.batch_size=16", "finetune.epochs=2", "runtime.eval_batch_size=64", "runtime.threads=1"]
+        "finetune.batch_size=16", "finetune.epochs=2", "evaluate.batch_size=64", "runtime.threads=1"]
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,7 @@ def test_exp_run_with_a_set_param_reruns_only_what_reads_it(repo):
     assert running(out) == {"plan"}
     out = dvc(root, "exp", "run", "-S", "prune.final_sparsity=0.7").stdout  # read by the pruned variant only
     assert running(out) == {"plan", "variant@oneshot", "report@mrpc"}
-    out = dvc(root, "exp", "run", "-S", "runtime.log_every=1", "-S", "runtime.eval_batch_size=16").stdout
+    out = dvc(root, "exp", "run", "-S", "runtime.log_every=1", "-S", "runtime.threads=2").stdout
     assert running(out) == {"plan"}  # the plan's files come out the same: no stage after it runs
     out = dvc(root, "exp", "run", "-S", "evaluate.latency_runs=2").stdout  # inside the stage: evaluation only
     assert running(out) == {"plan", "variant@dense", "variant@oneshot", "report@mrpc"}

@@ -71,7 +71,7 @@ def _log_grid(tiny_params, tiny_mrpc, work: Path) -> tuple[str, dict]:
                     tracking.log_result(run, "finetune", result)
                 else:
                     tracking.log_result(run, "quantize", quantize(str(work / name), str(out), q, "mrpc"))
-                result = evaluate(str(out), "mrpc", validation, q.runtime.eval_batch_size)
+                result = evaluate(str(out), "mrpc", validation, q.evaluate.batch_size)
                 tracking.log_result(run, "evaluate", result)
             logged = tracking.client()[0].get_run(run)
             assert logged.data.tags["method"] == method
