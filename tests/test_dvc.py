@@ -166,7 +166,8 @@ def test_a_killed_stage_leaves_its_run_failed(repo, tmp_path):
         assert stage.wait(timeout=120) == 143
     finally:
         stage.kill()
-        shutil.rmtree(root / "outputs/dense/mrpc-s7.partial", ignore_errors=True)
+        shutil.rmtree(root / "outputs/dense/mrpc-s7.partial", ignore_errors=True)  # and the key it resumes under:
+        (root / "outputs/dense/mrpc-s7.partial.key.json").unlink(missing_ok=True)  # the stage's outs as they were
     with pr.env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"):
         client, experiment = tracking.client()
         (run,) = client.search_runs([experiment], "tags.seed = '7'")
