@@ -147,9 +147,12 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
             "epoch_seconds": epoch_seconds}
 
 
+STEPS_READ = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple")
+
+
 def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=None, desc: str = "recover") -> float:
     """n steps of the seed recipe on a model already in memory, on the CPU and in fp32 (recovery after pruning,
-    QAT: finetune.precision is the GPU fine-tune's); the mean training loss."""
+    QAT: finetune.precision is the GPU fine-tune's); the mean training loss. It reads finetune.<STEPS_READ>."""
     f = dataclasses.replace(f, precision="fp32")
     seed_everything(f.seed)
     optimizer, scheduler = optimizer_and_schedule(model, f, n)

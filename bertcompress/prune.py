@@ -22,7 +22,6 @@ from .glue import get_task
 from .params import Finetune, Params, UserError
 from .tokenize import Encoded
 
-RECOVERY = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple")
 READS = {"oneshot": ("method", "scope", "ranking", "final_sparsity", "recovery_steps"),
          "structured": ("method", "heads_fraction", "ffn_fraction", "recovery_steps")}
 
@@ -33,7 +32,7 @@ def reads(p: Params) -> list[str]:
     if p.prune.method == "structured":
         keys += ["finetune.batch_size", "finetune.seed"]  # the importance scores' batches
     if p.prune.recovery_steps:
-        keys += [f"finetune.{k}" for k in RECOVERY]
+        keys += [f"finetune.{k}" for k in loop.STEPS_READ]
     return list(dict.fromkeys(keys))
 
 

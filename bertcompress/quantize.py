@@ -19,8 +19,6 @@ from .glue import get_task
 from .params import Params, UserError
 from .tokenize import Encoded
 
-QAT = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple")
-
 
 def reads(p: Params) -> list[str]:
     """The params keys a quantized model depends on (besides the model it quantizes and the training data)."""
@@ -28,7 +26,7 @@ def reads(p: Params) -> list[str]:
     if mode == "static":
         return ["quantize.mode", "quantize.calibration_size", "finetune.seed", "evaluate.batch_size"]
     if mode == "qat":
-        return ["quantize.mode", "quantize.qat_steps", *[f"finetune.{k}" for k in QAT]]
+        return ["quantize.mode", "quantize.qat_steps", *[f"finetune.{k}" for k in loop.STEPS_READ]]
     return ["quantize.mode"]
 
 
