@@ -168,24 +168,22 @@ def _validate_experiment(p) -> None:
         raise UserError(f"experiment.baseline '{e.baseline}' is not in the variant table; "
                         f"choose one of: {', '.join(p.variants)}")
     for v in p.variants.values():
-        method = v.overrides.get("prune", {}).get("method", "none")
+        if "seed" in v.overrides.get("finetune", {}):
+            raise UserError(f"variants.{v.name} sets finetune.seed, which experiment.seeds decides; remove it")
+        for mode in ("none", *v.quantize):  # the entry's overrides checked now, not when its turn comes
+            try:
+                method = p.variant(v.name, e.seeds[0], mode).prune.method
+            except UserError as err:
+                raise UserError(f"variants.{v.name}: {err}") from None
         allowed = ("none", "gradual") if v.finetuned else ("oneshot", "structured")
         if method not in allowed:
             made = "fine-tuned from pretrained" if v.finetuned else f"made from variant '{v.source}'"
             raise UserError(f"variants.{v.name} is {made}, so its prune.method must be {' or '.join(allowed)}, "
                             f"got '{method}'; set variants.{v.name}.prune.method")
-    for v in p.variants.values():
-        if "seed" in v.overrides.get("finetune", {}):
-            raise UserError(f"variants.{v.name} sets finetune.seed, which experiment.seeds decides; remove it")
-        for mode in ("none", *v.quantize):  # the entry's overrides checked now, not when its turn comes
-            try:
-                p.variant(v.name, e.seeds[0], mode)
-            except UserError as err:
-                raise UserError(f"variants.{v.name}: {err}") from None
     base = p.variants[e.baseline]
     if e.lr_candidates and "lr" in base.overrides.get("finetune", {}):
         raise UserError(f"variants.{e.baseline} sets finetune.lr, but the lr sweep (experiment.lr_candidates) "
                         "chooses the baseline's lr; remove one of them")
-    if base.source != "pretrained" or base.overrides.get("prune", {}).get("method", "none") != "none":
+    if base.source != "pretrained" or p.variant(e.baseline, e.seeds[0]).prune.method != "none":
         raise UserError(f"experiment.baseline '{e.baseline}' must be a plain fine-tune (from: pretrained, "
                         "prune.method none): every variant is compared with it")
