@@ -30,7 +30,7 @@ from .report import build as build_report
 FLOW_OUTPUTS = Path("outputs/flow")
 
 
-def params_of(step: str, a: dict) -> Params:
+def params_of(a: dict) -> Params:
     """The params one task call runs with: the variant's, for its seed and mode, or the experiment's."""
     p = a["p"]
     return p.variant(a["name"], a["seed"], a.get("mode", "none")) if "name" in a else p
@@ -45,7 +45,7 @@ def step_key(step: str, a: dict) -> str:
         extra["source"] = glue.resolve_source(a["p"].data.source)
     if step in ("pretrained", "tokenize") and Path(local := model.resolve(a["p"].model.name)).is_dir():
         inputs["model"] = local  # a model folder (the packaged one too) is keyed by its files, not its name
-    return variants.key(step, params_of(step, a), inputs, extra)
+    return variants.key(step, params_of(a), inputs, extra)
 
 
 @dataclass
