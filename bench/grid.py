@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-TASKS = ("sst2", "cola", "mrpc")
+TASKS = ("sst2", "cola", "mrpc")  # --tasks stsb: the regression task (Pearson headline)
 
 
 CONVERTED = ("fp16", "bf16", "dynamic", "dynamic_emb")  # the modes variant.convert makes in memory
@@ -40,6 +40,7 @@ def run_one(args, task: str, method: str, seed: int, paths: dict, lr: float | No
     import torch
 
     from bertcompress.finetune import finetune
+    from bertcompress.glue import get_task
     from bertcompress.loop import predict
     from bertcompress.metrics import compute, headline
     from bertcompress.tokenize import Encoded
@@ -53,14 +54,15 @@ def run_one(args, task: str, method: str, seed: int, paths: dict, lr: float | No
     m = finetune(p, task, paths["train"], paths["validation"], out)
     row = {"task": task, "method": method, "seed": seed, "lr": p.finetune.lr, "train_s": m["train_seconds"],
            "samples_per_s": m["train_samples_per_second"], "metric": headline(task, m),
-           "accuracy": m["val_accuracy"], "sparsity": m.get("sparsity", {}).get("overall", 0.0)}
+           **{k: m[f"val_{k}"] for k in get_task(task).metrics}, "sparsity": m.get("sparsity", {}).get("overall", 0.0)}
     val = Encoded.load(paths["validation"])
     gpu = "cuda" if torch.cuda.is_available() else "cpu"
     for mode in (m for m in table.variants[method].quantize if m in CONVERTED):
         device = gpu if mode in ("fp16", "bf16") else "cpu"
-        model = convert(load_float(out, 2).to(device), mode)
+        model = convert(load_float(out, get_task(task).num_labels).to(device), mode)
         _, preds = predict(model, val.to(device), 128, device)
-        row[f"{mode}_metric"] = headline(task, compute(task, val.labels, preds))
+        scores = compute(task, val.labels, preds)
+        row |= {f"{mode}_metric": headline(task, scores), **{f"{mode}_{k}": v for k, v in scores.items()}}
     row["wall_s"] = time.perf_counter() - t0
     return row
 
@@ -98,8 +100,9 @@ def main() -> None:
             rows.append(fut.result())
             r = rows[-1]
             modes = " ".join(f"{k.removesuffix('_metric')} {v:.4f}" for k, v in r.items() if k.endswith("_metric"))
-            print(f"{r['task']:5} {r['method']:8} lr {r['lr']:g} s{r['seed']} acc {r['accuracy']:.4f} metric "
-                  f"{r['metric']:.4f} {modes} sparsity {r['sparsity']:.2f} {r['samples_per_s']:7.0f} samples/s  "
+            print(f"{r['task']:5} {r['method']:8} lr {r['lr']:g} s{r['seed']} metric {r['metric']:.4f} "
+                  f"(accuracy {r.get('accuracy', float('nan')):.4f}) {modes} sparsity {r['sparsity']:.2f} "
+                  f"{r['samples_per_s']:7.0f} samples/s  "
                   f"run {r['wall_s']:6.1f} s", flush=True)
     total = time.perf_counter() - t0
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"

@@ -75,6 +75,9 @@ def run(args, p: P.Params) -> int:
         distributed.setup(p.finetune.batch_size)  # under torchrun: check the world, join it, before any work
     if args.command in ("evaluate", "prune", "quantize"):
         _check_model_dir(args.model_dir)
+        from .variant import check_head
+
+        check_head(args.model_dir, glue.get_task(task).num_labels)
     if args.command == "prune" and p.prune.method not in ("oneshot", "structured"):
         raise P.UserError(f"prune needs -S prune.method=oneshot or structured, got '{p.prune.method}' "
                           "(gradual pruning runs in `bertcompress finetune`)")

@@ -1,4 +1,5 @@
-"""Evaluate a saved model, any variant, on a split: loss, accuracy, the task metric, parameters, size, latency.
+"""Evaluate a saved model, any variant, on a split: loss, the task's metrics beside the constant predictor's
+(majority class; STS-B: mean score) and whether it collapsed to it, parameters, sizes, sparsity, latency.
 
     bertcompress evaluate --task mrpc --model-dir outputs/mrpc/finetune-s42 --split validation
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import loop, metrics, sizes
+from . import loop, metrics, sizes, stats
 from .glue import get_task
 from .params import Params
 from .tokenize import Encoded
@@ -23,12 +24,15 @@ def reads(p: Params) -> list[str]:
 
 def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, device: str = "cpu",
                    keep_predictions: bool = False) -> dict:
-    """Loss, accuracy, the task metric, parameter counts, state_dict size; with keep_predictions also the
-    per-example 'predictions' and 'labels' (lists, in split order: what the report's paired bootstrap needs)."""
+    """Loss, the task's metrics, the constant predictor's ('baseline_<metric>') and the collapse verdict
+    (stats.collapse), parameter counts, state_dict size; with keep_predictions also the per-example
+    'predictions' and 'labels' (lists, in split order: what the report's paired bootstrap needs)."""
     loss, preds = loop.predict(model, data, batch_size, device)
     params, nonzero = sizes.parameter_counts(model)
-    out = {"loss": loss, **metrics.compute(task, data.labels, preds), "parameters": params,
-           "nonzero_parameters": nonzero, "size_mb": sizes.state_dict_bytes(model) / 1e6}
+    baseline = metrics.compute(task, data.labels, metrics.constant(task, data.labels))
+    out = {"loss": loss, **metrics.compute(task, data.labels, preds),
+           **{f"baseline_{k}": v for k, v in baseline.items()}, **stats.collapse(task, data.labels, preds),
+           "parameters": params, "nonzero_parameters": nonzero, "size_mb": sizes.state_dict_bytes(model) / 1e6}
     if keep_predictions:
         out |= {"predictions": preds.tolist(), "labels": np.asarray(data.labels).tolist()}
     return out

@@ -10,8 +10,9 @@ goes in as a ready 4-D mask, so transformers makes no data-dependent check (a ho
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -24,8 +25,8 @@ def mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
 class GraphedTrainStep:
     """step(batch, labels) -> (loss, logits): one optimizer step, replayed from a CUDA graph after the first."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer, self.graphs = model, optimizer, {}
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_of: Callable):
+        self.model, self.optimizer, self.loss_of, self.graphs = model, optimizer, loss_of, {}
         for p in model.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)  # static: every graph accumulates into these
@@ -42,7 +43,7 @@ class GraphedTrainStep:
         self.optimizer.zero_grad(set_to_none=False)
         logits = self.model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                             attention_mask=mask_4d(batch["attention_mask"])).logits
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = self.loss_of(logits, labels)
         loss.backward()
         self.optimizer.step()
         return loss.detach(), logits.detach()

@@ -28,20 +28,32 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Task:
     keys: tuple[str, ...]  # text columns: one sentence or a pair
-    num_labels: int
-    metric: str  # the task's headline metric: accuracy | f1 | matthews
+    num_labels: int  # 1: a regression task (one output, float labels, MSE loss)
+    metrics: tuple[str, ...]  # the GLUE metrics, headline first: accuracy | f1 | matthews | pearson | spearman
+    score_range: tuple[float, float] | None = None  # a regression task's label range
+
+    @property
+    def metric(self) -> str:
+        """The headline metric."""
+        return self.metrics[0]
+
+    @property
+    def regression(self) -> bool:
+        return self.num_labels == 1
 
 
-# One entry per GLUE classification task: adding a task is one line.
+# One entry per GLUE task: adding a task is one line. Accuracy is shown beside F1 and MCC (a model that
+# predicts one class scores MRPC F1 0.812).
 TASKS = {
-    "cola": Task(("sentence",), 2, "matthews"),
-    "sst2": Task(("sentence",), 2, "accuracy"),
-    "mrpc": Task(("sentence1", "sentence2"), 2, "f1"),
-    "rte": Task(("sentence1", "sentence2"), 2, "accuracy"),
-    "wnli": Task(("sentence1", "sentence2"), 2, "accuracy"),
-    "qnli": Task(("question", "sentence"), 2, "accuracy"),
-    "qqp": Task(("question1", "question2"), 2, "f1"),
-    "mnli": Task(("premise", "hypothesis"), 3, "accuracy"),
+    "cola": Task(("sentence",), 2, ("matthews", "accuracy")),
+    "sst2": Task(("sentence",), 2, ("accuracy",)),
+    "mrpc": Task(("sentence1", "sentence2"), 2, ("f1", "accuracy")),
+    "stsb": Task(("sentence1", "sentence2"), 1, ("pearson", "spearman"), (0.0, 5.0)),
+    "rte": Task(("sentence1", "sentence2"), 2, ("accuracy",)),
+    "wnli": Task(("sentence1", "sentence2"), 2, ("accuracy",)),
+    "qnli": Task(("question", "sentence"), 2, ("accuracy",)),
+    "qqp": Task(("question1", "question2"), 2, ("f1", "accuracy")),
+    "mnli": Task(("premise", "hypothesis"), 3, ("accuracy",)),
 }
 
 
@@ -105,9 +117,10 @@ def validate(df: pd.DataFrame, task: str, split: str, where: str) -> None:
     if missing:
         raise UserError(f"{where}: {task}/{split} lacks column(s) {', '.join(missing)} "
                         f"(has {', '.join(map(str, df.columns))}); it is not GLUE {task} in the hub's layout")
-    bad = df[(df["label"] < 0) | (df["label"] >= spec.num_labels)]
+    low, high = spec.score_range or (0, spec.num_labels - 1)
+    bad = df[~df["label"].between(low, high)]  # NaN too
     if len(bad):
-        raise UserError(f"{where}: {task}/{split} has {len(bad)} label(s) outside 0..{spec.num_labels - 1} "
+        raise UserError(f"{where}: {task}/{split} has {len(bad)} label(s) outside {low:g}..{high:g} "
                         f"(first: {bad['label'].iloc[0]} at idx {bad['idx'].iloc[0]}); use a labelled split")
     for key in spec.keys:
         if df[key].isna().any():
@@ -115,9 +128,12 @@ def validate(df: pd.DataFrame, task: str, split: str, where: str) -> None:
 
 
 def content_hash(df: pd.DataFrame, task: str) -> str:
-    """sha256 over 'idx\\tlabel\\ttext1[\\ttext2]\\n' per row: the fingerprint shared/glue/README.md publishes."""
+    """sha256 over 'idx\\tlabel\\ttext1[\\ttext2]\\n' per row (a regression label as %.3f): the fingerprint
+    shared/glue/README.md publishes."""
     h = hashlib.sha256()
-    cols = [df["idx"].astype(str), df["label"].astype(int).astype(str)] + [df[k] for k in get_task(task).keys]
+    spec = get_task(task)
+    label = df["label"].map("{:.3f}".format) if spec.regression else df["label"].astype(int).astype(str)
+    cols = [df["idx"].astype(str), label] + [df[k] for k in spec.keys]
     for row in zip(*cols):
         h.update(("\t".join(row) + "\n").encode())
     return h.hexdigest()

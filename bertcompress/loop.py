@@ -28,6 +28,21 @@ from .params import Finetune, Runtime
 from .tokenize import Encoded
 
 
+def loss_of(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the classes or, for float labels (a regression head: one output), squared error;
+    label -100 is ignored by both (fill's repeats). On the device, no synchronisation: CUDA graphs capture it."""
+    if labels.is_floating_point():
+        keep = labels != -100
+        err = torch.where(keep, logits.float().squeeze(-1) - labels, 0.0).square().sum()
+        return err if reduction == "sum" else err / keep.sum().clamp(min=1)
+    return F.cross_entropy(logits.float(), labels, reduction=reduction)
+
+
+def outputs(logits: torch.Tensor) -> torch.Tensor:
+    """Predictions: the class with the highest logit, or a regression head's one output."""
+    return logits.float().squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -76,7 +91,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.nd
 
 def fill(idx: np.ndarray, size: int) -> np.ndarray:
     """A short batch topped up to `size` rows by repeating its first example. The caller labels the repeats
-    -100, which cross_entropy ignores: loss and gradients are the short batch's, and a captured step needs one
+    -100, which loss_of ignores: loss and gradients are the short batch's, and a captured step needs one
     shape per width, not one more for each epoch's last batch."""
     return np.concatenate([idx, np.repeat(idx[:1], size - len(idx))]) if len(idx) < size else idx
 
@@ -99,7 +114,7 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
     """Train from start_epoch until total_steps. after_step(step) runs after every optimizer step (pruning
     masks); end_of_epoch(epoch, step, stats) after every epoch, stats = training loss and accuracy over it
     (summed over DDP ranks). Returns {'steps', 'loss', 'seen', 'seconds', 'epoch_seconds'}."""
-    graphed = GraphedTrainStep(model, optimizer) if use_graphs(f, r, device) else None
+    graphed = GraphedTrainStep(model, optimizer, loss_of) if use_graphs(f, r, device) else None
     pad = max(f.pad_to_multiple, 32) if graphed else f.pad_to_multiple  # each width is one graph capture
     bf16, kind = f.precision == "bf16", device.split(":")[0]
     trained, world = distributed.wrap(model, device), distributed.world_size()
@@ -123,7 +138,7 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
                 else:
                     with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
                         logits = trained(**batch).logits
-                    loss = F.cross_entropy(logits.float(), labels)
+                    loss = loss_of(logits, labels)
                     (loss * (real * world / len(idx))).backward()  # x 1.0 in one process; see distributed.shard
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -132,7 +147,7 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
                 if after_step:
                     after_step(step)
                 loss_sum += loss.detach() * real  # stays on the device: no per-step synchronisation
-                correct += (logits.detach().argmax(-1) == labels)[:real].sum()
+                correct += (outputs(logits.detach()) == labels)[:real].sum()  # regression: unused
                 count += real
                 if step % r.log_every == 0:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -141,7 +156,10 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
             loss_all, seen = loss_all + loss_sum, seen + count
             epoch_seconds.append(time.perf_counter() - t_epoch)
             if end_of_epoch:
-                end_of_epoch(epoch + 1, step, {"train_loss": loss_sum / count, "train_accuracy": correct / count})
+                stats = {"train_loss": loss_sum / count}
+                if data.labels.dtype.kind != "f":  # classification: accuracy of the training forward passes
+                    stats["train_accuracy"] = correct / count
+                end_of_epoch(epoch + 1, step, stats)
     model.eval()
     return {"steps": step, "loss": loss_all / max(seen, 1), "seen": seen, "seconds": time.perf_counter() - t0,
             "epoch_seconds": epoch_seconds}
@@ -162,18 +180,19 @@ def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=No
 
 @torch.inference_mode()
 def predict(model, data, batch_size: int = 128, device: str = "cpu") -> tuple[float, np.ndarray]:
-    """(mean cross-entropy, predicted labels); batches go in length order to minimise padding."""
+    """(mean loss, predictions): cross-entropy and labels, or squared error and scores for a regression head;
+    batches go in length order to minimise padding."""
     was_training = model.training
     model.eval()
     order = np.argsort(data.lengths, kind="stable")
-    preds = np.empty(len(data), dtype=np.int64)
+    preds = np.empty(len(data), dtype=np.float64 if data.labels.dtype.kind == "f" else np.int64)
     loss_sum = 0.0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(idx, 8).items()}
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        preds[idx] = logits.argmax(-1).cpu().numpy()
+        loss_sum += float(loss_of(logits, labels, reduction="sum"))
+        preds[idx] = outputs(logits).cpu().numpy()
     model.train(was_training)
     return loss_sum / len(data), preds

@@ -15,6 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
 from .params import Prune, UserError
+from .sizes import SCOPES
 
 
 def polynomial_sparsity(step: int, initial: float, final: float, begin: int, end: int, power: int = 3) -> float:
@@ -25,12 +26,7 @@ def polynomial_sparsity(step: int, initial: float, final: float, begin: int, end
 
 def target_modules(model: nn.Module, scope: str) -> dict[str, nn.Linear]:
     """The Linear layers a scope covers, by qualified name."""
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    if scope == "classifier":
-        return {n: m for n, m in linears.items() if n.split(".")[0] == "classifier"}
-    if scope == "encoder":
-        return {n: m for n, m in linears.items() if ".encoder.layer." in f".{n}"}
-    return linears
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and SCOPES[scope](n)}
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, ranking: str) -> dict[str, torch.Tensor]:

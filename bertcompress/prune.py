@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import loop, masks, sizes, variant
@@ -80,7 +79,7 @@ def _scores(model: nn.Module, train_path: str | None, f: Finetune) -> tuple[dict
     for idx in loop.epoch_batches(len(data), f.batch_size, f.seed, 0)[:8]:
         batch = data.batch(idx)
         labels = batch.pop("labels")
-        F.cross_entropy(model(**batch).logits.float(), labels).backward()
+        loop.loss_of(model(**batch).logits, labels).backward()
     scores = {id(w): (w.detach() * w.grad).abs() for w in model.parameters() if w.grad is not None}
     model.zero_grad(set_to_none=True)
     return scores, "importance"

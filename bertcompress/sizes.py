@@ -6,6 +6,8 @@
 (b) compact_mb: each tensor stored at its element size (int8 where quantized, 2 bytes where half), and where
     that is smaller, only its non-zero values plus a one-bit-per-entry mask; scales and zero points included.
 (c) compressed_mb: zstd (level 9: level 19 gains 3 % for 40x the time) of the bytes (a) counts.
+Sparsity two ways: zeros over all parameters (embeddings, norms and biases included), and zeros over the Linear
+weights of each pruning scope (what prune.final_sparsity targets).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import io
 import torch
 
 _QPARAM_NAMES = ("scale", "zero_point")  # quantization parameters: stored, but not model parameters
+SCOPES = {"classifier": lambda name: name.split(".")[0] == "classifier",  # which Linear layers a scope covers
+          "encoder": lambda name: ".encoder.layer." in f".{name}", "all_linear": lambda name: True}
 
 
 def _serialized(model: torch.nn.Module) -> bytes:
@@ -74,6 +78,22 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
+def scope_sparsity(model: torch.nn.Module) -> dict[str, float]:
+    """Zeros over the Linear weights of each scope (float or int8; {} for a PT2E program, whose int8 weights
+    are unnamed constants)."""
+    from torch.ao.nn.quantized import Linear as QuantizedLinear  # dynamic int8 Linear derives from it
+
+    stored = tensors(model)
+    weights = {n: stored[f"{n}.weight"] for n, m in model.named_modules()
+               if isinstance(m, (torch.nn.Linear, QuantizedLinear)) and f"{n}.weight" in stored}
+    out = {}
+    for scope, covers in SCOPES.items():
+        chosen = [w for n, w in weights.items() if covers(n)]
+        if chosen:
+            out[scope] = 1 - sum(int(torch.count_nonzero(w)) for w in chosen) / sum(w.numel() for w in chosen)
+    return out
+
+
 def compact_bytes(model: torch.nn.Module) -> int:
     """Bytes to store every tensor dense at its element size, or as non-zero values + bitmask if smaller."""
     total = 0
@@ -85,12 +105,14 @@ def compact_bytes(model: torch.nn.Module) -> int:
 
 
 def measure(model: torch.nn.Module) -> dict:
-    """The three sizes in MB (10^6 bytes) and the two counts, for one model in memory."""
+    """The three sizes in MB (10^6 bytes), the two counts and the sparsity (zeros over all parameters and over
+    each scope's Linear weights), for one model in memory."""
     blob = _serialized(model)
     params, nonzero = parameter_counts(model)
     return {"state_dict_mb": len(blob) / 1e6, "compact_mb": compact_bytes(model) / 1e6,
             "compressed_mb": len(_zstd().ZstdCompressor(level=9).compress(blob)) / 1e6,
-            "parameters": params, "nonzero_parameters": nonzero}
+            "parameters": params, "nonzero_parameters": nonzero, "zeros_all": 1 - nonzero / max(params, 1),
+            **{f"zeros_{scope}": v for scope, v in scope_sparsity(model).items()}}
 
 
 def _zstd():

@@ -35,7 +35,7 @@ def reads(p: Params) -> list[str]:
 def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str, max_length: int,
              cache_dir: str | os.PathLike = "data/tokenized", limit: int | None = None) -> tuple[Path, bool]:
     """Return (path of the tokenized split, True if it came from the cache); limit keeps the first rows."""
-    keys = glue.get_task(task).keys
+    spec = glue.get_task(task)
     check_max_length(model_name, max_length)
     df = glue.read_prepared(data_dir, split).iloc[:limit]
     tokenizer = load_tokenizer(model_name)
@@ -44,13 +44,14 @@ def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str
     path = Path(cache_dir) / task / f"{split}-{key}.npz"
     if path.is_file():
         return path, True
-    enc = tokenizer(*(df[k].tolist() for k in keys), truncation=True, max_length=max_length,
+    enc = tokenizer(*(df[k].tolist() for k in spec.keys), truncation=True, max_length=max_length,
                     return_token_type_ids=True)
     lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(df))
     with io.atomic_file(path, ".npz") as tmp:
         np.savez(tmp, input_ids=np.concatenate(enc["input_ids"]).astype(np.int32),
                  token_type_ids=np.concatenate(enc["token_type_ids"]).astype(np.int8),
-                 offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=df["label"].to_numpy(np.int64))
+                 offsets=np.concatenate([[0], np.cumsum(lengths)]),
+                 labels=df["label"].to_numpy(np.float32 if spec.regression else np.int64))
     return path, False
 
 

@@ -70,8 +70,25 @@ def load_float(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
     return load_variant(model_dir, num_labels, **kwargs)
 
 
+def _head(n: int) -> str:
+    return "a regression head (1 output)" if n == 1 else f"a {n}-class head"
+
+
+def check_head(model_dir: str, num_labels: int) -> None:
+    """A fine-tuned folder's head must fit the task (STS-B: regression, one output); a pretrained base (no
+    head yet) fits any."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    tuned = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if (tuned or read(model_dir)) and config.num_labels != num_labels:
+        raise UserError(f"{model_dir} has {_head(config.num_labels)} and the task needs {_head(num_labels)}; "
+                        "check --task, or fine-tune a model for this task first")
+
+
 def load_variant(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
     """Any saved model as what it was saved as: fp32 (dense, pruned), structured, int8 dynamic, half, PT2E."""
+    check_head(model_dir, num_labels)
     v = read(model_dir)
     if v is None or (v["mode"] == "oneshot"):
         return load_model(str(model_dir), num_labels, **kwargs)  # a plain save_pretrained folder
@@ -86,8 +103,6 @@ def load_variant(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(model_dir)
-    if config.num_labels != num_labels:
-        raise UserError(f"{model_dir} has {config.num_labels} labels, the task {num_labels}; check --task")
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32, **kwargs)
     if "structure" in v:
         masks.apply_structure(model, v["structure"])

@@ -1,4 +1,5 @@
-"""Serve the compress flow as deployments compress/mrpc, compress/sst2 and compress/cola (task preset).
+"""Serve the compress flow as deployments compress/<task> for the six GLUE tasks here (mrpc, sst2, cola, stsb,
+rte, wnli; the task preset).
 
     scripts/prefect.sh up                   # local server on 127.0.0.1:4200 (SQLite in .prefect/) + this
     scripts/prefect.sh run mrpc --param 'overrides=["finetune.epochs=1"]'
@@ -14,7 +15,7 @@ from prefect import serve
 
 from flows.compress import compress
 
-TASKS = ("mrpc", "sst2", "cola")
+TASKS = ("mrpc", "sst2", "cola", "stsb", "rte", "wnli")  # the GLUE tasks ../shared/glue holds
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from bertcompress.params import Params
 
 from . import tracking, variants
 from .report import build as build_report
+from .report import summary_text
 
 FLOW_OUTPUTS = Path("outputs/flow")
 
@@ -139,6 +140,7 @@ def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: s
                                         keep_predictions=True, threads=q.evaluate.latency_threads)
         tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
         tracking.log_result(run, "evaluate", result)
+        tracking.set_tags(run, {"collapsed": str(result["collapsed"]).lower(), "verdict": result["verdict"]})
         if variants.method(name, mode) != p.experiment.baseline:
             tracking.log_folder(run, model_dir, "model")
     return {"task": task, "variant": name, "mode": mode, "method": variants.method(name, mode), "seed": seed,
@@ -150,5 +152,5 @@ def report(task: str, p: Params, parent: str | None = None) -> str:
     """results/report/<task>/report.md and figures, built from the MLflow runs; logged to the parent run; its
     summary (read back from MLflow) printed."""
     path = build_report(task, p, parent=parent)
-    print(path.read_text().split("## Summary: every variant")[1].split("\n## ")[0].strip())
+    print(summary_text(path.parent))
     return str(path)

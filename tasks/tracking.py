@@ -146,6 +146,12 @@ def log_params(run_id: str, params: dict) -> None:
         client()[0].log_batch(run_id, params=items[i:i + 100])
 
 
+def set_tags(run_id: str, tags: dict) -> None:
+    from mlflow.entities import RunTag
+
+    client()[0].log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def log_dict(run_id: str, data: dict, name: str) -> None:
     client()[0].log_dict(run_id, data, name)
 
@@ -159,18 +165,20 @@ def log_folder(run_id: str, folder: str, name: str) -> None:
 
 
 def log_history_plot(run_id: str, history: list[dict]) -> None:
-    """Loss and accuracy per epoch, training beside validation, as plots/history.png."""
+    """Loss and the metrics per epoch, training beside validation, as plots/history.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in history]
+    scores = [k for k in history[0] if k not in ("epoch", "step") and not k.endswith("_loss")]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, what in zip(axes, ("loss", "accuracy")):
-        for split in ("train", "val"):
-            ax.plot(epochs, [r[f"{split}_{what}"] for r in history], marker="o", label=split)
-        ax.set(xlabel="epoch", title=what)
+    for ax, (title, keys) in zip(axes, (("loss", ["train_loss", "val_loss"]), ("metrics", scores))):
+        for k in keys:
+            ax.plot(epochs, [r[k] for r in history], marker="o", label=k)
+        ax.set(xlabel="epoch", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend()
     fig.tight_layout()
     client()[0].log_figure(run_id, fig, "plots/history.png")

@@ -72,6 +72,16 @@ def test_evaluate_needs_a_saved_model(capsys, workdir):
     fails_with(capsys, ["evaluate", "--task", "mrpc", "--model-dir", "nowhere"], r"holds no saved model", workdir)
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["quantize", "-S", "quantize.mode=dynamic"],
+                                     ["prune", "-S", "prune.method=oneshot"]])
+def test_a_classifier_on_the_regression_task_is_refused(capsys, workdir, tiny_run, command):
+    """STS-B is regression (one output): a 2-class MRPC model given to it is refused before any data is read."""
+    out, _ = tiny_run
+    fails_with(capsys, [command[0], "--task", "stsb", "--model-dir", str(out), *command[1:]],
+               r"has a 2-class head and the task needs a regression head \(1 output\); check --task", workdir)
+    assert not (workdir / "data").exists()
+
+
 @pytest.mark.parametrize("method", ["oneshot", "structured"])
 def test_prune_method_override_is_accepted(capsys, workdir, method):
     """The documented `bertcompress prune --model-dir D -S prune.method=oneshot`: the params load, the model

@@ -63,7 +63,13 @@ def test_summary_equals_mlflow_search_runs(grid):
         runs, parent = runs_of(grid)
     runs = runs[runs["params.finetune.lr"].astype(float) == float(parent["params.lr_selected"])]
     summary = pd.read_csv(grid["report"] / "summary.csv", index_col="method")
-    assert list(summary.index) == METHODS and (summary["seeds"] == 2).all()
+    assert list(summary.index) == ["majority class (constant)", *METHODS]
+    constant = summary.loc["majority class (constant)"]
+    labels = runs.iloc[0]  # the validation slice's majority class, scored as every run's baseline_* metric
+    assert (constant["f1 mean"], constant["accuracy mean"], constant["verdict"]) == (
+        labels["metrics.baseline_f1"], labels["metrics.baseline_accuracy"], "baseline")
+    summary = summary.drop("majority class (constant)")
+    assert (summary["seeds"] == 2).all()
     for method, group in runs.groupby("tags.method"):
         assert sorted(group["tags.seed"]) == ["42", "43"]
         for col, metric in [("f1 mean", "f1"), ("accuracy mean", "accuracy"), ("compact_mb", "compact_mb"),
@@ -71,17 +77,24 @@ def test_summary_equals_mlflow_search_runs(grid):
                             ("latency b8 ms", "latency_batch8_ms")]:
             assert summary.loc[method, col] == pytest.approx(group[f"metrics.{metric}"].mean(), rel=1e-12), col
         assert summary.loc[method, "f1 std"] == pytest.approx(group["metrics.f1"].std(ddof=1), rel=1e-9, abs=1e-12)
-        sparsity = 1 - group["metrics.nonzero_parameters"] / group["metrics.parameters"]
-        assert summary.loc[method, "sparsity"] == pytest.approx(sparsity.mean(), rel=1e-12)
-    assert summary.loc["gradual", "sparsity"] > 0.2 and summary.loc["dense", "sparsity"] < 0.01
+        zeros = 1 - group["metrics.nonzero_parameters"] / group["metrics.parameters"]
+        assert summary.loc[method, "zeros (all)"] == pytest.approx(zeros.mean(), rel=1e-12)
+        assert summary.loc[method, "achieved (scope)"] == pytest.approx(group["metrics.zeros_encoder"].mean())
+    # the three sparsity numbers of the 50 % encoder-pruned variant, each named
+    assert summary.loc["gradual", "target sparsity"] == 0.5 and summary.loc["gradual", "scope"] == "encoder"
+    assert summary.loc["gradual", "achieved (scope)"] == pytest.approx(0.5, abs=0.005)
+    assert 0.2 < summary.loc["gradual", "zeros (all)"] < 0.3  # embeddings are a third of MiniLM, unpruned
+    assert summary.loc["dense", "target sparsity"] == 0.0 and summary.loc["dense", "zeros (all)"] < 0.01
     for method in METHODS[1:]:  # Δ and its interval: the variant's f1 minus dense's, seed by seed
         d = runs[runs["tags.method"] == "dense"].set_index("tags.seed")["metrics.f1"]
         v = runs[runs["tags.method"] == method].set_index("tags.seed")["metrics.f1"]
         assert summary.loc[method, "Δ vs dense"] == pytest.approx((v - d).mean(), abs=1e-12)
         row = summary.loc[method]
         assert row["CI low"] <= row["Δ vs dense"] <= row["CI high"]
-        assert row["verdict"] == ("within noise" if row["CI low"] <= 0 <= row["CI high"] else
-                                  "better" if row["CI low"] > 0 else "worse")
+        expected = ("within noise" if row["CI low"] <= 0 <= row["CI high"] else
+                    "better" if row["CI low"] > 0 else "worse")
+        assert row["verdict"] == ("collapsed to the majority class" if isinstance(row["collapse check"], str)
+                                  else expected)
 
 
 def test_tables_figures_and_parent_artifacts(grid):
@@ -91,10 +104,11 @@ def test_tables_figures_and_parent_artifacts(grid):
     for heading in ("## Summary: every variant", "## Table 1/2: per epoch, gradual vs dense",
                     "## Table 3: without and with quantization", "## Learning rate"):
         assert heading in text
-    assert "within noise" in text or "better than dense" in text or "worse than dense" in text
+    assert "within noise" in text or "better than dense" in text or "worse than dense" in text or "collapsed" in text
+    assert "validation split (32 examples), mean ± std over 2 seeds" in text
     tables = json.loads((grid["report"] / "tables.json").read_text())
     assert [r["model"] for r in tables["quantization"]] == ["dense", "gradual"]
-    assert {"fp32 acc", "fp32 f1", "fp32 MB", "dynamic acc", "dynamic f1", "dynamic MB"} <= set(tables["quantization"][0])
+    assert {"fp32 accuracy", "fp32 f1", "fp32 MB", "dynamic accuracy", "dynamic f1", "dynamic MB"} <= set(tables["quantization"][0])
     epoch_table = [line for line in text.split("## Table 1/2")[1].split("##")[0].splitlines() if line.startswith("| ")]
     assert len(epoch_table) == 1 + 2 and epoch_table[0].count("|") == 1 + 1 + 12  # header + 2 epochs; 12 columns
     figures = sorted(p.name for p in (grid["report"] / "figures").iterdir())

@@ -53,3 +53,39 @@ def test_pairs_are_by_seed_and_the_statistic_is_their_mean():
     assert swapped["delta"] == pytest.approx(ci["delta"])
     with pytest.raises(ValueError, match="differ in shape"):
         stats.paired_bootstrap("mrpc", labels, dense, variant[:1])
+
+
+@pytest.mark.parametrize("name", ["pearson", "spearman"])
+def test_vectorised_correlations_equal_scipy(name):
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(3)
+    labels = np.round(rng.uniform(0, 5, 250), 1)  # ties, as STS-B's scores have
+    preds = labels + rng.normal(0, 1.5, (3, 250))
+    fn = pearsonr if name == "pearson" else spearmanr
+    expected = [fn(labels, p).statistic for p in preds]
+    assert stats.metric_values("stsb", labels, preds, name) == pytest.approx(expected, abs=1e-12)
+    assert stats.metric_values("stsb", labels, np.full(250, 2.5), name) == 0.0  # constant: 0, not NaN
+
+
+def test_a_constant_prediction_model_is_collapsed_and_a_real_one_is_not():
+    rng = np.random.default_rng(4)
+    labels = (rng.random(400) < 0.68).astype(int)  # MRPC-like: majority class 1
+    constant = np.ones((3, 400), dtype=int)
+    out = stats.collapse("mrpc", labels, constant, n_resamples=500)
+    assert out["collapsed"] and out["verdict"] == "collapsed to the majority class" and "100.0% of predictions" in out["why"]
+    good = np.where(rng.random((3, 400)) < 0.9, labels, 1 - labels)  # 90 % right, both classes predicted
+    assert stats.collapse("mrpc", labels, good, n_resamples=500) == {
+        "collapsed": False, "verdict": "above the constant predictor", "why": ""}
+    # mostly one class (but not 95 %) and no better than always saying it: within noise of the constant
+    weak = np.where(rng.random((3, 400)) < 0.9, 1, rng.integers(0, 2, (3, 400)))
+    out = stats.collapse("mrpc", labels, weak, n_resamples=500)
+    assert out["collapsed"] and "vs the constant predictor" in out["why"]
+
+
+def test_regression_collapse_is_a_constant_score():
+    rng = np.random.default_rng(5)
+    labels = rng.uniform(0, 5, 300)
+    out = stats.collapse("stsb", labels, np.full((2, 300), labels.mean()) + rng.normal(0, 0.01, (2, 300)), 500)
+    assert out["collapsed"] and out["verdict"] == "collapsed to the mean score"
+    assert not stats.collapse("stsb", labels, labels + rng.normal(0, 0.5, (2, 300)), 500)["collapsed"]

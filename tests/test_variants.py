@@ -69,7 +69,7 @@ def test_an_added_variant_runs_is_logged_and_reported(flow):
     assert logged["gradual80"].data.metrics["sparsity.overall"] == pytest.approx(0.8, abs=0.01)
     assert rows["gradual80"]["nonzero_parameters"] < rows["gradual"]["nonzero_parameters"]
     summary = pd.read_csv(flow["root"] / "results/report/mrpc/summary.csv", index_col="method")
-    assert {"gradual80", "gradual80+dynamic_emb", *pr.METHODS} == set(summary.index)
+    assert {"majority class (constant)", "gradual80", "gradual80+dynamic_emb", *pr.METHODS} == set(summary.index)
     assert summary.loc["gradual80", "f1 mean"] == pytest.approx(logged["gradual80"].data.metrics["f1"])
 
 

@@ -1,0 +1,131 @@
+"""The report's tables, from the records tasks/report.py reads out of MLflow: the summary of every variant over
+seeds (the task's metrics beside the constant predictor's, three sparsity numbers, sizes, latency, a paired
+bootstrap CI against the baseline variant, the collapse check), the seed's per-epoch Tables 1/2 and its
+quantization Table 3, and their markdown.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bertcompress import metrics, stats
+from bertcompress.glue import get_task
+
+SIZES = ("state_dict_mb", "compact_mb", "compressed_mb")
+
+
+def epoch_keys(task: str) -> tuple[str, ...]:
+    """What fine-tuning logs per epoch: losses, and accuracy (classification) or the correlations (regression)."""
+    if get_task(task).regression:
+        return ("train_loss", "val_loss", *[f"val_{m}" for m in get_task(task).metrics])
+    return ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+
+
+def constant_name(task: str) -> str:
+    return "mean score (constant)" if get_task(task).regression else "majority class (constant)"
+
+
+def _fmt(v) -> str:
+    """Markdown cell: metrics and deltas to 4 decimals, sizes and latencies (>= 10) to 1, counts as they are."""
+    if isinstance(v, (str, int, np.integer)):
+        return str(v)
+    if v is None or np.isnan(v):
+        return "–"
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3g}"  # lr: 2e-05
+
+
+def markdown(df: pd.DataFrame, index: bool = True) -> str:
+    df = df.reset_index() if index else df
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rows = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, "|" + "---|" * len(df.columns), *rows])
+
+
+def epoch_tables(task: str, records: list[dict], methods: list[str]) -> dict[str, pd.DataFrame]:
+    """Tables 1/2: per epoch, mean over seeds of training/validation loss and accuracy (or correlation), each
+    fine-tuned method beside the baseline (methods[0]), with a difference column (method − baseline)."""
+    mean = {m: pd.concat([r["history"] for r in records if r["method"] == m]).groupby("epoch").mean()
+            for m in methods}
+    tables = {}
+    for m in methods[1:]:
+        cols = {}
+        for k in epoch_keys(task):
+            cols[(k, methods[0])], cols[(k, m)] = mean[methods[0]][k], mean[m][k]
+            cols[(k, "Δ")] = mean[m][k] - mean[methods[0]][k]
+        table = pd.DataFrame(cols)
+        table.columns = [f"{k} {who}" for k, who in table.columns]
+        tables[m] = table
+    return tables
+
+
+def _sparsity(rs: list[dict]) -> dict:
+    """The three sparsity numbers, each named: the target the params ask for, the zeros reached in the pruned
+    scope's Linear weights, and the zeros over all parameters."""
+    scope = rs[0]["scope"]
+    return {"target sparsity": rs[0]["target"], "scope": scope,
+            "achieved (scope)": np.mean([r["metrics"].get(f"zeros_{scope}", np.nan) for r in rs]),
+            "zeros (all)": float(np.mean([1 - r["metrics"]["nonzero_parameters"] / r["metrics"]["parameters"]
+                                          for r in rs]))}
+
+
+def summary_table(task: str, records: list[dict], n_resamples: int, baseline: str) -> pd.DataFrame:
+    """One row per variant, after the constant predictor's: the task's metrics mean ± std over seeds, the three
+    sparsity numbers, sizes, latency, the paired bootstrap 95 % CI of (variant − baseline) of the headline
+    metric, and the verdict; a variant no better than the constant predictor (stats.collapse, over its seeds)
+    gets the verdict 'collapsed to the majority class'."""
+    names, metric = get_task(task).metrics, get_task(task).metric
+    dense = {r["seed"]: r for r in records if r["method"] == baseline}
+    labels = np.asarray(records[0]["predictions"]["labels"])
+    constant = metrics.compute(task, labels, metrics.constant(task, labels))
+    rows = [{"method": constant_name(task), "seeds": 0,
+             **{c: v for m in names for c, v in ((f"{m} mean", constant[m]), (f"{m} std", 0.0))},
+             "verdict": "baseline", "collapse check": ""}]
+    for method in dict.fromkeys(r["method"] for r in records):
+        rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["seed"])
+        row = {"method": method, "seeds": len(rs)}
+        for m in names:
+            row[f"{m} mean"], row[f"{m} std"] = stats.mean_std([r["metrics"].get(m, np.nan) for r in rs])
+        row |= _sparsity(rs)
+        row |= {k: np.mean([r["metrics"].get(k, np.nan) for r in rs]) for k in SIZES}
+        row |= {f"latency b{b} ms": np.mean([r["metrics"].get(f"latency_batch{b}_ms", np.nan) for r in rs])
+                for b in (1, 8)}
+        preds = [r["predictions"]["predictions"] for r in rs]
+        ci = stats.paired_bootstrap(task, labels, [dense[r["seed"]]["predictions"]["predictions"] for r in rs],
+                                    preds, n_resamples)
+        collapse = stats.collapse(task, labels, preds, n_resamples)
+        verdict = collapse["verdict"] if collapse["collapsed"] else "—" if method == baseline else ci["verdict"]
+        row |= {f"Δ vs {baseline}": ci["delta"], "CI low": ci["low"], "CI high": ci["high"],
+                "verdict": verdict, "collapse check": collapse["why"]}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def quantization_table(task: str, records: list[dict]) -> pd.DataFrame:
+    """Table 3: the task's metrics and state_dict size of each model without and with quantization."""
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        row = {"model": model}
+        for mode in dict.fromkeys(r["mode"] for r in records):
+            rs = [r["metrics"] for r in records if r["model"] == model and r["mode"] == mode]
+            if not rs:
+                continue
+            name = "fp32" if mode == "none" else mode
+            row |= {f"{name} {m}": np.mean([x.get(m, np.nan) for x in rs]) for m in get_task(task).metrics}
+            row[f"{name} MB"] = np.mean([x["state_dict_mb"] for x in rs])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
+def words(task: str, summary: pd.DataFrame, baseline: str) -> list[str]:
+    metric, out = get_task(task).metric, []
+    delta = f"Δ vs {baseline}"
+    for method, row in summary[~summary["verdict"].isin(["—", "baseline"])].iterrows():
+        ci = f"{row[delta]:+.4f} [{row['CI low']:+.4f}, {row['CI high']:+.4f}]"
+        if row["verdict"].startswith("collapsed"):
+            out.append(f"- **{method}** {row['verdict']} ({row['collapse check']}): Δ{metric} {ci}.")
+            continue
+        say = {"within noise": f"is within noise of {baseline} (the 95 % interval holds 0)",
+               "better": f"is better than {baseline} (the whole 95 % interval is above 0)",
+               "worse": f"is worse than {baseline} (the whole 95 % interval is below 0)"}[row["verdict"]]
+        out.append(f"- **{method}** {say}: Δ{metric} {ci}.")
+    return out
