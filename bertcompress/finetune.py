@@ -5,7 +5,9 @@ prune.method=gradual, under the gradual magnitude-pruning schedule).
 
 After every epoch: training loss and accuracy (from the training forward passes), validation loss, accuracy and
 task metric, and a checkpoint (bertcompress/checkpoint.py). The run works in `<out>.partial/`; rerunning an
-interrupted run resumes from its last complete checkpoint and ends with the same metrics. The finished folder
+interrupted run with the same inputs (the params it reads, the data, the base model: `identity`) resumes from its
+last complete checkpoint and ends with the same metrics; a `.partial` left by other inputs is set aside as
+`<out>.stale/` and the run starts over, saying so in one line. The finished folder
 `<out>/` (save_pretrained + tokenizer + metrics.json + params.json) appears atomically. Under torchrun each rank
 trains on its slice of every global batch (DDP); rank 0 evaluates, checkpoints and writes the folder.
 """
@@ -36,6 +38,26 @@ def reads(p: Params) -> list[str]:
     return [f"finetune.{k}" for k in RECIPE] + pruning + ["evaluate.batch_size"]  # the per-epoch validation
 
 
+def identity(params: Params, task: str, train_path: str, val_path: str, base: str) -> dict:
+    """What a fine-tune's weights depend on: the params it reads, the task, its data and base model (content)."""
+    flat = params.flat()
+    local = Path(base).is_dir()
+    return {"task": task, **{k: flat[k] for k in reads(params)}, "train": io.content_hash(train_path),
+            "validation": io.content_hash(val_path), "base": io.content_hash(base) if local else base}
+
+
+def _resumable(work: Path, wanted: dict) -> None:
+    """Keep work/ only if it was started with the same identity; else move it aside (one line says so)."""
+    if work.is_dir() and (not (work / "identity.json").is_file() or io.read_json(work / "identity.json") != wanted):
+        stale = work.with_name(work.name.removesuffix(".partial") + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        work.rename(stale)
+        print(f"{work} was started with other params, data or base model: set aside as {stale}; starting over",
+              flush=True)
+    work.mkdir(parents=True, exist_ok=True)
+    io.write_json(work / "identity.json", wanted)
+
+
 def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir: str,
              on_epoch_end: Callable[[int, dict], None] | None = None, device: str | None = None,
              base: str | None = None) -> dict:
@@ -56,6 +78,9 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
         pruner.attach(model)
     optimizer, scheduler = loop.optimizer_and_schedule(model, f, total_steps, loop.use_graphs(f, r, device))
     out, work = Path(out_dir), Path(str(out_dir) + ".partial")
+    if main:
+        _resumable(work, identity(params, task, train_path, val_path, base))
+    distributed.from_main(None)  # the other ranks read work/ after rank 0 checked it
     start_epoch, history = checkpoint.load(work, model, optimizer, scheduler)
     bf16 = f.precision == "bf16"
 
@@ -89,5 +114,6 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
         io.write_json(work / "metrics.json", result)
         io.write_json(work / "params.json", params.to_dict())
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        (work / "identity.json").unlink()
         io.replace_dir(work, out)
     return result

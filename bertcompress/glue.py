@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from . import hub, io
-from .params import Params, UserError
+from .params import Params, UserError, unknown
 
 HUB_ID = "nyu-mll/glue"
 SPLITS = ("train", "validation")
@@ -63,7 +63,7 @@ def reads(p: Params) -> list[str]:
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise UserError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
+        raise unknown("task", name, list(TASKS))
     return TASKS[name]
 
 

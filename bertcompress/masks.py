@@ -92,6 +92,9 @@ def gradual(p: Prune, total_steps: int) -> GradualPruner | None:
     """The pruner of a fine-tune under prune.method=gradual (None otherwise); its schedule fits the run."""
     if p.method != "gradual":
         return None
+    if p.begin_step >= total_steps:
+        raise UserError(f"prune.begin_step ({p.begin_step}) is at or beyond the run's {total_steps} steps, so the "
+                        f"schedule would never prune; set prune.begin_step < {total_steps}")
     if p.end_step is not None and p.end_step > total_steps:
         raise UserError(f"prune.end_step ({p.end_step}) is beyond the run's {total_steps} steps; "
                         f"set prune.end_step <= {total_steps} or null")

@@ -176,24 +176,26 @@ def _types(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _section(name: str, values: dict, source: str):
+def _section(name: str, values: dict, source: str, given: dict | None = None):
+    """One section checked; an error names where its key came from (given: {'finetune.lr': '-S finetune.lr=x'})."""
     cls, hints = SECTIONS[name], _types(SECTIONS[name])
+    origin = lambda key: (given or {}).get(f"{name}.{key}", source)  # noqa: E731
     if not isinstance(values, dict):
         raise UserError(f"{source}: section '{name}' must be a mapping of keys, got {values!r}")
     for key in values:
         if key not in hints:
-            raise UserError(f"{source}: " + str(unknown("key", f"{name}.{key}", [f"{name}.{k}" for k in hints])))
+            raise UserError(f"{origin(key)}: " + str(unknown("key", f"{name}.{key}", [f"{name}.{k}" for k in hints])))
     missing = [k for k in hints if k not in values]
     if missing:
         raise UserError(f"{source}: {name} lacks {', '.join(missing)}; add them (see {DEFAULTS.name} in the project)")
-    return cls(**{k: check_type(f"{source}: {name}.{k}", values[k], hints[k]) for k in hints})
+    return cls(**{k: check_type(f"{origin(k)}: {name}.{k}", values[k], hints[k]) for k in hints})
 
 
-def _build(raw: dict, source: str, table: bool = True) -> Params:
+def _build(raw: dict, source: str, table: bool = True, given: dict | None = None) -> Params:
     for name in raw:
         if name not in SECTIONS and name != "variants":
-            raise UserError(f"{source}: " + str(unknown("section", name, [*SECTIONS, "variants"])))
-    p = Params(**{s: _section(s, raw.get(s) or {}, source) for s in SECTIONS},
+            raise UserError(f"{(given or {}).get(name, source)}: " + str(unknown("section", name, [*SECTIONS, "variants"])))
+    p = Params(**{s: _section(s, raw.get(s) or {}, source, given) for s in SECTIONS},
                variants=variant_table(raw.get("variants"), source, {s: _types(SECTIONS[s]) for s in VARIANT_SECTIONS},
                                       Variant))
     validate(p, table)
@@ -234,9 +236,12 @@ def load(path: str | os.PathLike | None = "params.yaml", overrides: list[str] = 
         raw, source = _merge(raw, io.read_yaml(Path(path))), str(path)
     elif path is not None:
         source = str(path)
+    given = {}
     for item in overrides:
         _override(raw, item)
-    return _build(raw, source)
+        key = item.partition("=")[0]
+        given[key] = given[key.split(".")[0]] = f"override -S {item}"
+    return _build(raw, source, given=given)
 
 
 def defaults() -> Params:

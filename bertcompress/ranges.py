@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import types
 import typing
@@ -20,18 +21,25 @@ class UserError(Exception):
     """Bad input: the message is one line that names the problem and the fix."""
 
 
+def _finite(where: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value!r}; fix the value in params.yaml or the override")
+    return value
+
+
 def check_type(where: str, value, annotation):
     hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     for t in hints:
         if t is type(None) and value is None:
             return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(where, float(value))
         if t is float and isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
+                continue
+            return _finite(where, number)
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if t in (str, bool) and isinstance(value, t):
@@ -90,6 +98,10 @@ def validate(p, table: bool = True) -> None:
     for key in ("lr", "batch_size", "epochs"):
         if getattr(f, key) <= 0:
             raise UserError(f"finetune.{key} must be > 0, got {getattr(f, key)}; set a positive value")
+    if f.lr >= 1:
+        raise UserError(f"finetune.lr must be < 1, got {f.lr}; BERT fine-tunes at 1e-5 to 1e-4")
+    if not 0 <= f.weight_decay <= 1:
+        raise UserError(f"finetune.weight_decay must be in [0, 1], got {f.weight_decay}; the seed uses 0.01")
     if not 0 <= f.warmup_ratio < 1:
         raise UserError(f"finetune.warmup_ratio must be in [0, 1), got {f.warmup_ratio}")
     if f.precision not in ("fp32", "tf32", "bf16"):
@@ -160,8 +172,9 @@ def _validate_experiment(p) -> None:
         raise UserError("experiment.tasks and experiment.seeds must each list at least one value")
     if len(set(e.seeds)) != len(e.seeds):
         raise UserError(f"experiment.seeds repeats a seed: {e.seeds}; list each seed once")
-    if any(lr <= 0 for lr in e.lr_candidates):
-        raise UserError(f"experiment.lr_candidates must all be > 0, got {e.lr_candidates}; e.g. [2e-5, 3e-5, 5e-5]")
+    if any(not 0 < lr < 1 for lr in e.lr_candidates):
+        raise UserError(f"experiment.lr_candidates must all be in (0, 1), got {e.lr_candidates}; "
+                        "e.g. [2e-5, 3e-5, 5e-5]")
     if e.bootstrap_samples < 100:
         raise UserError(f"experiment.bootstrap_samples must be >= 100, got {e.bootstrap_samples}; 2000 is usual")
     if e.baseline not in p.variants:

@@ -29,6 +29,11 @@ def fails_with(capsys, argv, pattern, workdir):
 
 @pytest.mark.parametrize("override,pattern", [
     ("finetune.lr=0", r"finetune.lr must be > 0, got 0"),
+    ("finetune.lr=nan", r"override -S finetune.lr=nan: finetune.lr must be a finite number, got nan"),
+    ("finetune.lr=inf", r"finetune.lr must be a finite number, got inf"),
+    ("finetune.lr=2", r"finetune.lr must be < 1, got 2.0"),
+    ("finetune.weight_decay=-0.1", r"finetune.weight_decay must be in \[0, 1\], got -0.1"),
+    ("prune.final_sparsity=nan", r"prune.final_sparsity must be a finite number"),
     ("finetune.batch_size=-4", r"finetune.batch_size must be > 0"),
     ("finetune.epochs=0", r"finetune.epochs must be > 0"),
     ("tokenize.max_length=4", r"tokenize.max_length must be >= 8, got 4"),
@@ -46,7 +51,9 @@ def test_bad_parameter(capsys, workdir, override, pattern):
 
 
 def test_unknown_task(capsys, workdir):
-    fails_with(capsys, ["finetune", "--task", "mnli2"], r"unknown task 'mnli2'; choose one of", workdir)
+    fails_with(capsys, ["finetune", "--task", "mnli2"], r"unknown task 'mnli2'; did you mean 'mnli'\? known: cola",
+               workdir)
+    fails_with(capsys, ["finetune", "--task", "mrpcc"], r"unknown task 'mrpcc'; did you mean 'mrpc'\?", workdir)
 
 
 def test_unreadable_params(capsys, workdir):

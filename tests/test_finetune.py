@@ -71,6 +71,32 @@ def test_resume_after_interruption_gives_same_metrics(tiny_run, tiny_params, tin
     assert out.is_dir() and not partial.exists()
 
 
+def test_a_partial_run_of_other_params_is_set_aside_not_resumed(tiny_run, tiny_params, tiny_mrpc, tmp_path, capsys):
+    """Killed at one lr, rerun at another: the rerun starts over (its weights are the new lr's, as params.json
+    says), and the old checkpoint is kept aside, not resumed."""
+    _, at_default_lr = tiny_run
+    out, other = tmp_path / "run", tiny_params.replace({"finetune.lr": 5e-5})
+
+    def die_after_first_epoch(epoch, row):
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune(tiny_params, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),
+                 on_epoch_end=die_after_first_epoch)
+    capsys.readouterr()
+    epochs_run = []
+    result = finetune(other, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),
+                      on_epoch_end=lambda e, row: epochs_run.append(e))
+    said = [line for line in capsys.readouterr().out.splitlines() if "set aside" in line]
+    assert len(said) == 1 and "run.stale" in said[0] and "starting over" in said[0]
+    assert epochs_run == [1, 2]  # nothing resumed
+    clean = finetune(other, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / "clean"))
+    assert result["history"] == clean["history"] != at_default_lr["history"]
+    assert json.loads((out / "params.json").read_text())["finetune"]["lr"] == 5e-5
+    assert (tmp_path / "run.stale" / "checkpoints" / "epoch-1").is_dir() and not (out / "identity.json").exists()
+
+
 def test_length_grouping_keeps_every_example_once_and_pads_less():
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 128, size=1000)

@@ -130,6 +130,7 @@ def test_structured_by_magnitude_predicts_like_before_when_removing_nothing(tiny
     ("prune.final_sparsity=1.0", "final_sparsity"), ("prune.initial_sparsity=0.95", "initial_sparsity"),
     ("prune.end_step=0", "end_step"), ("prune.frequency=0", "frequency"), ("prune.scope=heads", "scope"),
     ("prune.heads_fraction=1.0", "heads_fraction"), ("prune.end_step=999999", "beyond"),
+    ("prune.begin_step=50", "would never prune"),  # 64 examples, batch 32, 3 epochs: 6 steps
 ])
 def test_bad_pruning_input_is_one_line_before_training(override, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the CLI prepares data under ./data
