@@ -148,6 +148,15 @@ def load_split(task: str, split: str, source: str = "auto") -> pd.DataFrame:
     return df[[*get_task(task).keys, "label", "idx"]]
 
 
+def fingerprint(task: str, where: str) -> dict | None:
+    """The source files' content hashes ({split: sha256}) of a local GLUE directory; None for the hub (its
+    dataset revision is the datasets cache's business)."""
+    if where == "hub":
+        return None
+    return {s: io.content_hash(Path(where) / task / f"{s}-00000-of-00001.parquet") for s in SPLITS
+            if (Path(where) / task / f"{s}-00000-of-00001.parquet").is_file()}
+
+
 def download(task: str, out_dir: str | os.PathLike, source: str = "auto") -> dict:
     """Write validated train/validation parquet files and source.json to out_dir; return source.json's dict."""
     out = Path(out_dir)
@@ -157,7 +166,8 @@ def download(task: str, out_dir: str | os.PathLike, source: str = "auto") -> dic
     for split, df in frames.items():
         with io.atomic_file(out / f"{split}.parquet") as tmp:
             df.to_parquet(tmp, index=False)
-    info = {"task": task, "source": where, "rows": {s: len(df) for s, df in frames.items()},
+    info = {"task": task, "source": where, "source_files": fingerprint(task, where),
+            "rows": {s: len(df) for s, df in frames.items()},
             "content_sha256": {s: content_hash(df, task) for s, df in frames.items()}}
     io.write_json(out / "source.json", info)
     return info
@@ -169,6 +179,14 @@ def downloaded_from(out_dir: str | os.PathLike) -> str | None:
     if not all((out / f"{s}.parquet").is_file() for s in SPLITS) or not (out / "source.json").is_file():
         return None
     return json.loads((out / "source.json").read_text())["source"]
+
+
+def is_current(out_dir: str | os.PathLike, task: str, source: str = "auto") -> bool:
+    """Was out_dir written from this source as its files are now (same path, same file contents)?"""
+    where = resolve_source(source)
+    if downloaded_from(out_dir) != where:
+        return False
+    return json.loads((Path(out_dir) / "source.json").read_text()).get("source_files") == fingerprint(task, where)
 
 
 def read_prepared(data_dir: str | os.PathLike, split: str) -> pd.DataFrame:

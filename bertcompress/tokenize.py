@@ -58,7 +58,7 @@ def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str
 def prepared(task: str, p: Params, data_root: str = "data/glue", cache_dir: str = "data/tokenized") -> dict:
     """Download the task if it is not there yet, tokenize train and validation (cached); return their paths."""
     data_dir = Path(data_root) / task
-    if glue.downloaded_from(data_dir) != glue.resolve_source(p.data.source):
+    if not glue.is_current(data_dir, task, p.data.source):  # another source, or its files changed since
         glue.download(task, data_dir, p.data.source)
     limits = {"train": p.data.max_train_samples, "validation": p.data.max_eval_samples}
     return {s: str(tokenize(data_dir, task, s, p.model.name, p.tokenize.max_length, cache_dir, limits[s])[0])

@@ -42,8 +42,9 @@ def step_key(step: str, a: dict) -> str:
     variant's steps log its own MLflow runs, even where two variants' recipes coincide."""
     extra = {k: a[k] for k in ("task", "name", "mode") if k in a}
     inputs = {k: a[k] for k in variants.FILES if a.get(k)}
-    if step == "download":  # where `auto` points ($GLUE_DIR, the hub, ../shared/glue) is part of the input
-        extra["source"] = glue.resolve_source(a["p"].data.source)
+    if step == "download":  # where `auto` points ($GLUE_DIR, the hub, ../shared/glue) and its files' contents
+        extra["source"] = where = glue.resolve_source(a["p"].data.source)
+        extra["source_files"] = glue.fingerprint(a["task"], where)
     if step in ("pretrained", "tokenize") and Path(local := model.resolve(a["p"].model.name)).is_dir():
         inputs["model"] = local  # a model folder (the packaged one too) is keyed by its files, not its name
     return variants.key(step, params_of(a), inputs, extra)

@@ -44,3 +44,28 @@ def test_second_run_reads_the_cache(tmp_path, tiny_params):
     other, hit3 = tokenize(*args, 48, tmp_path / "tok", 20)  # another max length is another key
     assert not hit3 and other != path
     assert not list((tmp_path / "tok").rglob("*.tmp*"))
+
+
+def test_a_changed_source_file_is_read_again_not_reused(tmp_path, tiny_params, glue_dir):
+    """Relabel the GLUE copy under the same path: the next run re-reads it (CLI and flow: prepared() decides,
+    and the flow's download key holds the source files' hashes), never trains on the old copy."""
+    import shutil
+
+    import pandas as pd
+
+    from bertcompress.tokenize import prepared
+    from tasks.steps import step_key
+
+    src = tmp_path / "glue"
+    shutil.copytree(glue_dir / "mrpc", src / "mrpc")
+    p = tiny_params.replace({"data.source": str(src)})
+    first = Encoded.load(prepared("mrpc", p, tmp_path / "data", tmp_path / "tok")["train"]).labels
+    key = step_key("download", {"task": "mrpc", "p": p, "out": "data/glue/mrpc"})
+    train = src / "mrpc" / "train-00000-of-00001.parquet"
+    df = pd.read_parquet(train)
+    df["label"] = 1 - df["label"]
+    df.to_parquet(train, index=False)
+    second = Encoded.load(prepared("mrpc", p, tmp_path / "data", tmp_path / "tok")["train"]).labels
+    assert (second == 1 - first).all()
+    assert pd.read_parquet(tmp_path / "data" / "mrpc" / "train.parquet")["label"].tolist()[:64] == second.tolist()
+    assert step_key("download", {"task": "mrpc", "p": p, "out": "data/glue/mrpc"}) != key
