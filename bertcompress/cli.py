@@ -84,6 +84,9 @@ def run(args, p: P.Params) -> int:
     if args.command == "quantize" and p.quantize.mode == "none":
         raise P.UserError(f"quantize needs -S quantize.mode=<one of {', '.join(QUANTIZE_MODES[1:])}>")
     preflight(task, p)
+    io.check_writable("data")  # every place this command writes, before any work
+    if out := _out(args, p):
+        io.check_writable(out, folder=args.command != "evaluate")
     with distributed.main_first():  # one process downloads and tokenizes, the others read its cache
         paths = prepared(task, p)
     if args.command == "tokenize":
@@ -97,19 +100,28 @@ def run(args, p: P.Params) -> int:
     elif args.command == "finetune":
         from .finetune import finetune
 
-        out = args.out or f"outputs/{task}/finetune-s{p.finetune.seed}"
+        out = _out(args, p)
         result = finetune(p, task, paths["train"], paths["validation"], out)
         result = {k: v for k, v in result.items() if k != "history"}
     else:
         from . import prune, quantize
 
-        kind = p.prune.method if args.command == "prune" else p.quantize.mode
-        out = args.out or f"{str(args.model_dir).rstrip('/')}-{kind}"
+        out = _out(args, p)
         result = (prune.prune(args.model_dir, out, p, task, paths["train"]) if args.command == "prune"
                   else quantize.quantize(args.model_dir, out, p, task, paths["train"]))
     if distributed.is_main():
         print(json.dumps(result, indent=2))
     return 0
+
+
+def _out(args, p: P.Params) -> str | None:
+    """Where the command writes its result (evaluate: the --out JSON, if any)."""
+    if args.command == "finetune":
+        return args.out or f"outputs/{args.task}/finetune-s{p.finetune.seed}"
+    if args.command in ("prune", "quantize"):
+        kind = p.prune.method if args.command == "prune" else p.quantize.mode
+        return args.out or f"{str(args.model_dir).rstrip('/')}-{kind}"
+    return getattr(args, "out", None)
 
 
 def _check_model_dir(model_dir: str) -> None:

@@ -23,7 +23,7 @@ import torch
 from . import checkpoint, distributed, io, loop, masks, metrics
 from .glue import get_task
 from .model import load_model, load_tokenizer
-from .params import Params
+from .params import Params, UserError
 from .tokenize import Encoded
 
 RECIPE = ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "seed", "max_steps", "group_by_length",
@@ -92,6 +92,9 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
             row = {"epoch": epoch, "step": step, **stats, "val_loss": val_loss,
                    **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, preds).items()}}
         history.append(row := distributed.from_main(row))
+        if not all(math.isfinite(row[k]) for k in ("train_loss", "val_loss")):
+            raise UserError(f"training diverged: epoch {epoch} has train loss {row['train_loss']:.4g}, validation "
+                            f"loss {row['val_loss']:.4g}; lower finetune.lr (now {f.lr:g}) or use precision fp32")
         if main:
             saver.save(epoch, model, optimizer, scheduler, history)
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),

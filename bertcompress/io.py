@@ -34,6 +34,27 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+def check_writable(path: str | os.PathLike, folder: bool = True, need_mb: int = 200) -> None:
+    """Can a folder (or a file) be written at path, with need_mb free? Checked before any work: one line if not."""
+    path = Path(path).absolute()
+    if folder and path.exists() and not path.is_dir():
+        raise ranges.UserError(f"output {path} is a file where a folder must go; remove it or choose another --out")
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise ranges.UserError(f"output {path}: {parent} is a file where a folder must go; choose another path")
+    probe = parent / f".write-probe-{os.getpid()}"
+    try:  # a real write: permissions, read-only mounts and quotas all answer it
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ranges.UserError(f"output {path}: cannot write in {parent} ({e.strerror}); choose a writable "
+                               "location or fix its permissions") from None
+    free = shutil.disk_usage(parent).free / 1e6
+    if free < need_mb:
+        raise ranges.UserError(f"output {path}: only {free:.0f} MB free on its filesystem, {need_mb} MB needed; "
+                               "free some space or choose another location")
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -20,6 +20,7 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
+from bertcompress import io
 from bertcompress import params as P
 from bertcompress.metrics import headline
 from bertcompress.model import preflight
@@ -48,6 +49,8 @@ def sweep(task: str, p: P.Params, base, data: dict, parent: str) -> P.Params:
 def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
     p = P.load(params_file, overrides or [])
     preflight(task, p)  # every check that needs no data, before any work
+    for where in ("data", "outputs", "results"):
+        io.check_writable(where)
     with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id)) as parent:
         data = tokenize(task, p, download(task, p, f"data/glue/{task}"), "data/tokenized")
         base = pretrained.submit(p, f"data/pretrained/{p.model.name.replace('/', '--')}")

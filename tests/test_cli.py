@@ -75,6 +75,17 @@ def test_bad_data_reaches_the_cli(capsys, workdir, glue_dir, monkeypatch):
     assert not (workdir / "data" / "glue" / "mrpc" / "validation.parquet").exists()
 
 
+def test_an_unwritable_output_is_refused_before_any_work(capsys, workdir):
+    (workdir / "taken").write_text("a file")
+    fails_with(capsys, ["finetune", "--task", "mrpc", *TINY, "--out", "taken"],
+               r"output .*taken is a file where a folder must go", workdir)
+    fails_with(capsys, ["finetune", "--task", "mrpc", *TINY, "--out", "taken/run"],
+               r"taken is a file where a folder must go; choose another path", workdir)
+    fails_with(capsys, ["finetune", "--task", "mrpc", *TINY, "--out", "/sys/bertcompress-run"],
+               r"output /sys/bertcompress-run: cannot write in /sys \(", workdir)  # sysfs: read-only, root too
+    assert not (workdir / "data").exists()
+
+
 def test_evaluate_needs_a_saved_model(capsys, workdir):
     fails_with(capsys, ["evaluate", "--task", "mrpc", "--model-dir", "nowhere"], r"holds no saved model", workdir)
 
