@@ -33,17 +33,23 @@ def tracking_uri() -> str:
 
 @functools.cache
 def _client(uri: str):
-    """The client and the experiment id; a local SQLite store keeps its artifacts beside the database."""
+    """The client and the experiment id; a local SQLite store keeps its artifacts beside the database. The
+    store's first-time set-up (schema migration, the experiment) runs under a file lock beside it, so runs
+    started together on a fresh store do not race."""
+    from contextlib import nullcontext
+
+    from filelock import FileLock
     from mlflow import MlflowClient  # imported here: the download and tokenize stages never pay for it
 
-    client = MlflowClient(uri)
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-    if (exp := client.get_experiment_by_name(name)) is not None:
-        return client, exp.experiment_id
-    artifacts = None
-    if uri.startswith("sqlite:///"):
-        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-    return client, client.create_experiment(name, artifact_location=artifacts)
+    local = uri.startswith("sqlite:///")
+    db = Path(uri.removeprefix("sqlite:///")) if local else None
+    with FileLock(f"{db}.lock") if local else nullcontext():
+        client = MlflowClient(uri)
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+        if (exp := client.get_experiment_by_name(name)) is not None:
+            return client, exp.experiment_id
+        artifacts = (db.parent / "artifacts").resolve().as_uri() if local else None
+        return client, client.create_experiment(name, artifact_location=artifacts)
 
 
 def client():

@@ -112,3 +112,21 @@ def _params(path):
     from bertcompress import params as P
 
     return P.load(path)
+
+
+def test_runs_started_together_on_a_fresh_store_share_one_experiment(tmp_path):
+    """Four processes open a store that does not exist yet at the same moment: its first-time set-up runs once,
+    under the lock, and every one gets the same experiment."""
+    import subprocess
+    import sys
+
+    import os
+
+    code = ("import sys; sys.path.insert(0, '.'); from tasks import tracking; "
+            "c, e = tracking.client(); print(e, c.get_experiment(e).name)")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=pr.REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
+    assert len({out.split()[0] for out, _ in outs}) == 1 and all(out.split()[1] == "bertcompress" for out, _ in outs)
