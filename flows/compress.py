@@ -45,12 +45,18 @@ def sweep(task: str, p: P.Params, base, data: dict, parent: str) -> P.Params:
     return variants.with_lr(p, chosen)
 
 
-@flow(name="compress", log_prints=True, task_runner=task_runner())  # main() picks another with --workers
-def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
-    p = P.load(params_file, overrides or [])
-    preflight(task, p)  # every check that needs no data, before any work
+def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
+    """The params, and every check that needs no data (task, ranges, model config, writable outputs)."""
+    p = P.load(params_file, overrides)
+    preflight(task, p)
     for where in ("data", "outputs", "results"):
         io.check_writable(where)
+    return p
+
+
+@flow(name="compress", log_prints=True, task_runner=task_runner())  # main() picks another with --workers
+def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
+    p = checked(task, params_file, overrides or [])  # before any work (a deployment's run starts here)
     with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id)) as parent:
         data = tokenize(task, p, download(task, p, f"data/glue/{task}"), "data/tokenized")
         base = pretrained.submit(p, f"data/pretrained/{p.model.name.replace('/', '--')}")
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dask-address", help="run them on this Dask scheduler instead, e.g. tcp://host:8786")
     args = parser.parse_args(argv)
     try:
+        checked(args.task, args.params, args.overrides)  # a user error: one line, before Prefect starts
         runner = task_runner(args.dask_address, args.workers)  # an unreachable scheduler stops here, before work
         compress.with_options(task_runner=runner)(args.task, args.overrides, args.params)
     except P.UserError as e:

@@ -89,3 +89,10 @@ def test_bad_params_fail_with_the_cli_message(flow, capsys, task, overrides, cli
         state = compress(task, overrides, str(flow["params"]), return_state=True)
         assert state.is_failed() and message in state.message, (message, state.message)
         assert len(client.search_runs([experiment])) == runs_before  # it failed before opening any run
+        from flows.compress import main as flow_main
+
+        capsys.readouterr()
+        assert flow_main(["--task", task, "--params", str(flow["params"]),
+                          *[arg for o in overrides for arg in ("-S", o)]]) == 2
+        said = capsys.readouterr()
+        assert said.err.strip() == f"error: {message}" and "Traceback" not in said.out + said.err  # before Prefect
