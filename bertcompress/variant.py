@@ -9,6 +9,7 @@ A plain fine-tuned or magnitude-pruned model is a save_pretrained folder.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,6 +21,10 @@ from .model import load_model, load_tokenizer
 from .params import QUANTIZE_MODES, UserError
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# torch 2.13 warns on every eager int8 tensor it creates and on loading their storages: the eager dynamic-int8
+# path is deprecated upstream (../shared/notes/quantization-torch-2.13.md) but is still what works here.
+warnings.filterwarnings("ignore", r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning)
+warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning)
 
 
 def convert(model: nn.Module, mode: str) -> nn.Module:

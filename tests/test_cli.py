@@ -118,6 +118,17 @@ def test_real_process_exit_code_and_help(workdir):
     assert helped.returncode == 0 and "--task" in helped.stdout and "-S SECTION.KEY=VALUE" in helped.stdout
 
 
+def test_real_commands_print_no_import_or_deprecation_noise(workdir):
+    """finetune, quantize (eager int8) and evaluate in real processes: stderr stays empty (no torchao "Failed to
+    load", no pytree or quantization deprecation lines)."""
+    tiny = [*TINY, "-S", "finetune.epochs=1"]
+    for argv in (["finetune", "--out", "m"], ["quantize", "--model-dir", "m", "-S", "quantize.mode=dynamic_emb"],
+                 ["evaluate", "--model-dir", "m-dynamic_emb"]):
+        done = subprocess.run([sys.executable, "-m", "bertcompress.cli", argv[0], "--task", "mrpc", *argv[1:], *tiny],
+                              capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        assert done.returncode == 0 and done.stderr == "", (argv, done.stderr[-3000:])
+
+
 def test_overrides_parse_like_dvc_exp_run():
     from bertcompress import params
 
