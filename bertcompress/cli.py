@@ -26,7 +26,9 @@ HELP = {"download": "validate a GLUE task and write data/glue/<task>/*.parquet",
         "finetune": "fine-tune (and prune, if prune.method=gradual) with the seed recipe",
         "evaluate": "evaluate a saved model on a split",
         "prune": "one-shot or structured pruning of a saved model (prune.method)",
-        "quantize": "quantize a saved model (quantize.mode)"}
+        "quantize": "quantize a saved model (quantize.mode)",
+        "export": "export a saved model as an artifact to ship (int8 ONNX + tokenizer + manifest)",
+        "predict": "classify new texts with a saved model or an exported artifact (JSON lines)"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,12 +40,20 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     for name, help_ in HELP.items():
         cmd = sub.add_parser(name, help=help_, description=help_, parents=[common])
-        cmd.add_argument("--task", required=True, help=f"GLUE task: {', '.join(glue.TASKS)}")
-        if name in ("evaluate", "prune", "quantize"):
+        cmd.add_argument("--task", required=name != "predict", help=f"GLUE task: {', '.join(glue.TASKS)}"
+                         + (" (default: the one the model records)" if name == "predict" else ""))
+        if name in ("evaluate", "prune", "quantize", "export"):
             cmd.add_argument("--model-dir", required=True, help="a saved model folder")
+        if name == "export":
+            cmd.add_argument("--format", default="onnx_int8", help="onnx_int8 (default) or onnx (fp32)")
+        if name == "predict":
+            cmd.add_argument("--model", required=True, help="a saved model folder or an exported artifact")
+            cmd.add_argument("texts", nargs="*", help="texts to classify (a pair task takes them two by two)")
+            cmd.add_argument("--input", help="a TSV or JSONL file of inputs, one per line; - for stdin")
+            cmd.add_argument("--input-format", default="tsv", help="tsv (default; tab between a pair) or jsonl")
         if name == "evaluate":
             cmd.add_argument("--split", default="validation", choices=glue.SPLITS)
-        if name in ("finetune", "prune", "quantize", "evaluate"):
+        if name in ("finetune", "prune", "quantize", "evaluate", "export"):
             cmd.add_argument("--out", help={"finetune": "output folder (default: outputs/<task>/finetune-s<seed>)",
                                             "evaluate": "write the metrics JSON here too"}.get(
                 name, "output folder (default: <model-dir>-<method or mode>)"))
@@ -66,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, p: P.Params) -> int:
     from .tokenize import prepared
 
+    if args.command == "predict":
+        return _predict(args, p)
     task = args.task
     glue.get_task(task)
     if args.command == "download":
@@ -73,7 +85,7 @@ def run(args, p: P.Params) -> int:
         return 0
     if args.command == "finetune":
         distributed.setup(p.finetune.batch_size)  # under torchrun: check the world, join it, before any work
-    if args.command in ("evaluate", "prune", "quantize"):
+    if args.command in ("evaluate", "prune", "quantize", "export"):
         _check_model_dir(args.model_dir)
         from .variant import check_head
 
@@ -84,6 +96,12 @@ def run(args, p: P.Params) -> int:
     if args.command == "quantize" and p.quantize.mode == "none":
         raise P.UserError(f"quantize needs -S quantize.mode=<one of {', '.join(QUANTIZE_MODES[1:])}>")
     preflight(task, p)
+    if args.command == "export":
+        from .export import export
+
+        io.check_writable(_out(args, p))
+        print(json.dumps(export(args.model_dir, _out(args, p), task, args.format, p.tokenize.max_length), indent=2))
+        return 0
     io.check_writable("data")  # every place this command writes, before any work
     if out := _out(args, p):
         io.check_writable(out, folder=args.command != "evaluate")
@@ -118,16 +136,27 @@ def _out(args, p: P.Params) -> str | None:
     """Where the command writes its result (evaluate: the --out JSON, if any)."""
     if args.command == "finetune":
         return args.out or f"outputs/{args.task}/finetune-s{p.finetune.seed}"
-    if args.command in ("prune", "quantize"):
-        kind = p.prune.method if args.command == "prune" else p.quantize.mode
+    if args.command in ("prune", "quantize", "export"):
+        kind = {"prune": p.prune.method, "quantize": p.quantize.mode, "export": "export"}[args.command]
         return args.out or f"{str(args.model_dir).rstrip('/')}-{kind}"
     return getattr(args, "out", None)
 
 
+def _predict(args, p: P.Params) -> int:
+    """One JSON line per input on stdout; every input checked before the model loads."""
+    from .predict import predict, read_inputs, task_of
+
+    task = task_of(args.model, args.task)
+    rows = read_inputs(task, args.texts, args.input, args.input_format)
+    for row in predict(args.model, task, rows, p.tokenize.max_length, p.evaluate.batch_size):
+        print(json.dumps(row))
+    return 0
+
+
 def _check_model_dir(model_dir: str) -> None:
-    if not (Path(model_dir) / "config.json").is_file():
-        raise P.UserError(f"--model-dir {model_dir} holds no saved model (config.json); "
-                          "pass the folder `bertcompress finetune` wrote")
+    if not any((Path(model_dir) / f).is_file() for f in ("config.json", "manifest.json")):
+        raise P.UserError(f"--model-dir {model_dir} holds no saved model (config.json) or artifact "
+                          "(manifest.json); pass the folder `bertcompress finetune` (or export) wrote")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, devic
     (stats.collapse), parameter counts, state_dict size; with keep_predictions also the per-example
     'predictions' and 'labels' (lists, in split order: what the report's paired bootstrap needs)."""
     loss, preds = loop.predict(model, data, batch_size, device)
-    params, nonzero = sizes.parameter_counts(model)
+    params, nonzero = sizes.parameter_counts(model) if hasattr(model, "state_dict") else (None, None)
     baseline = metrics.compute(task, data.labels, metrics.constant(task, data.labels))
     out = {"loss": loss, **metrics.compute(task, data.labels, preds),
            **{f"baseline_{k}": v for k, v in baseline.items()}, **stats.collapse(task, data.labels, preds),
-           "parameters": params, "nonzero_parameters": nonzero, "size_mb": sizes.state_dict_bytes(model) / 1e6}
+           "parameters": params, "nonzero_parameters": nonzero,
+           "size_mb": sizes.state_dict_bytes(model) / 1e6 if hasattr(model, "state_dict") else None}
     if keep_predictions:
         out |= {"predictions": preds.tolist(), "labels": np.asarray(data.labels).tolist()}
     return out
@@ -46,7 +47,7 @@ def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 1
     model = load_variant(model_dir, get_task(task).num_labels)
     data = Encoded.load(tokenized_path)
     result = {**evaluate_model(model, data, task, batch_size, keep_predictions=keep_predictions),
-              **sizes.measure(model)}
+              **(sizes.measure(model) if hasattr(model, "state_dict") else model.sizes())}  # an artifact: its file
     if latency_runs:
         from .latency import measure
 

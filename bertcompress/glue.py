@@ -31,6 +31,7 @@ class Task:
     num_labels: int  # 1: a regression task (one output, float labels, MSE loss)
     metrics: tuple[str, ...]  # the GLUE metrics, headline first: accuracy | f1 | matthews | pearson | spearman
     score_range: tuple[float, float] | None = None  # a regression task's label range
+    names: tuple[str, ...] = ()  # label names, as the hub's ClassLabel has them
 
     @property
     def metric(self) -> str:
@@ -45,15 +46,15 @@ class Task:
 # One entry per GLUE task: adding a task is one line. Accuracy is shown beside F1 and MCC (a model that
 # predicts one class scores MRPC F1 0.812).
 TASKS = {
-    "cola": Task(("sentence",), 2, ("matthews", "accuracy")),
-    "sst2": Task(("sentence",), 2, ("accuracy",)),
-    "mrpc": Task(("sentence1", "sentence2"), 2, ("f1", "accuracy")),
+    "cola": Task(("sentence",), 2, ("matthews", "accuracy"), names=("unacceptable", "acceptable")),
+    "sst2": Task(("sentence",), 2, ("accuracy",), names=("negative", "positive")),
+    "mrpc": Task(("sentence1", "sentence2"), 2, ("f1", "accuracy"), names=("not_equivalent", "equivalent")),
     "stsb": Task(("sentence1", "sentence2"), 1, ("pearson", "spearman"), (0.0, 5.0)),
-    "rte": Task(("sentence1", "sentence2"), 2, ("accuracy",)),
-    "wnli": Task(("sentence1", "sentence2"), 2, ("accuracy",)),
-    "qnli": Task(("question", "sentence"), 2, ("accuracy",)),
-    "qqp": Task(("question1", "question2"), 2, ("f1", "accuracy")),
-    "mnli": Task(("premise", "hypothesis"), 3, ("accuracy",)),
+    "rte": Task(("sentence1", "sentence2"), 2, ("accuracy",), names=("entailment", "not_entailment")),
+    "wnli": Task(("sentence1", "sentence2"), 2, ("accuracy",), names=("not_entailment", "entailment")),
+    "qnli": Task(("question", "sentence"), 2, ("accuracy",), names=("entailment", "not_entailment")),
+    "qqp": Task(("question1", "question2"), 2, ("f1", "accuracy"), names=("not_duplicate", "duplicate")),
+    "mnli": Task(("premise", "hypothesis"), 3, ("accuracy",), names=("entailment", "neutral", "contradiction")),
 }
 
 

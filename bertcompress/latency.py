@@ -29,6 +29,8 @@ def measure(model, batch_sizes=(1, 8), length: int = 128, warmup: int = 3, runs:
     """{'batch1_ms': ..., 'batch8_ms': ..., 'threads': n, 'length': 128, 'runs': runs}."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
+    if hasattr(model, "set_threads"):  # an ONNX Runtime session: its own intra-op threads
+        model.set_threads(torch.get_num_threads())
     model.eval()
     out = {"threads": torch.get_num_threads(), "length": length, "runs": runs}
     try:

@@ -179,20 +179,26 @@ def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=No
 
 
 @torch.inference_mode()
-def predict(model, data, batch_size: int = 128, device: str = "cpu") -> tuple[float, np.ndarray]:
-    """(mean loss, predictions): cross-entropy and labels, or squared error and scores for a regression head;
-    batches go in length order to minimise padding."""
+def logits(model, data, batch_size: int = 128, device: str = "cpu") -> tuple[float, np.ndarray]:
+    """(mean loss, logits (n, outputs) in split order); batches go in length order to minimise padding."""
     was_training = model.training
     model.eval()
     order = np.argsort(data.lengths, kind="stable")
-    preds = np.empty(len(data), dtype=np.float64 if data.labels.dtype.kind == "f" else np.int64)
-    loss_sum = 0.0
+    out, loss_sum = None, 0.0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(idx, 8).items()}
         labels = batch.pop("labels")
-        logits = model(**batch).logits.float()
-        loss_sum += float(loss_of(logits, labels, reduction="sum"))
-        preds[idx] = outputs(logits).cpu().numpy()
+        z = model(**batch).logits.float()
+        loss_sum += float(loss_of(z, labels, reduction="sum"))
+        out = np.empty((len(data), z.shape[-1]), dtype=np.float32) if out is None else out
+        out[idx] = z.cpu().numpy()
     model.train(was_training)
-    return loss_sum / len(data), preds
+    return loss_sum / len(data), out
+
+
+def predict(model, data, batch_size: int = 128, device: str = "cpu") -> tuple[float, np.ndarray]:
+    """(mean loss, predictions): cross-entropy and labels, or squared error and scores for a regression head."""
+    loss, z = logits(model, data, batch_size, device)
+    preds = outputs(torch.from_numpy(z)).numpy()
+    return loss, preds.astype(np.float64 if data.labels.dtype.kind == "f" else np.int64)

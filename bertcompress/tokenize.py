@@ -44,15 +44,21 @@ def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str
     path = Path(cache_dir) / task / f"{split}-{key}.npz"
     if path.is_file():
         return path, True
-    enc = tokenizer(*(df[k].tolist() for k in spec.keys), truncation=True, max_length=max_length,
-                    return_token_type_ids=True)
-    lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(df))
+    enc = encode(tokenizer, [df[k].tolist() for k in spec.keys], max_length,
+                 df["label"].to_numpy(np.float32 if spec.regression else np.int64))
     with io.atomic_file(path, ".npz") as tmp:
-        np.savez(tmp, input_ids=np.concatenate(enc["input_ids"]).astype(np.int32),
-                 token_type_ids=np.concatenate(enc["token_type_ids"]).astype(np.int8),
-                 offsets=np.concatenate([[0], np.cumsum(lengths)]),
-                 labels=df["label"].to_numpy(np.float32 if spec.regression else np.int64))
+        np.savez(tmp, input_ids=enc.input_ids, token_type_ids=enc.token_type_ids, offsets=enc.offsets,
+                 labels=enc.labels)
     return path, False
+
+
+def encode(tokenizer, columns: list[list[str]], max_length: int, labels: np.ndarray) -> "Encoded":
+    """Sentences (one column) or pairs (two) as an Encoded split: what is cached, and what predict runs."""
+    enc = tokenizer(*columns, truncation=True, max_length=max_length, return_token_type_ids=True)
+    lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(labels))
+    return Encoded(np.concatenate(enc["input_ids"]).astype(np.int32),
+                   np.concatenate(enc["token_type_ids"]).astype(np.int8),
+                   np.concatenate([[0], np.cumsum(lengths)]), labels)
 
 
 def prepared(task: str, p: Params, data_root: str = "data/glue", cache_dir: str = "data/tokenized") -> dict:

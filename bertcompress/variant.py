@@ -84,6 +84,8 @@ def check_head(model_dir: str, num_labels: int) -> None:
     head yet) fits any."""
     from transformers import AutoConfig
 
+    if (Path(model_dir) / "manifest.json").is_file():
+        return  # an exported artifact: load_variant checks its manifest
     config = AutoConfig.from_pretrained(model_dir)
     tuned = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     if (tuned or read(model_dir)) and config.num_labels != num_labels:
@@ -92,7 +94,15 @@ def check_head(model_dir: str, num_labels: int) -> None:
 
 
 def load_variant(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
-    """Any saved model as what it was saved as: fp32 (dense, pruned), structured, int8 dynamic, half, PT2E."""
+    """Any saved model as what it was saved as: fp32 (dense, pruned), structured, int8 dynamic, half, PT2E, or an
+    exported artifact (an ONNX Runtime session, bertcompress/onnx_model.py)."""
+    if (Path(model_dir) / "manifest.json").is_file():
+        from .onnx_model import OnnxModel
+
+        manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
+        if manifest["regression"] != (num_labels == 1) or len(manifest["labels"] or [None]) != num_labels:
+            raise UserError(f"{model_dir} is an artifact for task {manifest['task']}; check --task")
+        return OnnxModel(model_dir)
     check_head(model_dir, num_labels)
     v = read(model_dir)
     if v is None or (v["mode"] == "oneshot"):
