@@ -98,3 +98,22 @@ def test_the_flow_prints_the_report_summary(stsb):
     tables = [log.message for log in logs if log.message.startswith("| method |")]
     assert tables == [summary_text(stsb["report"])]  # one table, the report's, read back from its summary.csv
     assert "mean score (constant)" in tables[0]
+
+
+def test_an_stsb_model_exports_and_predicts_its_scores(stsb, tmp_path):
+    """The regression head through export and predict: the artifact's scores are evaluate's predictions of it."""
+    import glob
+
+    from bertcompress.evaluate import evaluate
+    from bertcompress.export import export
+    from bertcompress.predict import predict
+
+    dense = [d for d in glob.glob(str(stsb["root"] / "outputs/flow/stsb/dense-s42-*")) if Path(d).is_dir()][0]
+    validation = glob.glob(str(stsb["root"] / "data/tokenized/stsb/validation-*.npz"))[0]
+    manifest = export(dense, str(tmp_path / "art"), "stsb", max_length=32)
+    assert manifest["regression"] and manifest["labels"] is None
+    df = pd.read_parquet(stsb["root"] / "data/glue/stsb/validation.parquet").iloc[:32]
+    for model in (dense, str(tmp_path / "art")):
+        expected = evaluate(model, "stsb", validation, 32, keep_predictions=True)["predictions"]
+        got = predict(model, "stsb", df[["sentence1", "sentence2"]].values.tolist(), max_length=32)
+        assert [r["score"] for r in got] == pytest.approx(expected, abs=1e-5)

@@ -1,0 +1,112 @@
+"""Inference of what ships, side by side in one run on this CPU: eager fp32, eager dynamic int8 (the product's
+int8 path before export), ONNX Runtime fp32 and the exported int8 artifact (bertcompress export), on the same
+fine-tuned model; latency at batch 1, 8 and 32 at length 128, throughput over the real validation split, and the
+validation metrics beside each.
+
+    .venv/bin/python bench/inference.py --tasks mrpc sst2 --threads 2      # needs outputs/bench/<task>/dense
+
+The models are outputs/bench/<task>/dense (fine-tuned here by bench/compression.py, or carried from a GPU by
+bench/gpu_variants.py). Latency: latency.measure (synthetic full-length pairs, warm-up, median of --runs), in
+--rounds interleaved rounds (the machine is shared: the best round's median is kept, every round's is saved).
+Writes bench/results/inference-cpu.json and the table in bench/RESULTS-inference.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bertcompress import evaluate as ev  # noqa: E402
+from bertcompress import latency, variant  # noqa: E402
+from bertcompress import params as P  # noqa: E402
+from bertcompress.export import export  # noqa: E402
+from bertcompress.glue import get_task  # noqa: E402
+from bertcompress.tokenize import Encoded, prepared  # noqa: E402
+
+BATCHES = (1, 8, 32)
+ROWS = {"eager fp32": "the fine-tuned model, torch eager", "eager int8 (dynamic_emb)": "torch quantize_dynamic, "
+        "Linear + embeddings", "ONNX Runtime fp32": "bertcompress export --format onnx",
+        "ONNX Runtime int8 (the artifact)": "bertcompress export (default)"}
+
+
+def models(task: str, root: Path) -> dict:
+    dense = root / task / "dense"
+    for fmt in ("onnx", "onnx_int8"):
+        if not (root / task / f"artifact-{fmt}" / "manifest.json").is_file():
+            export(str(dense), str(root / task / f"artifact-{fmt}"), task, fmt)
+    n = get_task(task).num_labels
+    return {"eager fp32": variant.load_variant(str(dense), n),
+            "eager int8 (dynamic_emb)": variant.convert(variant.load_float(str(dense), n), "dynamic_emb"),
+            "ONNX Runtime fp32": variant.load_variant(str(root / task / "artifact-onnx"), n),
+            "ONNX Runtime int8 (the artifact)": variant.load_variant(str(root / task / "artifact-onnx_int8"), n)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=["mrpc", "sst2"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--root", default="outputs/bench")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    p, rows, t0 = P.load("params.yaml"), [], time.perf_counter()
+    for task in args.tasks:
+        val = prepared(task, p, "data/glue", "data/tokenized")["validation"]
+        built = models(task, Path(args.root))
+        metrics = get_task(task).metrics
+        for name, model in built.items():  # accuracy, and throughput over the real validation lengths
+            if hasattr(model, "set_threads"):
+                model.set_threads(args.threads)
+            start = time.perf_counter()
+            m = ev.evaluate_model(model, Encoded.load(val), task, 32)
+            seconds = time.perf_counter() - start
+            size = model.sizes()["state_dict_mb"] if hasattr(model, "sizes") else m["size_mb"]
+            rows.append({"task": task, "model": name, "how": ROWS[name], **{k: m[k] for k in metrics},
+                         "size_mb": size, "validation_samples_per_s": len(Encoded.load(val)) / seconds,
+                         "rounds": {}})
+        for r in range(args.rounds):  # interleaved: every model once per round
+            for name, model in built.items():
+                timed = latency.measure(model, BATCHES, 128, runs=args.runs, threads=args.threads)
+                row = next(x for x in rows if x["task"] == task and x["model"] == name)
+                row["rounds"][r] = {b: timed[f"batch{b}_ms"] for b in BATCHES}
+                print(f"{task} {name:34} round {r}: " + " ".join(f"b{b} {timed[f'batch{b}_ms']:7.1f} ms"
+                                                                for b in BATCHES), flush=True)
+        for row in rows:
+            if row["task"] == task:
+                row |= {f"batch{b}_ms": min(x[b] for x in row["rounds"].values()) for b in BATCHES}
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    out = {"machine": machine, "threads": args.threads, "length": 128, "runs": args.runs, "rounds": args.rounds,
+           "wall_s": time.perf_counter() - t0, "rows": rows}
+    Path("bench/results/inference-cpu.json").write_text(json.dumps(out, indent=1))
+    print(table(out))
+
+
+def table(out: dict) -> str:
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in out["rows"]):
+        rs = [r for r in out["rows"] if r["task"] == task]
+        base = rs[0]
+        metrics = get_task(task).metrics
+        lines += [f"### {task} (validation, {out['threads']} threads, length 128; speed-up vs eager fp32)", "",
+                  "| model | " + " | ".join(metrics) + " | MB | " + " | ".join(f"b{b} ms" for b in BATCHES)
+                  + " | b8 samples/s | validation samples/s | b1 × | b8 × | b32 × |", "|---" * (10 + len(metrics)) + "|"]
+        for r in rs:
+            lines.append(f"| {r['model']} | " + " | ".join(f"{r[k]:.4f}" for k in metrics) + f" | {r['size_mb']:.1f} | "
+                         + " | ".join(f"{r[f'batch{b}_ms']:.1f}" for b in BATCHES)
+                         + f" | {8e3 / r['batch8_ms']:.0f} | {r['validation_samples_per_s']:.0f} | "
+                         + " | ".join(f"{base[f'batch{b}_ms'] / r[f'batch{b}_ms']:.1f}×" for b in BATCHES) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
