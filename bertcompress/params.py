@@ -102,6 +102,7 @@ class Experiment:
     baseline: str
     lr_candidates: list[float]
     bootstrap_samples: int
+    champion_budget: float
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,8 @@ def _validate_experiment(p) -> None:
     if any(not 0 < lr < 1 for lr in e.lr_candidates):
         raise UserError(f"experiment.lr_candidates must all be in (0, 1), got {e.lr_candidates}; "
                         "e.g. [2e-5, 3e-5, 5e-5]")
+    if not 0 <= e.champion_budget <= 100:
+        raise UserError(f"experiment.champion_budget must be in [0, 100] metric points, got {e.champion_budget}")
     if e.bootstrap_samples < 100:
         raise UserError(f"experiment.bootstrap_samples must be >= 100, got {e.bootstrap_samples}; 2000 is usual")
     if e.baseline not in p.variants:

@@ -93,6 +93,21 @@ def lr_sweep(task: str, p: P.Params) -> pd.DataFrame:
     return table
 
 
+def champion(task: str, p: P.Params, folder: str | Path) -> tuple[str, str] | None:
+    """(method, run id of its first seed) of the smallest variant (compressed size) whose headline metric is
+    within experiment.champion_budget points of the baseline's and that did not collapse; None if none is."""
+    e, metric = p.experiment, get_task(task).metric
+    s = pd.read_csv(Path(folder) / "summary.csv", index_col="method")
+    s = s[s["verdict"] != "baseline"]
+    floor = s.loc[e.baseline, f"{metric} mean"] - e.champion_budget / 100
+    ok = s[(s[f"{metric} mean"] >= floor) & ~s["verdict"].str.startswith("collapsed")]
+    if ok.empty:
+        return None
+    method = ok["compressed_mb"].idxmin()
+    runs = pd.read_csv(Path(folder) / "runs.csv")
+    return method, runs[(runs["method"] == method) & (runs["seed"] == e.seeds[0])]["run_id"].iloc[0]
+
+
 def summary_text(folder: str | Path) -> str:
     """The summary as markdown, read back from summary.csv: what report.md shows and what the flow prints."""
     return markdown(pd.read_csv(Path(folder) / "summary.csv", index_col="method"))

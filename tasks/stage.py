@@ -24,7 +24,6 @@ from bertcompress.metrics import headline
 from bertcompress.model import preflight
 
 from . import steps, tracking, variants
-from .report import build, summary_text
 
 TOKENIZED, PRETRAINED, SWEEP = "data/dvc/tokenized", "outputs/pretrained", "results/sweep.json"
 
@@ -154,7 +153,7 @@ def run(args, p: P.Params) -> None:
             elif args.step == "variant":
                 variant(p, args.name, parent)
             else:
-                print(summary_text(build(args.task, p, parent=parent).parent))
+                steps.publish(args.task, p, parent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from bertcompress.params import Params
 
 from . import tracking, variants
 from .report import build as build_report
-from .report import summary_text
+from .report import champion, summary_text
 
 FLOW_OUTPUTS = Path("outputs/flow")
 
@@ -142,8 +142,8 @@ def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: s
         tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
         tracking.log_result(run, "evaluate", result)
         tracking.set_tags(run, {"collapsed": str(result["collapsed"]).lower(), "verdict": result["verdict"]})
-        if variants.method(name, mode) != p.experiment.baseline:
-            tracking.log_folder(run, model_dir, "model")
+        # an MLflow model: mlflow.pyfunc.load_model(...).predict(df), encoded and batched as evaluated here
+        tracking.log_model(run, model_dir, task, q.tokenize.max_length, q.evaluate.batch_size)
     return {"task": task, "variant": name, "mode": mode, "method": variants.method(name, mode), "seed": seed,
             **result}
 
@@ -152,6 +152,20 @@ def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: s
 def report(task: str, p: Params, parent: str | None = None) -> str:
     """results/report/<task>/report.md and figures, built from the MLflow runs; logged to the parent run; its
     summary (read back from MLflow) printed."""
+    return publish(task, p, parent)
+
+
+def publish(task: str, p: Params, parent: str | None = None) -> str:
+    """The report from MLflow, its summary printed, and the champion registered (the flow's report task and
+    DVC's report stage both end here)."""
     path = build_report(task, p, parent=parent)
     print(summary_text(path.parent))
+    if best := champion(task, p, path.parent):
+        version = tracking.register_champion(best[1], f"{task}-compressed")
+        print(f"champion: {best[0]} (seed {p.experiment.seeds[0]}, run {best[1]}) -> models:/{task}-compressed@champion "
+              f"(version {version}): the smallest variant within {p.experiment.champion_budget:g} points of "
+              f"{p.experiment.baseline}")
+    else:
+        print(f"champion: none — no variant within {p.experiment.champion_budget:g} points of "
+              f"{p.experiment.baseline} that did not collapse; nothing registered")
     return str(path)

@@ -170,6 +170,55 @@ def log_folder(run_id: str, folder: str, name: str) -> None:
     client()[0].log_artifacts(run_id, folder, name)
 
 
+def _pyfunc():
+    """The pyfunc wrapper of a variant folder (defined on use: importing mlflow.pyfunc is slow)."""
+    import mlflow.pyfunc
+
+    class GlueModel(mlflow.pyfunc.PythonModel):
+        """predict(DataFrame with the task's text columns) -> DataFrame of label, label_name, probabilities
+        (STS-B: score): bertcompress.predict on the logged variant folder."""
+
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+
+            from bertcompress.glue import get_task
+            from bertcompress.predict import predict
+
+            c = context.model_config
+            rows = model_input[list(get_task(c["task"]).keys)].astype(str).values.tolist()
+            return pd.DataFrame(predict(context.artifacts["model"], c["task"], rows, c["max_length"], c["batch_size"]))
+
+    return GlueModel()
+
+
+def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: int) -> str:
+    """A variant folder as an MLflow 3 logged model of its run (pyfunc; the bertcompress code travels with it),
+    so `mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(df)` classifies; its model id."""
+    import mlflow
+
+    from bertcompress.glue import get_task
+
+    mlflow.set_tracking_uri(tracking_uri())
+    example = __import__("pandas").DataFrame({k: ["a short example text"] for k in get_task(task).keys})
+    requirements = [f"{m}=={__import__('importlib.metadata').metadata.version(m)}"
+                    for m in ("torch", "transformers", "onnxruntime", "pandas", "scikit-learn", "scipy")]
+    with mlflow.start_run(run_id=run_id):  # resumes the variant's run; _running closes it as before
+        info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc(), artifacts={"model": folder},
+                                       code_paths=[str(REPO / "bertcompress")], model_config={"task": task, "max_length": max_length, "batch_size": batch_size},
+                                       pip_requirements=requirements, input_example=example)
+    return info.model_id
+
+
+def register_champion(run_id: str, name: str) -> str:
+    """The run's logged model as a new version of registered model `name`, alias `champion`; its version."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    version = mlflow.register_model(f"runs:/{run_id}/model", name).version
+    client()[0].set_registered_model_alias(name, "champion", version)
+    return str(version)
+
+
 def log_history_plot(run_id: str, history: list[dict]) -> None:
     """Loss and the metrics per epoch, training beside validation, as plots/history.png."""
     import matplotlib

@@ -140,5 +140,6 @@ def plan(p: Params) -> dict[str, dict]:
     files |= {f"{step}-{task}.json": reads(step, p) for step in ("download", "tokenize") for task in e.tasks}
     files["pretrained.json"] = reads("pretrained", p)
     files["report.json"] = {"tasks": e.tasks, "seeds": e.seeds, "baseline": e.baseline,
-                            "bootstrap_samples": e.bootstrap_samples, "variants": list(p.variants)}
+                            "bootstrap_samples": e.bootstrap_samples, "champion_budget": e.champion_budget,
+                            "variants": list(p.variants)}
     return files

@@ -137,3 +137,29 @@ def test_cli_rebuilds_the_same_summary_and_names_a_missing_variant(grid, capsys)
     assert err.startswith("error: no finished, evaluated MLflow run of mrpc dense seed 99") and "flows.compress" in err
     assert len(err.splitlines()) == 1
     assert np.isclose(after.set_index("method").loc["dense", "seeds"], 2)
+
+
+def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
+    """The flow registers the smallest non-collapsed variant within experiment.champion_budget (1 point) of
+    dense's F1 as mrpc-compressed@champion; it loads from MLflow and predicts."""
+    import mlflow
+
+    from tasks import tracking
+
+    summary = pd.read_csv(grid["report"] / "summary.csv", index_col="method").drop("majority class (constant)")
+    ok = summary[(summary["f1 mean"] >= summary.loc["dense", "f1 mean"] - 0.01)
+                 & ~summary["verdict"].str.startswith("collapsed")]
+    with pr.isolated(grid["root"]):
+        client = tracking.client()[0]
+        if ok.empty:  # every variant collapsed or fell short: nothing is registered
+            assert client.search_registered_models() == []
+            return
+        runs = pd.read_csv(grid["report"] / "runs.csv")
+        method = ok["compressed_mb"].idxmin()
+        expected = runs[(runs["method"] == method) & (runs["seed"] == 42)]["run_id"].iloc[0]
+        version = client.get_model_version_by_alias("mrpc-compressed", "champion")
+        assert version.run_id == expected
+        mlflow.set_tracking_uri(tracking.tracking_uri())
+        model = mlflow.pyfunc.load_model("models:/mrpc-compressed@champion")
+        got = model.predict(pd.DataFrame({"sentence1": ["The cat sat."], "sentence2": ["A cat was sitting."]}))
+        assert got["label_name"].iloc[0] in ("not_equivalent", "equivalent")

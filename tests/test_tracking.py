@@ -57,10 +57,40 @@ def test_one_run_per_variant_under_the_flow_run(flow):
                     "compressed_mb", "latency_batch1_ms", "latency_batch8_ms"} <= set(run.data.metrics)
             assert run.info.artifact_uri.startswith(artifacts.as_uri())
             assert "evaluate" in {a.path for a in client.list_artifacts(run.info.run_id)}
-            assert ("model" in {a.path for a in client.list_artifacts(run.info.run_id)}) == (method != "dense")
+            assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}  # every variant's model
         for pruned in ("gradual", "oneshot"):
             assert 0.45 < runs[pruned].data.metrics["sparsity.overall"] < 0.55
         assert runs["dense+dynamic"].data.metrics["compact_mb"] < 0.7 * runs["dense"].data.metrics["compact_mb"]
+
+
+def test_every_variant_is_an_mlflow_model_that_predicts_its_labels(flow):
+    """mlflow.pyfunc.load_model(runs:/<run>/model).predict(df) on the validation texts returns the labels the
+    evaluation logged for that run (dense fp32 and its dynamic int8 model); the run lists its logged model."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import pandas as pd
+
+    from tasks import tracking
+
+    with pr.isolated(flow["root"]), tempfile.TemporaryDirectory() as tmp:
+        client, experiment = tracking.client()
+        mlflow.set_tracking_uri(tracking.tracking_uri())
+        parents = {r.data.tags["invocation"]: r for r in client.search_runs([experiment], "tags.driver = 'prefect'")}
+        runs = children(client, experiment, parents[str(flow["first"].state_details.flow_run_id)].info.run_id)
+        df = pd.read_parquet(flow["root"] / "data" / "glue" / "mrpc" / "validation.parquet").iloc[:32]
+        for method in ("dense", "dense+dynamic"):
+            run = runs[method]
+            logged = json.loads(Path(client.download_artifacts(run.info.run_id, tracking.PREDICTIONS, tmp)).read_text())
+            model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+            got = model.predict(df[["sentence1", "sentence2"]])
+            assert got["label"].tolist() == logged["predictions"], method
+            assert set(got.columns) == {"label", "label_name", "probabilities"}
+            models = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                                 filter_string=f"source_run_id = '{run.info.run_id}'")
+            assert len(models) == 1 and models[0].name == "model"
 
 
 def test_per_epoch_metrics_and_plots_of_the_fine_tunes(flow):
