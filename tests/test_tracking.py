@@ -57,7 +57,6 @@ def test_one_run_per_variant_under_the_flow_run(flow):
                     "compressed_mb", "latency_batch1_ms", "latency_batch8_ms"} <= set(run.data.metrics)
             assert run.info.artifact_uri.startswith(artifacts.as_uri())
             assert "evaluate" in {a.path for a in client.list_artifacts(run.info.run_id)}
-            assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}  # every variant's model
         for pruned in ("gradual", "oneshot"):
             assert 0.45 < runs[pruned].data.metrics["sparsity.overall"] < 0.55
         assert runs["dense+dynamic"].data.metrics["compact_mb"] < 0.7 * runs["dense"].data.metrics["compact_mb"]
