@@ -13,6 +13,7 @@ the labels are evaluate's. Bad input is one line naming the line and the fix, be
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def read_inputs(task: str, texts: list[str], source: str | None, fmt: str, stdin
     where = "stdin" if source == "-" else source
     if source != "-" and not Path(source).is_file():
         raise UserError(f"--input {source} does not exist; give a TSV or JSONL file, or - for stdin")
-    raw = (stdin or __import__("sys").stdin.buffer).read() if source == "-" else Path(source).read_bytes()
+    raw = (stdin or sys.stdin.buffer).read() if source == "-" else Path(source).read_bytes()
     rows = []
     for n, line in enumerate(_decode(raw, where), 1):
         if fmt == "jsonl":

@@ -105,13 +105,13 @@ def compact_bytes(model: torch.nn.Module) -> int:
 
 
 def measure(model: torch.nn.Module) -> dict:
-    """The three sizes in MB (10^6 bytes), the two counts and the sparsity (zeros over all parameters and over
-    each scope's Linear weights), for one model in memory."""
+    """The three sizes in MB (10^6 bytes), the two counts (zeros over all parameters = 1 - nonzero / parameters)
+    and the zeros over each scope's Linear weights, for one model in memory."""
     blob = _serialized(model)
     params, nonzero = parameter_counts(model)
     return {"state_dict_mb": len(blob) / 1e6, "compact_mb": compact_bytes(model) / 1e6,
             "compressed_mb": len(_zstd().ZstdCompressor(level=9).compress(blob)) / 1e6,
-            "parameters": params, "nonzero_parameters": nonzero, "zeros_all": 1 - nonzero / max(params, 1),
+            "parameters": params, "nonzero_parameters": nonzero,
             **{f"zeros_{scope}": v for scope, v in scope_sparsity(model).items()}}
 
 

@@ -194,13 +194,16 @@ def _pyfunc():
 def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: int) -> str:
     """A variant folder as an MLflow 3 logged model of its run (pyfunc; the bertcompress code travels with it),
     so `mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(df)` classifies; its model id."""
+    from importlib.metadata import version
+
     import mlflow
+    import pandas as pd
 
     from bertcompress.glue import get_task
 
     mlflow.set_tracking_uri(tracking_uri())
-    example = __import__("pandas").DataFrame({k: ["a short example text"] for k in get_task(task).keys})
-    requirements = [f"{m}=={__import__('importlib.metadata').metadata.version(m)}"
+    example = pd.DataFrame({k: ["a short example text"] for k in get_task(task).keys})
+    requirements = [f"{m}=={version(m)}"
                     for m in ("torch", "transformers", "onnxruntime", "pandas", "scikit-learn", "scipy")]
     with mlflow.start_run(run_id=run_id):  # resumes the variant's run; _running closes it as before
         info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc(), artifacts={"model": folder},

@@ -94,6 +94,18 @@ def flow_twice(tmp_path_factory) -> dict:
     return _flow
 
 
+def flow_once(tmp_path_factory, name: str, task: str, **changes: dict) -> dict:
+    """The flow on tiny params with `changes`, once, in a fresh workspace: {root, params, state, report}."""
+    from flows.compress import compress
+
+    root = tmp_path_factory.mktemp(name)
+    (root / "mlflow").mkdir()
+    params = write_params(root / "params.yaml", **changes)
+    with isolated(root):
+        state = compress(task, params_file=str(params), return_state=True)
+    return {"root": root, "params": params, "state": state, "report": root / "results" / "report" / task}
+
+
 def task_runs(state, expect: int = 1, timeout: float = 60) -> dict[str, str]:
     """{task-run name: state name} of one flow run, once the API has every final state (they arrive as events)."""
     import time

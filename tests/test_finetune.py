@@ -49,17 +49,20 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_after_interruption_gives_same_metrics(tiny_run, tiny_params, tiny_mrpc, tmp_path):
-    _, uninterrupted = tiny_run
-    out = tmp_path / "resumed"
-
-    def die_after_first_epoch(epoch, row):
+def killed_after_first_epoch(params, tiny_mrpc, out) -> None:
+    """A fine-tune to out that dies after its first epoch's checkpoint, as a killed run would."""
+    def die(epoch, row):
         if epoch == 1:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        finetune(tiny_params, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),
-                 on_epoch_end=die_after_first_epoch)
+        finetune(params, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out), on_epoch_end=die)
+
+
+def test_resume_after_interruption_gives_same_metrics(tiny_run, tiny_params, tiny_mrpc, tmp_path):
+    _, uninterrupted = tiny_run
+    out = tmp_path / "resumed"
+    killed_after_first_epoch(tiny_params, tiny_mrpc, out)
     partial = tmp_path / "resumed.partial"
     assert not out.exists() and (partial / "checkpoints" / "epoch-1" / "model.safetensors").is_file()
 
@@ -76,14 +79,7 @@ def test_a_partial_run_of_other_params_is_set_aside_not_resumed(tiny_run, tiny_p
     says), and the old checkpoint is kept aside, not resumed."""
     _, at_default_lr = tiny_run
     out, other = tmp_path / "run", tiny_params.replace({"finetune.lr": 5e-5})
-
-    def die_after_first_epoch(epoch, row):
-        if epoch == 1:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        finetune(tiny_params, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),
-                 on_epoch_end=die_after_first_epoch)
+    killed_after_first_epoch(tiny_params, tiny_mrpc, out)
     capsys.readouterr()
     epochs_run = []
     result = finetune(other, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),

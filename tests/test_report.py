@@ -19,14 +19,7 @@ METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic"]
 
 @pytest.fixture(scope="session")
 def grid(tmp_path_factory):
-    from flows.compress import compress
-
-    root = tmp_path_factory.mktemp("report")
-    (root / "mlflow").mkdir()
-    params = pr.write_params(root / "params.yaml", experiment=EXPERIMENT, variants=VARIANTS)
-    with pr.isolated(root):
-        state = compress("mrpc", params_file=str(params), return_state=True)
-    yield {"root": root, "params": params, "state": state, "report": root / "results" / "report" / "mrpc"}
+    yield pr.flow_once(tmp_path_factory, "report", "mrpc", experiment=EXPERIMENT, variants=VARIANTS)
     pr.stop_ephemeral_server()
 
 

@@ -21,15 +21,9 @@ METHODS = ["dense", "dense+dynamic", "oneshot", "oneshot+dynamic"]
 
 @pytest.fixture(scope="session")
 def stsb(tmp_path_factory):
-    from flows.compress import compress
-
-    root = tmp_path_factory.mktemp("stsb")
-    (root / "mlflow").mkdir()
-    params = pr.write_params(root / "params.yaml", experiment={"tasks": ["stsb"]}, variants=VARIANTS)
-    with pr.isolated(root):
-        state = compress("stsb", params_file=str(params), return_state=True)
-    assert state.is_completed(), state.message
-    yield {"root": root, "state": state, "report": root / "results" / "report" / "stsb"}
+    run = pr.flow_once(tmp_path_factory, "stsb", "stsb", experiment={"tasks": ["stsb"]}, variants=VARIANTS)
+    assert run["state"].is_completed(), run["state"].message
+    yield run
     pr.stop_ephemeral_server()
 
 
