@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import distributed, glue, io
+from . import distributed, glue, io, stop
 from . import params as P
 from .model import preflight
 from .params import QUANTIZE_MODES
@@ -62,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    stop.install()
     try:
         params_path = args.params if Path(args.params).exists() or args.params != "params.yaml" else None
         return run(args, P.load(params_path, args.overrides))
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.is_main():  # every rank makes the same checks: one line, not one per process
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except stop.Stopped as e:
+        print(e, file=sys.stderr)
+        return e.code
     finally:
         distributed.teardown()
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import distributed
+from . import distributed, stop
 from .fast import GraphedTrainStep
 from .params import Finetune, Runtime
 from .tokenize import Encoded
@@ -129,6 +129,7 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
             bar = tqdm(batches[:total_steps - step], desc=f"{desc} epoch {epoch + 1}", leave=False,
                        disable=None if distributed.is_main() else True)
             for idx in bar:
+                stop.check()  # Ctrl-C / SIGTERM, also when this runs in a worker thread
                 local, real = distributed.shard(idx)  # (idx, len(idx)) in one process
                 batch = data.batch(fill(local, f.batch_size) if graphed else local, pad)
                 labels = batch.pop("labels")
@@ -186,6 +187,7 @@ def logits(model, data, batch_size: int = 128, device: str = "cpu") -> tuple[flo
     order = np.argsort(data.lengths, kind="stable")
     out, loss_sum = None, 0.0
     for start in range(0, len(order), batch_size):
+        stop.check()
         idx = order[start:start + batch_size]
         batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(idx, 8).items()}
         labels = batch.pop("labels")

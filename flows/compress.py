@@ -20,7 +20,7 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
-from bertcompress import io
+from bertcompress import io, stop
 from bertcompress import params as P
 from bertcompress.metrics import headline
 from bertcompress.model import preflight
@@ -57,7 +57,7 @@ def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
 @flow(name="compress", log_prints=True, task_runner=task_runner())  # main() picks another with --workers
 def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
     p = checked(task, params_file, overrides or [])  # before any work (a deployment's run starts here)
-    with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id)) as parent:
+    with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id)) as parent, stop.everywhere():
         data = tokenize(task, p, download(task, p, f"data/glue/{task}"), "data/tokenized")
         base = pretrained.submit(p, f"data/pretrained/{p.model.name.replace('/', '--')}")
         p = sweep(task, p, base, data, parent)
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Dask worker processes for the independent runs (default 1: one at a time, here)")
     parser.add_argument("--dask-address", help="run them on this Dask scheduler instead, e.g. tcp://host:8786")
     args = parser.parse_args(argv)
+    stop.install()  # Ctrl-C / SIGTERM: the running step stops within a batch, its MLflow run ends KILLED
     try:
         checked(args.task, args.params, args.overrides)  # a user error: one line, before Prefect starts
         runner = task_runner(args.dask_address, args.workers)  # an unreachable scheduler stops here, before work
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except P.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except stop.Stopped as e:
+        print(e, file=sys.stderr)
+        return e.code
     return 0
 
 

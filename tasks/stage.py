@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
-from bertcompress import io
+from bertcompress import io, stop
 from bertcompress import params as P
 from bertcompress.metrics import headline
 from bertcompress.model import preflight
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="the variant (variant)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed stage leaves its MLflow run FAILED
+    stop.install()  # SIGINT/SIGTERM (dvc passes Ctrl-C on): the step stops, its MLflow run ends KILLED
     try:
         p = P.load(args.params)
         for task in p.experiment.tasks:
@@ -175,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     except P.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except stop.Stopped as e:
+        print(e, file=sys.stderr)
+        return e.code
     return 0
 
 

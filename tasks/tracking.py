@@ -77,8 +77,8 @@ def _running(run_id: str) -> Iterator[str]:
     c.update_run(run_id, status="RUNNING")
     try:
         yield run_id
-    except BaseException:  # KeyboardInterrupt and SystemExit too: an interrupted step is FAILED
-        c.set_terminated(run_id, "FAILED")
+    except BaseException as e:  # a signal (bertcompress/stop.py, Prefect's TerminationSignal): stopped, not failed
+        c.set_terminated(run_id, "FAILED" if isinstance(e, Exception) else "KILLED")
         raise
     c.set_terminated(run_id, "FINISHED")
 

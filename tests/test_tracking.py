@@ -119,7 +119,7 @@ def test_a_step_that_raises_leaves_its_run_failed(store, tmp_path):
     assert {r.info.run_name: r.info.status for r in runs} == {"failing": "FAILED", "mrpc-dense-s42": "FAILED"}
 
 
-def test_an_interrupted_step_is_failed_and_a_later_step_reopens_its_run(store, tmp_path):
+def test_an_interrupted_step_is_killed_and_a_later_step_reopens_its_run(store, tmp_path):
     from bertcompress import params as P
     from tasks import tracking
 
@@ -127,7 +127,7 @@ def test_an_interrupted_step_is_failed_and_a_later_step_reopens_its_run(store, t
     p = P.load(pr.write_params(tmp_path / "params.yaml"))
     with pytest.raises(KeyboardInterrupt), tracking.variant_run(None, "mrpc", p, "dense", 42) as run:
         raise KeyboardInterrupt
-    assert client.get_run(run).info.status == "FAILED"
+    assert client.get_run(run).info.status == "KILLED"
     with tracking.parent_run("test", "repro", key="k2") as parent:
         with tracking.variant_run(parent, "mrpc", p, "dense", 42) as first:
             tracking.log_metrics(first, {"accuracy": 0.5})
