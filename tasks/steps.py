@@ -12,6 +12,7 @@ After deleting outputs/ or data/, run once with PREFECT_TASKS_REFRESH_CACHE=true
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,27 @@ from prefect.runtime import task_run
 from bertcompress import evaluate as core_evaluate
 from bertcompress import finetune as core_finetune
 from bertcompress import glue, io, model, prune as core_prune, quantize as core_quantize, tokenize as core_tokenize
-from bertcompress.params import Params
+from bertcompress.params import Params, UserError
 
 from . import tracking, variants
 from .report import build as build_report
 from .report import champion, summary_text
 
 FLOW_OUTPUTS = Path("outputs/flow")
+
+
+class OneLine(logging.Filter):
+    """A user error (bad data, bad params) is logged by Prefect as one line, like the CLI's, without the traceback
+    Prefect adds to a failed task or flow run; other exceptions keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.msg, record.args, record.exc_info, record.exc_text = f"error: {record.exc_info[1]}", (), None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(OneLine())
 
 
 def params_of(a: dict) -> Params:
