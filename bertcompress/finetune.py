@@ -7,7 +7,9 @@ After every epoch: training loss and accuracy (from the training forward passes)
 task metric, and a checkpoint (bertcompress/checkpoint.py). The run works in `<out>.partial/`; rerunning an
 interrupted run with the same inputs (the params it reads, the data, the base model: `identity`) resumes from its
 last complete checkpoint and ends with the same metrics; a `.partial` left by other inputs is set aside as
-`<out>.stale/` and the run starts over, saying so in one line. The finished folder
+`<out>.stale/` and the run starts over, saying so in one line. Two runs for one out folder (two flows started
+together) take turns under `<out>.lock`: the second waits, saying so, and reuses the first's result if its inputs
+were the same. The finished folder
 `<out>/` (save_pretrained + tokenizer + metrics.json + params.json) appears atomically. Under torchrun each rank
 trains on its slice of every global batch (DDP); rank 0 evaluates, checkpoints and writes the folder.
 """
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import math
 import shutil
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+from filelock import FileLock, Timeout
 
 from . import checkpoint, distributed, io, loop, masks, metrics
 from .glue import get_task
@@ -58,13 +62,41 @@ def _resumable(work: Path, wanted: dict) -> None:
     io.write_json(work / "identity.json", wanted)
 
 
+@contextmanager
+def _exclusive(out: Path) -> Iterator[bool]:
+    """Hold <out>.lock while this run works on out (and out.partial); True if another run held it first."""
+    lock, waited = FileLock(f"{out}.lock"), False
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"{out} is being written by another run (lock {out}.lock): waiting for it to finish", flush=True)
+        lock.acquire()
+        waited = True
+    try:
+        yield waited
+    finally:
+        lock.release()
+
+
 def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir: str,
              on_epoch_end: Callable[[int, dict], None] | None = None, device: str | None = None,
              base: str | None = None) -> dict:
-    """Train `base` (default model.name), evaluate every epoch, save to out_dir; the metrics in metrics.json."""
-    f, r, spec = params.finetune, params.runtime, get_task(task)
+    """Train `base` (default model.name), evaluate every epoch, save to out_dir; the metrics in metrics.json.
+    One run at a time per out_dir: a second waits, then reuses what the first wrote if its inputs were the same."""
     base = base or params.model.name
-    device = distributed.setup(f.batch_size, device) or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.setup(params.finetune.batch_size, device) or ("cuda" if torch.cuda.is_available() else "cpu")
+    out, wanted = Path(out_dir), identity(params, task, train_path, val_path, base)
+    with _exclusive(out) if distributed.is_main() else nullcontext(False) as waited:
+        done = out / "identity.json"
+        if distributed.from_main(waited and done.is_file() and io.read_json(done) == wanted):
+            print(f"{out} was written meanwhile by that run, with the same inputs: reusing it", flush=True)
+            return io.read_json(out / "metrics.json")
+        return _train(params, task, train_path, val_path, out, wanted, on_epoch_end, device, base)
+
+
+def _train(params: Params, task: str, train_path: str, val_path: str, out: Path, wanted: dict,
+           on_epoch_end: Callable[[int, dict], None] | None, device: str, base: str) -> dict:
+    f, r, spec = params.finetune, params.runtime, get_task(task)
     main = distributed.is_main()
     if r.threads:
         torch.set_num_threads(r.threads)
@@ -77,9 +109,9 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
     if pruner:
         pruner.attach(model)
     optimizer, scheduler = loop.optimizer_and_schedule(model, f, total_steps, loop.use_graphs(f, r, device))
-    out, work = Path(out_dir), Path(str(out_dir) + ".partial")
+    work = Path(f"{out}.partial")
     if main:
-        _resumable(work, identity(params, task, train_path, val_path, base))
+        _resumable(work, wanted)
     distributed.from_main(None)  # the other ranks read work/ after rank 0 checked it
     start_epoch, history = checkpoint.load(work, model, optimizer, scheduler)
     bf16 = f.precision == "bf16"
@@ -116,7 +148,6 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
         load_tokenizer(base).save_pretrained(work)
         io.write_json(work / "metrics.json", result)
         io.write_json(work / "params.json", params.to_dict())
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)
-        (work / "identity.json").unlink()
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)  # identity.json stays: what out was made from
         io.replace_dir(work, out)
     return result
