@@ -86,8 +86,15 @@ def load(work: Path, model, optimizer, scheduler) -> tuple[int, list]:
     if not done:
         return 0, []
     ckpt = done[-1]
-    model.load_state_dict(load_file(ckpt / "model.safetensors"))
-    state = torch.load(ckpt / "state.pt", weights_only=False)
+    try:
+        weights, state = load_file(ckpt / "model.safetensors"), torch.load(ckpt / "state.pt", weights_only=False)
+    except Exception as e:  # a damaged disk or copy: the complete-by-rename folder no longer reads back
+        aside = ckpt.with_name(f"{ckpt.name}.unreadable")
+        shutil.rmtree(aside, ignore_errors=True)
+        ckpt.rename(aside)
+        print(f"{ckpt} cannot be read back ({type(e).__name__}): set aside as {aside.name}; starting over", flush=True)
+        return 0, []
+    model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])

@@ -168,6 +168,7 @@ def download(task: str, out_dir: str | os.PathLike, source: str = "auto") -> dic
         with io.atomic_file(out / f"{split}.parquet") as tmp:
             df.to_parquet(tmp, index=False)
     info = {"task": task, "source": where, "source_files": fingerprint(task, where),
+            "files": {s: io.content_hash(out / f"{s}.parquet") for s in SPLITS},  # the copy, as written
             "rows": {s: len(df) for s, df in frames.items()},
             "content_sha256": {s: content_hash(df, task) for s, df in frames.items()}}
     io.write_json(out / "source.json", info)
@@ -183,11 +184,14 @@ def downloaded_from(out_dir: str | os.PathLike) -> str | None:
 
 
 def is_current(out_dir: str | os.PathLike, task: str, source: str = "auto") -> bool:
-    """Was out_dir written from this source as its files are now (same path, same file contents)?"""
+    """Was out_dir written from this source as its files are now (same path, same file contents), and is the copy
+    still as written (not truncated or edited since)?"""
     where = resolve_source(source)
     if downloaded_from(out_dir) != where:
         return False
-    return json.loads((Path(out_dir) / "source.json").read_text()).get("source_files") == fingerprint(task, where)
+    info = json.loads((Path(out_dir) / "source.json").read_text())
+    return info.get("source_files") == fingerprint(task, where) and info.get("files") == {
+        s: io.content_hash(Path(out_dir) / f"{s}.parquet") for s in SPLITS}
 
 
 def read_prepared(data_dir: str | os.PathLike, split: str) -> pd.DataFrame:

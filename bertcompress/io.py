@@ -69,6 +69,9 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp folder beside `out`; on success it replaces `out` whole, on failure it is removed."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed run (its pid in the name) of this out
+        if (pid := old.name[len(out.name) + 2:-4]).isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -78,6 +81,16 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def replace_dir(src: Path, out: Path) -> None:
