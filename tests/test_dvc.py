@@ -1,7 +1,7 @@
 """The DVC pipeline in a workspace of its own (a tmp git repo with the project's sources and a tiny params.yaml):
 dvc repro end to end, then a no-op; metrics and plots show; dvc exp run -S reruns exactly the stages whose plan
 reads the param (a pruning param: the pruned variants only; a runtime knob: none); the same metrics as the Prefect
-flow; bad params stop it with the CLI's message; a killed stage's run is FAILED."""
+flow; bad params stop it with the CLI's message; a killed stage's run is KILLED."""
 from __future__ import annotations
 
 import json
@@ -57,15 +57,20 @@ def flow(tmp_path_factory):
     pr.stop_ephemeral_server()
 
 
-def running(out: str) -> set[str]:
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+ALWAYS = {"download@mrpc"}  # always_changed: its source (outside the repo) is read every time, rewritten unchanged
+
+
+def running(out: str, always: bool = False) -> set[str]:
+    """The stages a dvc command ran (the always-run download stages only if `always`)."""
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+    return ran if always else ran - ALWAYS
 
 
 def test_repro_runs_every_stage_then_is_a_no_op(repo):
     root, first, second = repo
-    assert running(first) == {"plan", "download@mrpc", "tokenize@mrpc", "pretrained", "sweep", "variant@dense",
-                              "variant@oneshot", "report@mrpc"}
-    assert "Running stage" not in second and "Data and pipelines are up to date." in second
+    assert running(first, always=True) == {"plan", "download@mrpc", "tokenize@mrpc", "pretrained", "sweep",
+                                           "variant@dense", "variant@oneshot", "report@mrpc"}
+    assert running(second, always=True) == ALWAYS  # it read the source, found it unchanged: nothing after it ran
     assert (root / "outputs/dense/mrpc-s42/model.safetensors").is_file()
     assert (root / "outputs/dense/mrpc-s42.dynamic/weights.pt").is_file()
     assert (root / "outputs/oneshot/mrpc-s42/model.safetensors").is_file()
@@ -147,7 +152,7 @@ def test_bad_params_stop_repro_with_the_cli_message(repo, capsys):
     assert "Running stage 'plan'" in done.stdout
 
 
-def test_a_killed_stage_leaves_its_run_failed(repo, tmp_path):
+def test_a_killed_stage_leaves_its_run_killed(repo, tmp_path):
     import shutil
 
     from tasks import tracking
@@ -168,10 +173,11 @@ def test_a_killed_stage_leaves_its_run_failed(repo, tmp_path):
         stage.kill()
         shutil.rmtree(root / "outputs/dense/mrpc-s7.partial", ignore_errors=True)  # and the key it resumes under:
         (root / "outputs/dense/mrpc-s7.partial.key.json").unlink(missing_ok=True)  # the stage's outs as they were
+        (root / "outputs/dense/mrpc-s7.lock").unlink(missing_ok=True)
     with pr.env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"):
         client, experiment = tracking.client()
         (run,) = client.search_runs([experiment], "tags.seed = '7'")
-    assert run.info.status == "FAILED"
+    assert run.info.status == "KILLED"
 
 
 def test_the_variant_stages_expand_the_table():
@@ -200,4 +206,45 @@ def test_an_added_variant_is_one_more_stage(repo):
     assert metrics["fp32"]["nonzero_parameters"] < 0.75 * metrics["fp32"]["parameters"]
     report = (root / "results/report/mrpc/report.md").read_text()
     assert "| gradual80 | 1 |" in report and "| gradual80+dynamic_emb | 1 |" in report
-    assert "Running stage" not in dvc(root, "repro").stdout
+    assert running(dvc(root, "repro").stdout) == set()
+
+
+def test_a_changed_glue_source_reruns_what_reads_it(repo, tmp_path, glue_dir):
+    """The same GLUE_DIR, one label flipped in its files: `dvc repro` re-reads it and re-tokenizes (the source is
+    outside the repo, so the download stage always runs and decides by content); put back, the data is as before."""
+    import shutil
+
+    import pandas as pd
+
+    root = repo[0]
+    src = tmp_path / "glue"
+    shutil.copytree(glue_dir / "mrpc", src / "mrpc")
+    before = sorted(f.name for f in (root / "data/dvc/tokenized/mrpc").iterdir())
+    with pr.env_vars(GLUE_DIR=str(src)):
+        assert running(dvc(root, "repro", "tokenize@mrpc").stdout) == {"tokenize@mrpc"}  # a new path, same files
+        unchanged = sorted(f.name for f in (root / "data/dvc/tokenized/mrpc").iterdir())
+        assert running(dvc(root, "repro", "tokenize@mrpc").stdout) == set()
+        train = src / "mrpc" / "train-00000-of-00001.parquet"
+        df = pd.read_parquet(train)
+        df.loc[0, "label"] = 1 - df.loc[0, "label"]
+        df.to_parquet(train, index=False)
+        assert running(dvc(root, "repro", "tokenize@mrpc").stdout) == {"tokenize@mrpc"}
+        relabelled = sorted(f.name for f in (root / "data/dvc/tokenized/mrpc").iterdir())
+        assert relabelled != unchanged  # tokenized files are named by content: the flipped label is in them
+    dvc(root, "repro", "tokenize@mrpc")  # the source as it was: DVC's run cache gives back the first outputs
+    assert sorted(f.name for f in (root / "data/dvc/tokenized/mrpc").iterdir()) == before
+
+
+def test_a_dry_run_on_a_fresh_clone_lists_every_stage_and_writes_nothing(tmp_path):
+    """The README's preview for a fresh clone (plain --dry needs the upstream outputs to hash: treeverse/dvc#9021)."""
+    root = pr.copy_project(tmp_path, "bertcompress", "tasks", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore",
+                           "prefect.toml")
+    pr.write_params(root / "params.yaml", variants=VARIANTS)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    tree = lambda: sorted(p.relative_to(root) for p in root.rglob("*") if not {".git", ".dvc"} & set(p.parts))  # noqa: E731
+    before = tree()
+    out = dvc(root, "repro", "--dry", "--force").stdout
+    assert running(out, always=True) == {"plan", "download@mrpc", "tokenize@mrpc", "pretrained", "sweep",
+                                         "variant@dense", "variant@oneshot", "report@mrpc"}
+    assert "> python -m tasks.stage variant --name dense" in out
+    assert tree() == before
