@@ -1,6 +1,6 @@
 """The experiment, top to bottom: GLUE → tokens → the pretrained model → the lr sweep → every variant of
 params.yaml's table, per seed (fine-tuned, or pruned from the variant it names) → its quantized versions →
-evaluate all → the report, built from MLflow (tasks/report.py).
+evaluate all → the report, built from MLflow (tasks/report.py) → the champion registered in MLflow and exported.
 
     python -m flows.compress --task mrpc                      # the main job (params.yaml)
     python -m flows.compress --task cola -S finetune.lr=3e-5 -S 'experiment.seeds=[1,2,3]'
@@ -57,7 +57,7 @@ def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
 @flow(name="compress", log_prints=True, task_runner=task_runner())  # main() picks another with --workers
 def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
     p = checked(task, params_file, overrides or [])  # before any work (a deployment's run starts here)
-    with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id)) as parent, stop.everywhere():
+    with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id), entry="flows/compress.py") as parent, stop.everywhere():
         data = tokenize(task, p, download(task, p, f"data/glue/{task}"), "data/tokenized")
         base = pretrained.submit(p, f"data/pretrained/{p.model.name.replace('/', '--')}")
         p = sweep(task, p, base, data, parent)
@@ -74,7 +74,7 @@ def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file
                     rows.append(evaluate.submit(task, name, mode, seed, p, q, data["validation"], parent))
         wait(rows)
         rows = [row.result() for row in rows]
-        print(f"report: {report(task, p, parent)}")
+        report(task, p, parent, data["validation"])  # prints the summary, the champion and where they are
     return rows
 
 

@@ -75,3 +75,24 @@ def _save(fig, path: Path) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
+
+
+def history(history: list[dict]):
+    """Loss and the metrics per epoch of one fine-tune, training beside validation: a figure (MLflow's
+    plots/history.png of its run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    scores = [k for k in history[0] if k not in ("epoch", "step") and not k.endswith("_loss")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, (title, keys) in zip(axes, (("loss", ["train_loss", "val_loss"]), ("metrics", scores))):
+        for k in keys:
+            ax.plot(epochs, [r[k] for r in history], marker="o", label=k)
+        ax.set(xlabel="epoch", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+    fig.tight_layout()
+    return fig

@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         p = P.load(args.params, args.overrides)
-        with tracking.parent_run("report", f"report-{args.task}", key=f"report-{os.getpid()}-{os.times().elapsed}") as parent:
+        with tracking.parent_run("report", f"report-{args.task}", key=f"report-{os.getpid()}-{os.times().elapsed}",
+                                 entry="tasks/report.py") as parent:
             path = build(args.task, p, args.out, parent)
     except P.UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -146,13 +146,14 @@ def run(args, p: P.Params) -> None:
     elif args.step == "pretrained":
         steps.pretrained.fn(p, PRETRAINED)
     else:
-        with tracking.parent_run("dvc", os.environ.get("DVC_EXP_NAME") or "dvc repro", key=dvc_invocation()) as parent:
+        with tracking.parent_run("dvc", os.environ.get("DVC_EXP_NAME") or "dvc repro", key=dvc_invocation(),
+                                 entry="dvc.yaml") as parent:
             if args.step == "sweep":
                 sweep(p, parent)
             elif args.step == "variant":
                 variant(p, args.name, parent)
             else:
-                steps.publish(args.task, p, parent)
+                steps.publish(args.task, p, parent, tokenized(args.task)["validation"])
 
 
 def main(argv: list[str] | None = None) -> int:

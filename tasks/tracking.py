@@ -10,6 +10,7 @@ and closes it FINISHED; a step that raises (or is interrupted) closes it FAILED.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import time
@@ -25,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "bertcompress"
 PARENT = "mlflow.parentRunId"  # MLflow's tag for nesting
 PREDICTIONS = "evaluate/predictions.json"  # per-example labels and predictions: the report's paired bootstrap
+KIND = {"mlflow.experimentKind": "custom_model_development"}  # "Machine learning" in its type selector
+UI = "http://127.0.0.1:5000"  # `mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db` serves the store here
 
 
 def tracking_uri() -> str:
@@ -47,13 +50,21 @@ def _client(uri: str):
         client = MlflowClient(uri)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
         if (exp := client.get_experiment_by_name(name)) is not None:
+            if not exp.tags.get("mlflow.experimentKind"):  # a store made before the kind was set
+                client.set_experiment_tag(exp.experiment_id, *next(iter(KIND.items())))
             return client, exp.experiment_id
         artifacts = (db.parent / "artifacts").resolve().as_uri() if local else None
-        return client, client.create_experiment(name, artifact_location=artifacts)
+        return client, client.create_experiment(name, artifact_location=artifacts, tags=KIND)
 
 
 def client():
     return _client(tracking_uri())
+
+
+def runs_url(base: str = UI) -> str:
+    """The experiment's runs table in the MLflow UI. MLflow 3.17's UI opens an experiment on the view of its global
+    GenAI / Model training switch (GenAI until a user flips it; it reads no kind tag): the link says which."""
+    return f"{base}/#/experiments/{client()[1]}/runs?workflowType=machine_learning"
 
 
 def _git_commit() -> str:
@@ -63,6 +74,13 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def _source(entry: str) -> dict:
+    """MLflow's source tags (the runs table's Source column): what ran, from which commit."""
+    commit = _git_commit()
+    return {"mlflow.source.type": "LOCAL", "mlflow.source.name": entry, "mlflow.source.git.commit": commit,
+            "git_commit": commit}
 
 
 def _find(c, exp: str, tags: dict) -> str | None:
@@ -84,12 +102,13 @@ def _running(run_id: str) -> Iterator[str]:
 
 
 @contextmanager
-def parent_run(driver: str, name: str, key: str) -> Iterator[str]:
-    """The parent run of one flow run or one dvc repro, found by key (every DVC stage process reopens it)."""
+def parent_run(driver: str, name: str, key: str, entry: str = "") -> Iterator[str]:
+    """The parent run of one flow run or one dvc repro, found by key (every DVC stage process reopens it); its
+    name gets the start time (runs of one task stay apart in the runs table); entry: the command, for Source."""
     c, exp = client()
     tags = {"driver": driver, "invocation": key}
-    run_id = _find(c, exp, tags) or c.create_run(exp, run_name=name, tags={
-        **tags, "git_commit": _git_commit()}).info.run_id
+    run_id = _find(c, exp, tags) or c.create_run(exp, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags={
+        **tags, **_source(entry or driver)}).info.run_id
     with _running(run_id):
         yield run_id
 
@@ -105,8 +124,9 @@ def variant_run(parent: str | None, task: str, p: Params, name: str, seed: int, 
     label = variants.method(name, mode)
     key = {"task": task, "method": label, "seed": str(seed), "config": variants.digest(task, p, name, seed, mode),
            **({PARENT: parent} if parent else {})}
+    entry = c.get_run(parent).data.tags.get("mlflow.source.name", "") if parent else "bertcompress"
     run_id = (_find(c, exp, key) if parent else None) or c.create_run(
-        exp, run_name=f"{task}-{label}-s{seed}", tags={**key, "git_commit": _git_commit()}).info.run_id
+        exp, run_name=f"{task}-{label}-s{seed}", tags={**key, **_source(entry)}).info.run_id
     c.log_batch(run_id, params=[Param(k, v) for k, v in variants.logged(task, p, name, seed, mode).items()],
                 tags=[RunTag(k, v) for k, v in (tags or {}).items()])
     with _running(run_id):
@@ -144,6 +164,25 @@ def log_result(run_id: str, step: str, result: dict) -> None:
     log_metrics(run_id, {k: v for k, v in result.items() if not k.startswith("val_")})
 
 
+def log_datasets(run_id: str, task: str, **splits: str) -> None:
+    """The tokenized GLUE splits a step read (context=path: training, validation, calibration) as MLflow datasets
+    of its run (the runs table's Dataset column): name glue-<task>-<split>, digest = the file's content, rows."""
+    import numpy as np
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from bertcompress.io import content_hash
+
+    inputs = []
+    for context, path in splits.items():
+        with np.load(path) as z:
+            rows = len(z["labels"])
+        split = Path(path).name.split("-")[0]
+        ds = Dataset(f"glue-{task}-{split}", content_hash(path)[:12], "local",
+                     json.dumps({"uri": str(Path(path).resolve())}), profile=json.dumps({"num_rows": rows}))
+        inputs.append(DatasetInput(ds, [InputTag("mlflow.data.context", context)]))
+    client()[0].log_inputs(run_id, datasets=inputs)
+
+
 def log_params(run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 
@@ -170,30 +209,10 @@ def log_folder(run_id: str, folder: str, name: str) -> None:
     client()[0].log_artifacts(run_id, folder, name)
 
 
-def _pyfunc():
-    """The pyfunc wrapper of a variant folder (defined on use: importing mlflow.pyfunc is slow)."""
-    import mlflow.pyfunc
-
-    class GlueModel(mlflow.pyfunc.PythonModel):
-        """predict(DataFrame with the task's text columns) -> DataFrame of label, label_name, probabilities
-        (STS-B: score): bertcompress.predict on the logged variant folder."""
-
-        def predict(self, context, model_input, params=None):
-            import pandas as pd
-
-            from bertcompress.glue import get_task
-            from bertcompress.predict import predict
-
-            c = context.model_config
-            rows = model_input[list(get_task(c["task"]).keys)].astype(str).values.tolist()
-            return pd.DataFrame(predict(context.artifacts["model"], c["task"], rows, c["max_length"], c["batch_size"]))
-
-    return GlueModel()
-
-
 def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: int) -> str:
-    """A variant folder as an MLflow 3 logged model of its run (pyfunc; the bertcompress code travels with it),
-    so `mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(df)` classifies; its model id."""
+    """A variant folder as an MLflow 3 logged model of its run (pyfunc from code, tasks/mlflow_model.py; the
+    bertcompress code travels with it), so `mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(df)`
+    classifies; its model id."""
     from importlib.metadata import version
 
     import mlflow
@@ -206,8 +225,9 @@ def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: 
     requirements = [f"{m}=={version(m)}"
                     for m in ("torch", "transformers", "onnxruntime", "pandas", "scikit-learn", "scipy")]
     with mlflow.start_run(run_id=run_id):  # resumes the variant's run; _running closes it as before
-        info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc(), artifacts={"model": folder},
-                                       code_paths=[str(REPO / "bertcompress")], model_config={"task": task, "max_length": max_length, "batch_size": batch_size},
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(REPO / "tasks" / "mlflow_model.py"),
+                                       artifacts={"model": folder}, code_paths=[str(REPO / "bertcompress")],
+                                       model_config={"task": task, "max_length": max_length, "batch_size": batch_size},
                                        pip_requirements=requirements, input_example=example)
     return info.model_id
 
@@ -222,22 +242,9 @@ def register_champion(run_id: str, name: str) -> str:
     return str(version)
 
 
-def log_history_plot(run_id: str, history: list[dict]) -> None:
-    """Loss and the metrics per epoch, training beside validation, as plots/history.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def log_figure(run_id: str, fig, name: str) -> None:
+    """A matplotlib figure as an artifact of the run (e.g. plots/history.png), then closed."""
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in history]
-    scores = [k for k in history[0] if k not in ("epoch", "step") and not k.endswith("_loss")]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, (title, keys) in zip(axes, (("loss", ["train_loss", "val_loss"]), ("metrics", scores))):
-        for k in keys:
-            ax.plot(epochs, [r[k] for r in history], marker="o", label=k)
-        ax.set(xlabel="epoch", title=title)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend()
-    fig.tight_layout()
-    client()[0].log_figure(run_id, fig, "plots/history.png")
+    client()[0].log_figure(run_id, fig, name)
     plt.close(fig)

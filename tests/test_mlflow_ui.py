@@ -3,9 +3,12 @@
 A small grid on the tiny real MRPC slice (dense and gradual fine-tunes, the dense model quantized to dynamic
 int8, each evaluated) is logged through tasks/tracking.py into a SQLite store in a tmp dir. `mlflow server`
 serves it on 127.0.0.1; headless Chromium (Debian's `chromium`, which `.ci/run` installs), driven by
-Playwright, opens the experiment's runs view, expands the parent run, adds the metric columns with the
-Columns selector and checks each run's row: its name and the values logged for it. The screenshot goes to the
-test's tmp dir, and also to results/ui/mlflow-runs.png when BERTCOMPRESS_UI_SCREENSHOT=1.
+Playwright, opens the experiment by the link the flow prints (tracking.runs_url: it must land on the runs
+table, not on the GenAI overview; MLflow 3.17's UI picks the view by its global GenAI / Model training
+switch, not by the experiment's kind tag, which is checked too), expands the parent run, adds the metric columns with the Columns selector and checks each
+run's row: its name, the values logged for it, the GLUE split in the Dataset column, the Source column, and the
+logged MLflow model in the Models column. The screenshot goes to the test's tmp dir, and also to
+results/ui/mlflow-runs.png when BERTCOMPRESS_UI_SCREENSHOT=1.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("dense", "gradual", "dense+dynamic")
 METRICS = ("accuracy", "f1", "compact_mb")  # columns added in the UI; their values are checked per run
-PARENT = "ui-grid"
+PARENT = "ui-grid"  # the parent run, named with its start time
+SOURCE = "tests/test_mlflow_ui.py"
 SERVER_START_S = 90  # mlflow server answers in ~10-20 s on 2 busy cores
 UI_TIMEOUT_MS = 30_000
 
@@ -60,7 +64,7 @@ def _log_grid(tiny_params, tiny_mrpc, work: Path) -> tuple[str, dict]:
     p = _experiment(tiny_params, work)
     seed = p.experiment.seeds[0]
     runs = {}
-    with tracking.parent_run("test", PARENT, key="ui") as parent:
+    with tracking.parent_run("test", PARENT, key="ui", entry=SOURCE) as parent:
         for method in METHODS:
             name, _, mode = method.partition("+")
             q = p.variant(name, seed, mode or "none")
@@ -72,11 +76,13 @@ def _log_grid(tiny_params, tiny_mrpc, work: Path) -> tuple[str, dict]:
                 else:
                     tracking.log_result(run, "quantize", quantize(str(work / name), str(out), q, "mrpc"))
                 result = evaluate(str(out), "mrpc", validation, q.evaluate.batch_size)
+                tracking.log_datasets(run, "mrpc", validation=validation)
                 tracking.log_result(run, "evaluate", result)
+                tracking.log_model(run, str(out), "mrpc", q.tokenize.max_length, q.evaluate.batch_size)
             logged = tracking.client()[0].get_run(run)
             assert logged.data.tags["method"] == method
             runs[method] = (logged.info.run_name, run, {m: logged.data.metrics[m] for m in METRICS})
-    return parent, runs
+    return tracking.client()[0].get_run(parent).info.run_name, runs
 
 
 def _free_port() -> int:
@@ -162,7 +168,11 @@ def test_runs_of_every_method_appear_with_their_metric_columns(chromium, served,
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
     shot = tmp_path / "mlflow-runs.png"
-    url = f"{served['url']}/#/experiments/{served['experiment_id']}/runs?workflowType=machine_learning"
+    from tasks import tracking
+
+    link = tracking.runs_url(served["url"])  # what the flow prints at its end
+    kind = tracking.client()[0].get_experiment(served["experiment_id"]).tags.get("mlflow.experimentKind")
+    assert kind == "custom_model_development"  # the experiment is marked as model training ("Machine learning")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1920, "height": 900})
@@ -170,9 +180,10 @@ def test_runs_of_every_method_appear_with_their_metric_columns(chromium, served,
             # as for a returning user: the assistant side panel, which opens itself on a first visit, stays shut
             page.add_init_script("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true')")
             page.set_default_timeout(UI_TIMEOUT_MS)
-            page.goto(url)
-            parent = page.get_by_role("link", name=PARENT, exact=True)
-            expect(parent).to_be_visible()  # the table has loaded; its child runs are folded under it
+            parent = page.get_by_role("link", name=served["parent"], exact=True)
+            page.goto(link)  # lands on the runs table, not on the GenAI overview or its traces
+            expect(parent).to_be_visible()  # the runs table has loaded; its child runs are folded under it
+            assert "/runs" in page.url and "traces" not in page.url, page.url
             close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
             if close.is_visible():
                 close.click()
@@ -198,6 +209,11 @@ def test_runs_of_every_method_appear_with_their_metric_columns(chromium, served,
                     expect(cell).not_to_have_text("-")
                     shown = cell.inner_text().strip()
                     assert float(shown) == pytest.approx(value, rel=1e-3, abs=1e-4), (method, metric, shown, value)
+                row = page.locator(f'[role="row"][row-id="{run_id}"]')
+                column = lambda name: row.locator(f'[role="gridcell"][col-id="attributes.`{name}`"]')  # noqa: E731
+                expect(column("Dataset")).to_contain_text("glue-mrpc-validation")  # tracking.log_datasets
+                expect(column("Source")).to_have_text(Path(SOURCE).name)  # the command that ran (the UI shows its name)
+                expect(column("Models")).to_have_text("model")  # the logged MLflow model (tracking.log_model)
             page.screenshot(path=str(shot))
         except Exception:
             with contextlib.suppress(Exception):  # what the browser showed when a check failed
