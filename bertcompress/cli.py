@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
         if name in ("evaluate", "prune", "quantize", "export"):
             cmd.add_argument("--model-dir", required=True, help="a saved model folder")
         if name == "export":
-            cmd.add_argument("--format", default="onnx_int8", help="onnx_int8 (default) or onnx (fp32)")
+            cmd.add_argument("--format", default="onnx_int8", help="onnx_int8 (default), onnx (fp32), or pt2e_int8 (of a "
+                                 "static/qat variant: its PT2E program, compiled by Inductor when loaded)")
         if name == "predict":
             cmd.add_argument("--model", required=True, help="a saved model folder or an exported artifact")
             cmd.add_argument("texts", nargs="*", help="texts to classify (a pair task takes them two by two)")

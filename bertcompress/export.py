@@ -1,7 +1,8 @@
 """Export a variant folder as a self-contained artifact to ship: an ONNX model run by ONNX Runtime (int8 by
 default: ONNX Runtime's dynamic quantization of the exported fp32 graph, embeddings included), the tokenizer,
 and manifest.json (task, label names, max length, the source variant and its params and validation metrics,
-sizes, file hashes).
+sizes, file hashes). The weights are stored apart from the graph, deflated, a pruned weight as a bitmask of its
+nonzeros and their values (onnx_model.pack): the artifact's size is the size of what ships.
 
     bertcompress export --task mrpc --model-dir outputs/mrpc/finetune-s42 --out artifacts/mrpc
     bertcompress predict --model artifacts/mrpc "The cat sat." "A cat was sitting."
@@ -15,20 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig
 
 from . import io, variant
 from .glue import get_task
 from .model import load_tokenizer
-from .onnx_model import INPUTS, MODEL, OnnxModel
+from .onnx_model import INPUTS, MODEL, SPARSE_AT, WEIGHTS, OnnxModel, pack
+from .compiled import PROGRAM, CompiledModel
 from .params import QUANTIZE_MODES, UserError
 
-FORMATS = ("onnx_int8", "onnx")
+FORMATS = ("onnx_int8", "onnx", "pt2e_int8")
+PT2E = ("static", "qat")  # the quantize modes whose folder holds a PT2E int8 program
 MANIFEST = "manifest.json"
 
 
@@ -74,14 +79,24 @@ def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_
     if fmt not in FORMATS:
         raise UserError(f"export format '{fmt}' is unknown; choose one of: {', '.join(FORMATS)}")
     info = variant.read(model_dir) or {}
-    if info.get("mode") in QUANTIZE_MODES:
+    if fmt == "pt2e_int8" and info.get("mode") not in PT2E:
+        raise UserError(f"--format pt2e_int8 takes a PT2E int8 variant and {model_dir} is "
+                        f"{info.get('mode', 'a fine-tuned model')}; quantize it first (bertcompress quantize "
+                        "-S quantize.mode=static), then export that folder")
+    if fmt != "pt2e_int8" and info.get("mode") in QUANTIZE_MODES:
         raise UserError(f"{model_dir} is already quantized ({info['mode']}); export its float source "
-                        f"({info.get('base', 'the fine-tuned folder')}): export makes the int8 model itself")
-    model = variant.load_float(model_dir, spec.num_labels)
+                        f"({info.get('base', 'the fine-tuned folder')}): export makes the int8 model itself"
+                        + (", or pass --format pt2e_int8" if info["mode"] in PT2E else ""))
     tokenizer = load_tokenizer(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
     with io.atomic_dir(out_dir) as tmp, _quiet():
-        fp32 = tmp / ("model-fp32.onnx" if fmt == "onnx_int8" else MODEL)
-        _onnx(model, tokenizer, fp32, min(max_length, model.config.max_position_embeddings))
+        if fmt == "pt2e_int8":  # the calibrated program as quantize saved it; Inductor compiles it on load
+            shutil.copy2(Path(model_dir) / info["weights"], tmp / PROGRAM)
+            storage = {"program": PROGRAM, "compile": "torch.compile(freezing=True), shapes bucketed"}
+        else:
+            model = variant.load_float(model_dir, spec.num_labels)
+            fp32 = tmp / ("model-fp32.onnx" if fmt == "onnx_int8" else MODEL)
+            _onnx(model, tokenizer, fp32, min(max_length, config.max_position_embeddings))
         if fmt == "onnx_int8":
             import onnx
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -91,8 +106,10 @@ def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_
             onnx.save(graph, str(fp32))
             quantize_dynamic(str(fp32), str(tmp / MODEL), weight_type=QuantType.QInt8, per_channel=True)
             fp32.unlink()
+        if fmt != "pt2e_int8":  # weights.npz: deflated; a pruned (mostly zero) weight as bitmask + values
+            storage = {"weights": WEIGHTS, "tensors": pack(tmp), "bitmask_at_zeros": SPARSE_AT}
         tokenizer.save_pretrained(tmp)
-        model.config.save_pretrained(tmp)  # the architecture and labels, for reference and for the tokenizer's load
+        config.save_pretrained(tmp)  # the architecture and labels, for reference and for the tokenizer's load
         source = Path(model_dir)
         metrics = json.loads((source / "metrics.json").read_text()) if (source / "metrics.json").is_file() else {}
         params = json.loads((source / "params.json").read_text()) if (source / "params.json").is_file() else None
@@ -100,11 +117,16 @@ def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_
                     "text_columns": list(spec.keys), "max_length": max_length, "source": str(source.resolve()),
                     "source_variant": info or {"mode": "finetune"}, "source_params": params,
                     "source_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
-                    "sizes": OnnxModel(tmp, threads=1).sizes(),
+                    "storage": storage, "sizes": artifact_model(tmp, fmt, max_length, threads=1).sizes(),
                     "built_with": {"torch": torch.__version__, "python": platform.python_version()}}
         manifest["files"] = {f.name: io.content_hash(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         io.write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def artifact_model(folder: str | Path, fmt: str, max_length: int, threads: int | None = None):
+    """The runnable model of an artifact: an ONNX Runtime session, or the PT2E program compiled by Inductor."""
+    return CompiledModel(folder, max_length, threads) if fmt == "pt2e_int8" else OnnxModel(folder, threads)
 
 
 def read_manifest(folder: str | Path) -> dict | None:

@@ -4,6 +4,11 @@
 loop.predict, latency.measure and predict.py run an exported artifact exactly as they run a torch variant, and
 its accuracy and latency are those of the file that ships. Threads are ONNX Runtime's own (intra-op), set
 when the session is made (`set_threads` remakes it).
+
+The artifact stores the graph (model.onnx) apart from its weights (weights.npz, deflated): a weight that is
+mostly zeros (a pruned int8 matrix) is kept as a bitmask of its nonzeros and their values, so a pruned model's
+file really is smaller; `pack` writes that form and the loader puts the weights back before ONNX Runtime
+builds its session.
 """
 from __future__ import annotations
 
@@ -14,14 +19,65 @@ import numpy as np
 import torch
 
 MODEL = "model.onnx"
+WEIGHTS = "weights.npz"
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+SPARSE_AT = 0.25  # a weight with at least this share of zeros is stored as bitmask + nonzero values (1/8 byte per
+#                  weight + its nonzeros: below 1 byte per weight from 1/8 zeros on; a quarter leaves a margin)
+_TYPED = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
+def pack(folder: str | Path) -> dict:
+    """Move model.onnx's weights (tensors over 1 KiB) into weights.npz; {'dense': n, 'bitmask': n} tensors."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(folder) / MODEL
+    graph = onnx.load(str(path))
+    arrays, counts = {}, {"dense": 0, "bitmask": 0}
+    for t in graph.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.nbytes < 1024:
+            continue
+        if np.count_nonzero(a) <= (1 - SPARSE_AT) * a.size:
+            nonzero = (a != 0).ravel()
+            arrays[f"{t.name}|bits"], arrays[f"{t.name}|values"] = np.packbits(nonzero), a.ravel()[nonzero]
+            counts["bitmask"] += 1
+        else:
+            arrays[f"{t.name}|dense"] = a.ravel()
+            counts["dense"] += 1
+        t.ClearField("raw_data")
+        for field in _TYPED:
+            t.ClearField(field)
+    np.savez_compressed(Path(folder) / WEIGHTS, **arrays)
+    onnx.save(graph, str(path))
+    return counts
+
+
+def unpacked(folder: str | Path):
+    """The ONNX model of an artifact with its weights in place (from weights.npz when the artifact has one)."""
+    import onnx
+
+    graph = onnx.load(str(Path(folder) / MODEL))
+    if not (Path(folder) / WEIGHTS).is_file():
+        return graph
+    with np.load(Path(folder) / WEIGHTS) as z:
+        for t in graph.graph.initializer:
+            if f"{t.name}|dense" in z:
+                t.raw_data = z[f"{t.name}|dense"].tobytes()
+            elif f"{t.name}|bits" in z:
+                values = z[f"{t.name}|values"]
+                dense = np.zeros(int(np.prod(t.dims)), values.dtype)
+                dense[np.unpackbits(z[f"{t.name}|bits"], count=dense.size).astype(bool)] = values
+                t.raw_data = dense.tobytes()
+    return graph
 
 
 class OnnxModel:
     training = False
 
     def __init__(self, folder: str | Path, threads: int | None = None):
-        self.path = Path(folder) / MODEL
+        self.folder = Path(folder)
+        self.graph = unpacked(folder).SerializeToString()
         self.set_threads(threads)
 
     def set_threads(self, threads: int | None) -> None:
@@ -31,7 +87,7 @@ class OnnxModel:
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (all cores)
         options.inter_op_num_threads = 1
         self.threads = threads
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, **batch: torch.Tensor) -> SimpleNamespace:
@@ -47,15 +103,17 @@ class OnnxModel:
         return self
 
     def sizes(self) -> dict:
-        """The file's bytes (what ships; a pruned model's zeros compress), and its weights' counts."""
+        """The files' bytes (what ships: graph + weights, a pruned model's zeros as a bitmask), the same
+        zstd-compressed, and the weights' counts."""
         import onnx
         import zstandard
         from onnx import numpy_helper
 
-        blob = self.path.read_bytes()
-        weights = [numpy_helper.to_array(t) for t in onnx.load(str(self.path)).graph.initializer]
+        files = [f for f in (self.folder / MODEL, self.folder / WEIGHTS) if f.is_file()]
+        on_disk = sum(f.stat().st_size for f in files)
+        squeezed = sum(len(zstandard.ZstdCompressor(level=9).compress(f.read_bytes())) for f in files)
+        weights = [numpy_helper.to_array(t) for t in onnx.load_from_string(self.graph).graph.initializer]
         values = [w for w in weights if w.dtype in (np.float32, np.float16, np.int8, np.uint8) and w.size > 1]
-        return {"state_dict_mb": len(blob) / 1e6, "compact_mb": len(blob) / 1e6,
-                "compressed_mb": len(zstandard.ZstdCompressor(level=9).compress(blob)) / 1e6,
+        return {"state_dict_mb": on_disk / 1e6, "compact_mb": on_disk / 1e6, "compressed_mb": squeezed / 1e6,
                 "parameters": int(sum(w.size for w in values)),
                 "nonzero_parameters": int(sum(np.count_nonzero(w) for w in values))}

@@ -95,13 +95,17 @@ def check_head(model_dir: str, num_labels: int) -> None:
 
 def load_variant(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
     """Any saved model as what it was saved as: fp32 (dense, pruned), structured, int8 dynamic, half, PT2E, or an
-    exported artifact (an ONNX Runtime session, bertcompress/onnx_model.py)."""
+    exported artifact (an ONNX Runtime session, bertcompress/onnx_model.py, or a PT2E program compiled by Inductor,
+    bertcompress/compiled.py)."""
     if (Path(model_dir) / "manifest.json").is_file():
+        from .compiled import CompiledModel
         from .onnx_model import OnnxModel
 
         manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
         if manifest["regression"] != (num_labels == 1) or len(manifest["labels"] or [None]) != num_labels:
             raise UserError(f"{model_dir} is an artifact for task {manifest['task']}; check --task")
+        if manifest["format"] == "pt2e_int8":
+            return CompiledModel(model_dir, manifest["max_length"])
         return OnnxModel(model_dir)
     check_head(model_dir, num_labels)
     v = read(model_dir)

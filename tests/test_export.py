@@ -48,11 +48,20 @@ def test_artifact_is_int8_onnx_with_tokenizer_and_manifest(artifacts, variants):
         assert "val_accuracy" in manifest["source_metrics"] or kind != "dense"
         for name, digest in manifest["files"].items():
             assert io.content_hash(folder / name) == digest, name
-        assert {"model.onnx", "tokenizer.json", "config.json"} <= set(manifest["files"])
-        mb = (folder / "model.onnx").stat().st_size / 1e6
-        assert manifest["sizes"]["state_dict_mb"] == pytest.approx(mb) and mb < 25  # fp32 MiniLM: 91 MB
-    assert artifacts["structured"].joinpath("model.onnx").stat().st_size < artifacts["dense"].joinpath(
-        "model.onnx").stat().st_size  # heads and neurons removed: physically smaller
+        assert {"model.onnx", "weights.npz", "tokenizer.json", "config.json"} <= set(manifest["files"])
+        mb = ((folder / "model.onnx").stat().st_size + (folder / "weights.npz").stat().st_size) / 1e6
+        assert manifest["sizes"]["compact_mb"] == pytest.approx(mb) and mb < 23  # fp32 MiniLM: 91 MB
+        assert (folder / "model.onnx").stat().st_size < 1e6  # the graph alone: every weight is in weights.npz
+    mb = {k: manifest_of(f)["sizes"]["compact_mb"] for k, f in artifacts.items()}
+    assert mb["structured"] < mb["dense"]  # heads and neurons removed: physically smaller
+    tensors = {k: manifest_of(f)["storage"]["tensors"] for k, f in artifacts.items()}
+    # 6 layers x 6 Linear weights more than dense (whose zero tensors are the per-channel zero points)
+    assert tensors["oneshot"]["bitmask"] - tensors["dense"]["bitmask"] >= 36
+    assert mb["oneshot"] < 0.85 * mb["dense"]  # half the encoder's weights zero: bitmask + values, not zeros
+
+
+def manifest_of(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
 
 
 @pytest.mark.parametrize("kind", ["dense", "oneshot", "structured"])
@@ -69,12 +78,15 @@ def test_predict_equals_evaluate_on_the_validation_texts(kind, variants, artifac
                    for r in got)
 
 
-def test_the_artifact_stays_close_to_its_float_model(variants, artifacts, tiny_mrpc):
+@pytest.mark.parametrize("kind", ["dense", "oneshot", "structured"])
+def test_the_artifact_stays_close_to_its_float_model(kind, variants, artifacts, tiny_mrpc):
+    """int8 ONNX read back from its stored form (the pruned one from bitmask + values) predicts as its float
+    model does: a weight restored to the wrong places would not."""
     from bertcompress.predict import predict
 
     rows = _validation_rows(tiny_mrpc)
-    fp32 = np.array([r["probabilities"] for r in predict(str(variants["dense"]), "mrpc", rows, max_length=32)])
-    int8 = np.array([r["probabilities"] for r in predict(str(artifacts["dense"]), "mrpc", rows, max_length=32)])
+    fp32 = np.array([r["probabilities"] for r in predict(str(variants[kind]), "mrpc", rows, max_length=32)])
+    int8 = np.array([r["probabilities"] for r in predict(str(artifacts[kind]), "mrpc", rows, max_length=32)])
     assert np.abs(fp32 - int8).max() < 0.05
 
 
@@ -126,6 +138,8 @@ def test_bad_models_are_one_line(variants, artifacts, tmp_path, capsys, monkeypa
         (["export", "--task", "mrpc", "--model-dir", "empty"], r"holds no saved model"),
         (["export", "--task", "mrpc", "--model-dir", str(variants["dense"]), "--format", "tflite"],
          r"export format 'tflite' is unknown"),
+        (["export", "--task", "mrpc", "--model-dir", str(variants["dense"]), "--format", "pt2e_int8"],
+         r"--format pt2e_int8 takes a PT2E int8 variant .* quantize it first"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
@@ -137,3 +151,37 @@ def test_bad_models_are_one_line(variants, artifacts, tmp_path, capsys, monkeypa
     assert main(["export", "--task", "mrpc", "--model-dir", str(int8), "--out", "x"]) == 2
     assert "already quantized (dynamic); export its float source" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="session")
+def pt2e(tmp_path_factory, variants, tiny_params, tiny_mrpc) -> tuple[Path, Path]:
+    """The tiny dense model quantized by PT2E (static, calibrated on the tiny train slice) and its pt2e_int8
+    artifact: (variant folder, artifact)."""
+    from bertcompress.export import export
+    from bertcompress.quantize import quantize
+
+    root = tmp_path_factory.mktemp("pt2e")
+    quantize(str(variants["dense"]), str(root / "static"), tiny_params.replace({"quantize.mode": "static"}), "mrpc",
+             tiny_mrpc["train"])
+    export(str(root / "static"), str(root / "artifact"), "mrpc", "pt2e_int8", max_length=32)
+    return root / "static", root / "artifact"
+
+
+def test_pt2e_artifact_is_compiled_by_inductor_and_predicts_as_evaluate_and_its_variant(pt2e, tiny_mrpc):
+    """--format pt2e_int8 ships the static variant's program; loaded, Inductor compiles it (shape buckets): its
+    labels on the validation texts are evaluate's, and its probabilities those of the eager PT2E variant."""
+    from bertcompress.compiled import CompiledModel
+    from bertcompress.evaluate import evaluate
+    from bertcompress.predict import predict
+    from bertcompress.variant import load_variant
+
+    static, artifact = pt2e
+    manifest = manifest_of(artifact)
+    assert manifest["format"] == "pt2e_int8" and {"model.pt2", "tokenizer.json"} <= set(manifest["files"])
+    assert isinstance(load_variant(str(artifact), 2), CompiledModel)
+    rows = _validation_rows(tiny_mrpc)
+    expected = evaluate(str(artifact), "mrpc", tiny_mrpc["validation"], 64, keep_predictions=True)["predictions"]
+    got = predict(str(artifact), "mrpc", rows, max_length=32, batch_size=64)
+    assert [r["label"] for r in got] == expected
+    eager = np.array([r["probabilities"] for r in predict(str(static), "mrpc", rows, max_length=32, batch_size=64)])
+    assert np.abs(np.array([r["probabilities"] for r in got]) - eager).max() < 0.02
