@@ -22,14 +22,17 @@ from prefect.runtime import task_run
 
 from bertcompress import evaluate as core_evaluate
 from bertcompress import finetune as core_finetune
+from bertcompress import export as core_export
 from bertcompress import glue, io, model, prune as core_prune, quantize as core_quantize, tokenize as core_tokenize
-from bertcompress.params import Params, UserError
+from bertcompress import variant
+from bertcompress.params import QUANTIZE_MODES, Params, UserError
 
-from . import tracking, variants
+from . import figures, tracking, variants
 from .report import build as build_report
 from .report import champion, summary_text
 
 FLOW_OUTPUTS = Path("outputs/flow")
+EXPORTS = Path("results/export")  # the champion's artifact, per task: what ships
 
 
 class OneLine(logging.Filter):
@@ -120,9 +123,10 @@ def finetune(task: str, name: str, seed: int, p: Params, base: str, train: str, 
     go to MLflow as they come."""
     q, out = p.variant(name, seed), out_dir("finetune", locals(), out)
     with tracking.variant_run(parent, task, p, name, seed, tags=_data_tags(train=train, validation=validation)) as run:
+        tracking.log_datasets(run, task, training=train, validation=validation)
         result = core_finetune.finetune(q, task, train, validation, out, tracking.epoch_logger(run), base=base)
         tracking.log_result(run, "finetune", result)
-        tracking.log_history_plot(run, result["history"])
+        tracking.log_figure(run, figures.history(result["history"]), "plots/history.png")
     return out
 
 
@@ -132,6 +136,7 @@ def prune(task: str, name: str, seed: int, p: Params, model_dir: str, train: str
     """Prune the model of the variant this one is made from (prune.method = oneshot | structured)."""
     q, out = p.variant(name, seed), out_dir("prune", locals(), out)
     with tracking.variant_run(parent, task, p, name, seed, tags=_data_tags(train=train)) as run:
+        tracking.log_datasets(run, task, training=train)  # importance scores and recovery steps read it
         tracking.log_result(run, "prune", core_prune.prune(model_dir, out, q, task, train))
     return out
 
@@ -142,6 +147,8 @@ def quantize(task: str, name: str, mode: str, seed: int, p: Params, model_dir: s
     """Quantize one variant's model in one mode; static calibration and QAT read the training split."""
     q, out = p.variant(name, seed, mode), out_dir("quantize", locals(), out)
     with tracking.variant_run(parent, task, p, name, seed, mode, _data_tags(train=train)) as run:
+        if mode in ("static", "qat"):  # calibration / QAT training read the training split
+            tracking.log_datasets(run, task, calibration=train)
         tracking.log_result(run, "quantize", core_quantize.quantize(model_dir, out, q, task, train))
     return out
 
@@ -154,9 +161,11 @@ def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: s
     with tracking.variant_run(parent, task, p, name, seed, mode, _data_tags(validation=validation)) as run:
         result = core_evaluate.evaluate(model_dir, task, validation, q.evaluate.batch_size, q.evaluate.latency_runs,
                                         keep_predictions=True, threads=q.evaluate.latency_threads)
+        tracking.log_datasets(run, task, validation=validation)
         tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
         tracking.log_result(run, "evaluate", result)
-        tracking.set_tags(run, {"collapsed": str(result["collapsed"]).lower(), "verdict": result["verdict"]})
+        tracking.set_tags(run, {"collapsed": str(result["collapsed"]).lower(), "verdict": result["verdict"],
+                                "model_dir": model_dir})  # the champion is exported from it
         # an MLflow model: mlflow.pyfunc.load_model(...).predict(df), encoded and batched as evaluated here
         tracking.log_model(run, model_dir, task, q.tokenize.max_length, q.evaluate.batch_size)
     return {"task": task, "variant": name, "mode": mode, "method": variants.method(name, mode), "seed": seed,
@@ -164,23 +173,58 @@ def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: s
 
 
 @task(name="report", task_run_name="report-{task}")  # never cached: it reads the MLflow store as it is now
-def report(task: str, p: Params, parent: str | None = None) -> str:
+def report(task: str, p: Params, parent: str | None = None, validation: str | None = None) -> str:
     """results/report/<task>/report.md and figures, built from the MLflow runs; logged to the parent run; its
-    summary (read back from MLflow) printed."""
-    return publish(task, p, parent)
+    summary (read back from MLflow) printed and shown in the Prefect UI as the artifact `report-<task>`; the
+    champion registered and exported."""
+    from prefect.artifacts import create_markdown_artifact
+
+    path = publish(task, p, parent, validation)
+    create_markdown_artifact(key=f"report-{task}", markdown=Path(path).with_name("summary.md").read_text(),
+                             description=f"{task}: every variant over seeds, and the champion ({path})")
+    return path
 
 
-def publish(task: str, p: Params, parent: str | None = None) -> str:
-    """The report from MLflow, its summary printed, and the champion registered (the flow's report task and
-    DVC's report stage both end here)."""
+def publish(task: str, p: Params, parent: str | None = None, validation: str | None = None) -> str:
+    """The report from MLflow, its summary printed, the champion registered and exported to results/export/<task>
+    (evaluated there when the validation split is given): the flow's report task and DVC's report stage both
+    end here. Writes results/report/<task>/summary.md, the summary and the champion's lines, as printed."""
     path = build_report(task, p, parent=parent)
-    print(summary_text(path.parent))
+    blocks = [f"## {task}: compression summary", summary_text(path.parent).strip()]
     if best := champion(task, p, path.parent):
         version = tracking.register_champion(best[1], f"{task}-compressed")
-        print(f"champion: {best[0]} (seed {p.experiment.seeds[0]}, run {best[1]}) -> models:/{task}-compressed@champion "
-              f"(version {version}): the smallest variant within {p.experiment.champion_budget:g} points of "
-              f"{p.experiment.baseline}")
+        blocks.append(f"champion: {best[0]} (seed {p.experiment.seeds[0]}, run {best[1]}) -> "
+                      f"models:/{task}-compressed@champion (version {version}): the smallest variant within "
+                      f"{p.experiment.champion_budget:g} points of {p.experiment.baseline}")
+        blocks.append(ship(task, p, best[1], validation))
     else:
-        print(f"champion: none — no variant within {p.experiment.champion_budget:g} points of "
-              f"{p.experiment.baseline} that did not collapse; nothing registered")
+        blocks.append(f"champion: none — no variant within {p.experiment.champion_budget:g} points of "
+                      f"{p.experiment.baseline} that did not collapse; nothing registered or exported")
+    text = "\n\n".join(blocks)
+    with io.atomic_file(path.with_name("summary.md")) as tmp:
+        tmp.write_text(text + "\n")
+    if parent:
+        tracking.log_text(parent, text + "\n", "report/summary.md")
+    print(text)
+    print(f"report: {path}\nMLflow: `mlflow ui --backend-store-uri {tracking.tracking_uri()}`, then "
+          f"{tracking.runs_url()}")
     return str(path)
+
+
+def ship(task: str, p: Params, run_id: str, validation: str | None) -> str:
+    """Export the champion to results/export/<task> (int8 ONNX of its float source — made from the float model
+    when it was quantized in eager PyTorch — or a PT2E champion's program); evaluate it there; what to print."""
+    folder = tracking.client()[0].get_run(run_id).data.tags.get("model_dir")
+    if not folder or not Path(folder).is_dir():
+        return f"exported: nothing — the champion's folder ({folder}) is not on this machine"
+    mode = (variant.read(folder) or {}).get("mode")
+    fmt = "pt2e_int8" if mode in core_export.PT2E else "onnx_int8"  # a PT2E champion ships its own program
+    source = variant.read(folder)["base"] if mode in QUANTIZE_MODES and fmt == "onnx_int8" else folder
+    out = EXPORTS / task
+    manifest = core_export.export(source, str(out), task, fmt, p.tokenize.max_length)
+    line = f"exported: {out} ({fmt} of {source}, {manifest['sizes']['compact_mb']:.1f} MB)"
+    if validation:
+        m = core_evaluate.evaluate(str(out), task, validation, p.evaluate.batch_size, threads=p.evaluate.latency_threads)
+        line += "; on validation " + ", ".join(f"{k} {m[k]:.4f}" for k in glue.get_task(task).metrics)
+    texts = " ".join(['"a sentence"', '"its pair"'][:len(glue.get_task(task).keys)])
+    return line + f"\n\n    bertcompress predict --model {out} {texts}   # README: Ship it"

@@ -156,3 +156,38 @@ def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
         model = mlflow.pyfunc.load_model("models:/mrpc-compressed@champion")
         got = model.predict(pd.DataFrame({"sentence1": ["The cat sat."], "sentence2": ["A cat was sitting."]}))
         assert got["label_name"].iloc[0] in ("not_equivalent", "equivalent")
+
+
+def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
+    """The report task exports the champion (its float source, as int8 ONNX) to results/export/mrpc, evaluated
+    there, and publishes summary.md (the summary table and the champion's lines) as the Prefect markdown
+    artifact `report-mrpc` of the flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from bertcompress import variant
+    from bertcompress.params import QUANTIZE_MODES
+    from tasks import tracking
+    from tasks.report import summary_text
+
+    with pr.isolated(grid["root"]):
+        with get_client(sync_client=True) as api:
+            found = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-mrpc"])))
+    assert found and found[0].type == "markdown"
+    assert found[0].flow_run_id == grid["state"].state_details.flow_run_id
+    summary = found[0].data  # what the flow wrote to summary.md (a later `python -m tasks.report` rebuilds it)
+    assert summary.startswith("## mrpc: compression summary") and summary_text(grid["report"]).strip() in summary
+    exported = grid["root"] / "results" / "export" / "mrpc"
+    with pr.isolated(grid["root"]):
+        client = tracking.client()[0]
+        if not client.search_registered_models():
+            assert "champion: none" in summary and not exported.exists()
+        else:
+            run_id = client.get_model_version_by_alias("mrpc-compressed", "champion").run_id
+            folder = client.get_run(run_id).data.tags["model_dir"]
+            info = variant.read(folder) or {}
+            source = info["base"] if info.get("mode") in QUANTIZE_MODES else folder  # dynamic int8: its float source
+            manifest = json.loads((exported / "manifest.json").read_text())
+            assert manifest["format"] == "onnx_int8"
+            assert manifest["source"] == str((grid["root"] / source).resolve())
+            assert "exported: results/export/mrpc (onnx_int8 of" in summary and "on validation f1 " in summary
