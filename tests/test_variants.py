@@ -156,3 +156,17 @@ def test_no_module_over_250_lines():
     for pkg in ("bertcompress", "tasks", "flows"):
         for f in (pr.REPO / pkg).glob("*.py"):
             assert len(f.read_text().splitlines()) <= 250, f
+
+
+def test_the_make_run_preset_is_a_quick_experiment_of_the_embedded_default():
+    """`make run` runs the flow on presets/quick.yaml: a valid experiment (every check that needs no data passes)
+    on the packaged model, one seed, no sweep, pruned and int8 variants beside dense."""
+    from bertcompress import params as P
+    from bertcompress.model import preflight
+
+    assert "--params presets/quick.yaml" in (pr.REPO / "Makefile").read_text()
+    p = P.load(pr.REPO / "presets" / "quick.yaml")
+    preflight("mrpc", p)
+    assert p.model.name == P.load(None).model.name and len(p.experiment.seeds) == 1 and not p.experiment.lr_candidates
+    assert {v.prune.method for v in (p.variant(n, 42) for n in p.variants)} >= {"none", "oneshot", "structured"}
+    assert all(v.quantize for v in p.variants.values())
