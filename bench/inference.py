@@ -1,7 +1,9 @@
 """Inference of what ships, side by side in one run on this CPU: eager fp32, eager dynamic int8 (the product's
-int8 path before export), ONNX Runtime fp32 and the exported int8 artifact (bertcompress export), on the same
-fine-tuned model; latency at batch 1, 8 and 32 at length 128, throughput over the real validation split, and the
-validation metrics beside each.
+int8 path before export), ONNX Runtime fp32, the exported int8 ONNX artifact (bertcompress export, what Optimum
+users get), the PT2E int8 artifact compiled by Inductor (export --format pt2e_int8 of a static variant), and
+the int8 ONNX artifacts of a structured-pruned (25 % of heads and FFN neurons, 100 recovery steps) and a one-shot
+90 %-pruned model, on the same fine-tuned model; latency at batch 1, 8 and 32 at length 128, throughput over the
+real validation split, the artifact's size and the validation metrics beside each.
 
     .venv/bin/python bench/inference.py --tasks mrpc sst2 --threads 2      # needs outputs/bench/<task>/dense
 
@@ -34,19 +36,37 @@ from bertcompress.tokenize import Encoded, prepared  # noqa: E402
 BATCHES = (1, 8, 32)
 ROWS = {"eager fp32": "the fine-tuned model, torch eager", "eager int8 (dynamic_emb)": "torch quantize_dynamic, "
         "Linear + embeddings", "ONNX Runtime fp32": "bertcompress export --format onnx",
-        "ONNX Runtime int8 (the artifact)": "bertcompress export (default)"}
+        "ONNX Runtime int8 (the artifact)": "bertcompress export (default)",
+        "PT2E int8 + Inductor (artifact)": "quantize static, then export --format pt2e_int8",
+        "structured + ONNX Runtime int8": "prune structured (heads 0.25, FFN 0.25, 100 recovery steps), export",
+        "one-shot 90 % + ONNX Runtime int8": "prune oneshot 0.9 (encoder), export: bitmask storage"}
+DERIVED = {"static": {"quantize.mode": "static"},
+           "structured": {"prune.method": "structured", "prune.heads_fraction": 0.25, "prune.ffn_fraction": 0.25,
+                          "prune.recovery_steps": 100},
+           "oneshot90": {"prune.method": "oneshot", "prune.final_sparsity": 0.9}}
 
 
-def models(task: str, root: Path) -> dict:
-    dense = root / task / "dense"
-    for fmt in ("onnx", "onnx_int8"):
-        if not (root / task / f"artifact-{fmt}" / "manifest.json").is_file():
-            export(str(dense), str(root / task / f"artifact-{fmt}"), task, fmt)
-    n = get_task(task).num_labels
-    return {"eager fp32": variant.load_variant(str(dense), n),
-            "eager int8 (dynamic_emb)": variant.convert(variant.load_float(str(dense), n), "dynamic_emb"),
-            "ONNX Runtime fp32": variant.load_variant(str(root / task / "artifact-onnx"), n),
-            "ONNX Runtime int8 (the artifact)": variant.load_variant(str(root / task / "artifact-onnx_int8"), n)}
+def models(task: str, root: Path, p: P.Params, train: str) -> dict:
+    """Every model of the table, made (and exported) once under root/<task>/ from root/<task>/dense."""
+    from bertcompress import prune, quantize
+
+    folder, n = root / task, get_task(task).num_labels
+    for name, changes in DERIVED.items():
+        if not (folder / name / "metrics.json").is_file():
+            step = quantize.quantize if name == "static" else prune.prune
+            step(str(folder / "dense"), str(folder / name), p.replace(changes), task, train)
+    for source, fmt, out in [("dense", "onnx", "artifact-onnx"), ("dense", "onnx_int8", "artifact-onnx_int8"),
+                             ("static", "pt2e_int8", "artifact-pt2e"), ("structured", "onnx_int8", "artifact-structured"),
+                             ("oneshot90", "onnx_int8", "artifact-oneshot90")]:
+        if not (folder / out / "manifest.json").is_file():
+            export(str(folder / source), str(folder / out), task, fmt)
+    load = lambda name: variant.load_variant(str(folder / name), n)  # noqa: E731
+    return {"eager fp32": load("dense"),
+            "eager int8 (dynamic_emb)": variant.convert(variant.load_float(str(folder / "dense"), n), "dynamic_emb"),
+            "ONNX Runtime fp32": load("artifact-onnx"), "ONNX Runtime int8 (the artifact)": load("artifact-onnx_int8"),
+            "PT2E int8 + Inductor (artifact)": load("artifact-pt2e"),
+            "structured + ONNX Runtime int8": load("artifact-structured"),
+            "one-shot 90 % + ONNX Runtime int8": load("artifact-oneshot90")}
 
 
 def main() -> None:
@@ -60,8 +80,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     p, rows, t0 = P.load("params.yaml"), [], time.perf_counter()
     for task in args.tasks:
-        val = prepared(task, p, "data/glue", "data/tokenized")["validation"]
-        built = models(task, Path(args.root))
+        data = prepared(task, p, "data/glue", "data/tokenized")
+        val = data["validation"]
+        built = models(task, Path(args.root), p, data["train"])
         metrics = get_task(task).metrics
         for name, model in built.items():  # accuracy, and throughput over the real validation lengths
             if hasattr(model, "set_threads"):
@@ -69,7 +90,7 @@ def main() -> None:
             start = time.perf_counter()
             m = ev.evaluate_model(model, Encoded.load(val), task, 32)
             seconds = time.perf_counter() - start
-            size = model.sizes()["state_dict_mb"] if hasattr(model, "sizes") else m["size_mb"]
+            size = model.sizes()["compact_mb"] if hasattr(model, "sizes") else m["size_mb"]  # the files that ship
             rows.append({"task": task, "model": name, "how": ROWS[name], **{k: m[k] for k in metrics},
                          "size_mb": size, "validation_samples_per_s": len(Encoded.load(val)) / seconds,
                          "rounds": {}})
