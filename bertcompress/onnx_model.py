@@ -48,9 +48,21 @@ def pack(folder: str | Path) -> dict:
         t.ClearField("raw_data")
         for field in _TYPED:
             t.ClearField(field)
-    np.savez_compressed(Path(folder) / WEIGHTS, **arrays)
+    _savez(Path(folder) / WEIGHTS, arrays)
     onnx.save(graph, str(path))
     return counts
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed with fixed entry times: the same weights give the same bytes (and file hash)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as z:
+        for name, a in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(entry, "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(a), allow_pickle=False)
 
 
 def unpacked(folder: str | Path):
