@@ -76,11 +76,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--root", default="outputs/bench")
+    ap.add_argument("--splits", help="a folder with <task>/train.npz and validation.npz (tokenized, as on a lent "
+                    "machine without GLUE parquet) instead of preparing GLUE here")
+    ap.add_argument("--json", default="bench/results/inference-cpu.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     p, rows, t0 = P.load("params.yaml"), [], time.perf_counter()
     for task in args.tasks:
-        data = prepared(task, p, "data/glue", "data/tokenized")
+        data = ({s: f"{args.splits}/{task}/{s}.npz" for s in ("train", "validation")} if args.splits
+                else prepared(task, p, "data/glue", "data/tokenized"))
         val = data["validation"]
         built = models(task, Path(args.root), p, data["train"])
         metrics = get_task(task).metrics
@@ -104,10 +108,11 @@ def main() -> None:
         for row in rows:
             if row["task"] == task:
                 row |= {f"batch{b}_ms": min(x[b] for x in row["rounds"].values()) for b in BATCHES}
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (this process may use "
+               f"{len(os.sched_getaffinity(0))}), torch {torch.__version__}")
     out = {"machine": machine, "threads": args.threads, "length": 128, "runs": args.runs, "rounds": args.rounds,
            "wall_s": time.perf_counter() - t0, "rows": rows}
-    Path("bench/results/inference-cpu.json").write_text(json.dumps(out, indent=1))
+    Path(args.json).write_text(json.dumps(out, indent=1))
     print(table(out))
 
 
