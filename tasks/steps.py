@@ -190,7 +190,7 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
     (evaluated there when the validation split is given): the flow's report task and DVC's report stage both
     end here. Writes results/report/<task>/summary.md, the summary and the champion's lines, as printed."""
     path = build_report(task, p, parent=parent)
-    blocks = [f"## {task}: compression summary", summary_text(path.parent).strip()]
+    blocks = [f"## {task}: compression summary", summary_text(path.parent)]
     if best := champion(task, p, path.parent):
         version = tracking.register_champion(best[1], f"{task}-compressed")
         blocks.append(f"champion: {best[0]} (seed {p.experiment.seeds[0]}, run {best[1]}) -> "
@@ -205,7 +205,8 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
         tmp.write_text(text + "\n")
     if parent:
         tracking.log_text(parent, text + "\n", "report/summary.md")
-    print(text)
+    for block in blocks:  # one log line each in Prefect: the table alone is one message
+        print(block)
     print(f"report: {path}\nMLflow: `mlflow ui --backend-store-uri {tracking.tracking_uri()}`, then "
           f"{tracking.runs_url()}")
     return str(path)

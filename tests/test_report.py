@@ -163,7 +163,7 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
     there, and publishes summary.md (the summary table and the champion's lines) as the Prefect markdown
     artifact `report-mrpc` of the flow run."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from bertcompress import variant
     from bertcompress.params import QUANTIZE_MODES
@@ -172,9 +172,10 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
 
     with pr.isolated(grid["root"]):
         with get_client(sync_client=True) as api:
-            found = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-mrpc"])))
-    assert found and found[0].type == "markdown"
-    assert found[0].flow_run_id == grid["state"].state_details.flow_run_id
+            this_run = ArtifactFilterFlowRunId(any_=[grid["state"].state_details.flow_run_id])
+            found = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-mrpc"]),
+                                                                      flow_run_id=this_run))
+    assert len(found) == 1 and found[0].type == "markdown"  # one per flow run (other tests' flows make theirs)
     summary = found[0].data  # what the flow wrote to summary.md (a later `python -m tasks.report` rebuilds it)
     assert summary.startswith("## mrpc: compression summary") and summary_text(grid["report"]).strip() in summary
     exported = grid["root"] / "results" / "export" / "mrpc"
