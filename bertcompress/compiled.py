@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import torch
 
+from .onnx_model import InferenceOnly
+
 PROGRAM = "model.pt2"
 BATCHES = (1, 8, 32, 128)
 
@@ -20,9 +22,7 @@ def _bucket(n: int, sizes: tuple[int, ...]) -> int:
     return next((s for s in sizes if s >= n), sizes[-1])
 
 
-class CompiledModel:
-    training = False
-
+class CompiledModel(InferenceOnly):
     def __init__(self, folder: str | Path, max_length: int, threads: int | None = None):
         import torch._dynamo
         import torchao.quantization.pt2e  # noqa: F401  registers the quantized ops the program calls
@@ -59,22 +59,14 @@ class CompiledModel:
             out = self.compiled(**padded)
         return SimpleNamespace(logits=(out.logits if hasattr(out, "logits") else out[0])[:n])
 
-    def eval(self) -> "CompiledModel":
-        return self
-
-    def train(self, mode: bool = True) -> "CompiledModel":
-        if mode:
-            raise TypeError("an exported PT2E program is for inference only")
-        return self
-
     def sizes(self) -> dict:
         """The program file's bytes (what ships), zstd-compressed too, and its weights' counts."""
         import zstandard
 
         blob = (self.folder / PROGRAM).read_bytes()
-        state = torch.export.load(self.folder / PROGRAM).state_dict
-        constants = torch.export.load(self.folder / PROGRAM).constants
-        values = [t for t in [*state.values(), *constants.values()] if isinstance(t, torch.Tensor) and t.numel() > 1]
+        program = torch.export.load(self.folder / PROGRAM)
+        values = [t for t in [*program.state_dict.values(), *program.constants.values()]
+                  if isinstance(t, torch.Tensor) and t.numel() > 1]
         return {"state_dict_mb": len(blob) / 1e6, "compact_mb": len(blob) / 1e6,
                 "compressed_mb": len(zstandard.ZstdCompressor(level=9).compress(blob)) / 1e6,
                 "parameters": int(sum(t.numel() for t in values)),

@@ -84,8 +84,21 @@ def unpacked(folder: str | Path):
     return graph
 
 
-class OnnxModel:
+class InferenceOnly:
+    """What the evaluation loop asks of a model that only predicts: eval() is itself, train() refuses."""
+
     training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise TypeError(f"an exported artifact ({type(self).__name__}) is for inference only")
+        return self
+
+
+class OnnxModel(InferenceOnly):
 
     def __init__(self, folder: str | Path, threads: int | None = None):
         self.folder = Path(folder)
@@ -105,14 +118,6 @@ class OnnxModel:
     def __call__(self, **batch: torch.Tensor) -> SimpleNamespace:
         feed = {k: batch[k].numpy().astype(np.int64) for k in INPUTS if k in self.names}
         return SimpleNamespace(logits=torch.from_numpy(self.session.run(None, feed)[0]))
-
-    def eval(self) -> "OnnxModel":
-        return self
-
-    def train(self, mode: bool = True) -> "OnnxModel":
-        if mode:
-            raise TypeError("an exported ONNX model is for inference only")
-        return self
 
     def sizes(self) -> dict:
         """The files' bytes (what ships: graph + weights, a pruned model's zeros as a bitmask), the same

@@ -218,9 +218,9 @@ def ship(task: str, p: Params, run_id: str, validation: str | None) -> str:
     folder = tracking.client()[0].get_run(run_id).data.tags.get("model_dir")
     if not folder or not Path(folder).is_dir():
         return f"exported: nothing — the champion's folder ({folder}) is not on this machine"
-    mode = (variant.read(folder) or {}).get("mode")
-    fmt = "pt2e_int8" if mode in core_export.PT2E else "onnx_int8"  # a PT2E champion ships its own program
-    source = variant.read(folder)["base"] if mode in QUANTIZE_MODES and fmt == "onnx_int8" else folder
+    info = variant.read(folder) or {}
+    fmt = "pt2e_int8" if info.get("mode") in core_export.PT2E else "onnx_int8"  # a PT2E champion ships its program
+    source = info["base"] if info.get("mode") in QUANTIZE_MODES and fmt == "onnx_int8" else folder
     out = EXPORTS / task
     manifest = core_export.export(source, str(out), task, fmt, p.tokenize.max_length)
     line = f"exported: {out} ({fmt} of {source}, {manifest['sizes']['compact_mb']:.1f} MB)"
