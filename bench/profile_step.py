@@ -24,7 +24,7 @@ from bertcompress.tokenize import prepared  # noqa: E402
 from bertcompress.checkpoint import Checkpointer  # noqa: E402
 from bertcompress.loop import epoch_batches, optimizer_and_schedule  # noqa: E402
 from bertcompress.fast import GraphedTrainStep  # noqa: E402
-from bertcompress.loop import loss_of  # noqa: E402
+from bertcompress.loop import plain  # noqa: E402
 from bertcompress.model import load_model  # noqa: E402
 from bertcompress.tokenize import Encoded  # noqa: E402
 
@@ -36,7 +36,7 @@ def sync():
 
 def profile(model, data, batches, bf16: bool, device: str, steps: int, graphs: bool = False) -> dict:
     opt = optimizer_and_schedule(model, P.defaults().finetune, 1, capturable=graphs)[0]  # the seed's lr and decay
-    whole = GraphedTrainStep(model, opt, loss_of) if graphs else None
+    whole = GraphedTrainStep(model, opt, plain) if graphs else None
     phases = {"fetch": [], "forward": [], "backward": [], "optimizer": [], "step": []}
     for i, idx in enumerate(batches[:steps + 5]):
         sync()

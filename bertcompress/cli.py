@@ -89,7 +89,10 @@ def run(args, p: P.Params) -> int:
         print(json.dumps(glue.download(task, Path("data/glue") / task, p.data.source), indent=2))
         return 0
     if args.command == "finetune":
+        from .distill import teacher_of
+
         distributed.setup(p.finetune.batch_size)  # under torchrun: check the world, join it, before any work
+        teacher_of(p)  # distill.teacher: a model folder
     if args.command in ("evaluate", "prune", "quantize", "export"):
         _check_model_dir(args.model_dir)
         from .variant import check_head

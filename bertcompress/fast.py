@@ -5,7 +5,8 @@ took ~15 ms eagerly on an H100, almost all of it host overhead (bench/profile_st
 (batch, width) shape runs eagerly — a real training step — and the same step is then captured; later batches
 of that shape copy their tensors into the graph's static inputs and replay it as one launch. All graphs share
 the parameters, the gradient buffers (allocated once, zeroed inside each graph) and the optimizer state, which
-needs AdamW(capturable=True) with a tensor learning rate that the scheduler fills in place. The attention mask
+needs AdamW(capturable=True) with a tensor learning rate that the scheduler fills in place. The gradients stay in .grad after a replay (the pruning
+scores read them). The attention mask
 goes in as a ready 4-D mask, so transformers makes no data-dependent check (a host sync, which capture forbids).
 """
 from __future__ import annotations
@@ -25,8 +26,10 @@ def mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
 class GraphedTrainStep:
     """step(batch, labels) -> (loss, logits): one optimizer step, replayed from a CUDA graph after the first."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_of: Callable):
-        self.model, self.optimizer, self.loss_of, self.graphs = model, optimizer, loss_of, {}
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, objective: Callable):
+        """objective(model, inputs, labels) -> (loss, logits): loop.plain, or distillation with its teacher's
+        forward inside the same graph (bertcompress/distill.py)."""
+        self.model, self.optimizer, self.objective, self.graphs = model, optimizer, objective, {}
         for p in model.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)  # static: every graph accumulates into these
@@ -41,9 +44,9 @@ class GraphedTrainStep:
     def _step(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._release_autograd()
         self.optimizer.zero_grad(set_to_none=False)
-        logits = self.model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                            attention_mask=mask_4d(batch["attention_mask"])).logits
-        loss = self.loss_of(logits, labels)
+        inputs = {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
+                  "attention_mask": mask_4d(batch["attention_mask"])}
+        loss, logits = self.objective(self.model, inputs, labels)
         loss.backward()
         self.optimizer.step()
         return loss.detach(), logits.detach()

@@ -26,28 +26,33 @@ from filelock import FileLock, Timeout
 
 from . import checkpoint, distributed, io, loop, masks, metrics
 from .glue import get_task
+from .distill import Distiller, teacher_of
 from .model import load_model, load_tokenizer
 from .params import Params, UserError
 from .tokenize import Encoded
 
 RECIPE = ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "seed", "max_steps", "group_by_length",
           "pad_to_multiple", "precision")
-GRADUAL = ("method", "scope", "ranking", "initial_sparsity", "final_sparsity", "begin_step", "end_step",
-           "frequency", "power")
+GRADUAL = ("method", "scope", "ranking", "criterion", "pattern", "initial_sparsity", "final_sparsity", "begin_step",
+           "end_step", "hold_steps", "frequency", "power")
+DISTILL = ("teacher", "temperature", "weight", "hidden_weight")
 
 
 def reads(p: Params) -> list[str]:
     """The params keys a fine-tune's result depends on (besides its inputs: the base model and the data)."""
     pruning = [f"prune.{k}" for k in GRADUAL] if p.prune.method == "gradual" else []
-    return [f"finetune.{k}" for k in RECIPE] + pruning + ["evaluate.batch_size"]  # the per-epoch validation
+    pruning += ["prune.momentum"] if pruning and p.prune.criterion == "first_order" else []
+    distill = [f"distill.{k}" for k in DISTILL] if p.distill.teacher else []
+    return [f"finetune.{k}" for k in RECIPE] + pruning + distill + ["evaluate.batch_size"]  # + per-epoch validation
 
 
-def identity(params: Params, task: str, train_path: str, val_path: str, base: str) -> dict:
-    """What a fine-tune's weights depend on: the params it reads, the task, its data and base model (content)."""
+def identity(params: Params, task: str, train_path: str, val_path: str, base: str, teacher: str | None = None) -> dict:
+    """What a fine-tune's weights depend on: the params it reads, the task, its data, base model and teacher."""
     flat = params.flat()
     local = Path(base).is_dir()
     return {"task": task, **{k: flat[k] for k in reads(params)}, "train": io.content_hash(train_path),
-            "validation": io.content_hash(val_path), "base": io.content_hash(base) if local else base}
+            "validation": io.content_hash(val_path), "base": io.content_hash(base) if local else base,
+            **({"teacher": io.content_hash(teacher)} if teacher else {})}
 
 
 def _resumable(work: Path, wanted: dict) -> None:
@@ -80,22 +85,23 @@ def _exclusive(out: Path) -> Iterator[bool]:
 
 def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir: str,
              on_epoch_end: Callable[[int, dict], None] | None = None, device: str | None = None,
-             base: str | None = None) -> dict:
-    """Train `base` (default model.name), evaluate every epoch, save to out_dir; the metrics in metrics.json.
-    One run at a time per out_dir: a second waits, then reuses what the first wrote if its inputs were the same."""
-    base = base or params.model.name
+             base: str | None = None, teacher: str | None = None) -> dict:
+    """Train `base` (default model.name; or another variant's folder), distilled from `teacher` when
+    distill.teacher is set, evaluate every epoch, save to out_dir; the metrics in metrics.json. One run at a
+    time per out_dir: a second waits, then reuses what the first wrote if its inputs were the same."""
+    base, teacher = base or params.model.name, teacher_of(params, teacher)
     device = distributed.setup(params.finetune.batch_size, device) or ("cuda" if torch.cuda.is_available() else "cpu")
-    out, wanted = Path(out_dir), identity(params, task, train_path, val_path, base)
+    out, wanted = Path(out_dir), identity(params, task, train_path, val_path, base, teacher)
     with _exclusive(out) if distributed.is_main() else nullcontext(False) as waited:
         done = out / "identity.json"
         if distributed.from_main(waited and done.is_file() and io.read_json(done) == wanted):
             print(f"{out} was written meanwhile by that run, with the same inputs: reusing it", flush=True)
             return io.read_json(out / "metrics.json")
-        return _train(params, task, train_path, val_path, out, wanted, on_epoch_end, device, base)
+        return _train(params, task, train_path, val_path, out, wanted, on_epoch_end, device, base, teacher)
 
 
 def _train(params: Params, task: str, train_path: str, val_path: str, out: Path, wanted: dict,
-           on_epoch_end: Callable[[int, dict], None] | None, device: str, base: str) -> dict:
+           on_epoch_end: Callable[[int, dict], None] | None, device: str, base: str, teacher: str | None) -> dict:
     f, r, spec = params.finetune, params.runtime, get_task(task)
     main = distributed.is_main()
     if r.threads:
@@ -106,6 +112,10 @@ def _train(params: Params, task: str, train_path: str, val_path: str, out: Path,
     pruner = masks.gradual(params.prune, total_steps)
     loop.seed_everything(f.seed)
     model = load_model(base, spec.num_labels).to(device)
+    objective = loop.plain
+    if teacher:
+        objective = Distiller(load_model(teacher, spec.num_labels).to(device), params.distill)
+        objective.check(model)
     if pruner:
         pruner.attach(model)
     optimizer, scheduler = loop.optimizer_and_schedule(model, f, total_steps, loop.use_graphs(f, r, device))
@@ -136,13 +146,13 @@ def _train(params: Params, task: str, train_path: str, val_path: str, out: Path,
 
     with checkpoint.Checkpointer(work) as saver:
         run = loop.train(model, train, f, r, total_steps, optimizer, scheduler, device, start_epoch,
-                         pruner.after_step if pruner else None, end_of_epoch, desc=task)
+                         pruner.after_step if pruner else None, end_of_epoch, desc=task, objective=objective)
     sparsity = pruner.finish(model) if pruner else None
     result = {"task": task, **{k: v for k, v in history[-1].items() if k.startswith("val_")},
               "epochs": len(history), "steps": run["steps"], "train_seconds": run["seconds"],
               "train_samples_per_second": run["seen"] / run["seconds"] if run["seconds"] else 0.0,
               "epoch_seconds": run["epoch_seconds"], "history": history,
-              **({"sparsity": sparsity} if sparsity else {})}
+              **({"sparsity": sparsity} if sparsity else {}), **({"teacher": teacher} if teacher else {})}
     if main:
         model.save_pretrained(work, safe_serialization=True)
         load_tokenizer(base).save_pretrained(work)

@@ -5,6 +5,7 @@ final place and renamed into it, so a failed or killed run never leaves a half-w
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -135,3 +136,31 @@ def read_yaml(path: Path) -> dict:
     if not isinstance(raw, dict):
         raise ranges.UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
     return raw
+
+
+def merge(base: dict, top: dict) -> dict:
+    """top laid over base, key by key within each section; a `variants` table given replaces the default whole."""
+    out = copy.deepcopy(base)
+    for section, values in top.items():
+        if section == "variants" or not isinstance(values, dict) or not isinstance(out.get(section), dict):
+            out[section] = copy.deepcopy(values)
+        else:
+            out[section].update(values)
+    return out
+
+
+def override(raw: dict, item: str) -> None:
+    """`section.key=value`, or `variants.<name>[.<section>.<key>]=value`; the value is YAML, as DVC reads it."""
+    key, sep, value = item.partition("=")
+    parts = key.split(".")
+    ok = sep and ((parts[0] != "variants" and len(parts) == 2) or (parts[0] == "variants" and len(parts) >= 2))
+    if not ok:
+        raise ranges.UserError(f"override '{item}': expected section.key=value (e.g. finetune.lr=3e-5) or "
+                        "variants.<name>.<section>.<key>=value")
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    parsed = yaml.safe_load(value)  # but 2:4 stays a string (an N:M pattern; YAML 1.1 reads it as base 60)
+    node[parts[-1]] = value if isinstance(parsed, int) and ":" in value else parsed

@@ -38,6 +38,12 @@ def loss_of(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean")
     return F.cross_entropy(logits.float(), labels, reduction=reduction)
 
 
+def plain(model, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training objective without a teacher: (label loss, logits)."""
+    logits = model(**inputs).logits
+    return loss_of(logits, labels), logits
+
+
 def outputs(logits: torch.Tensor) -> torch.Tensor:
     """Predictions: the class with the highest logit, or a regression head's one output."""
     return logits.float().squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
@@ -110,11 +116,13 @@ def matmul_precision(precision: str, device: str):
 
 def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, scheduler, device: str = "cpu",
           start_epoch: int = 0, after_step: Callable[[int], None] | None = None,
-          end_of_epoch: Callable[[int, int, dict], None] | None = None, desc: str = "train") -> dict:
-    """Train from start_epoch until total_steps. after_step(step) runs after every optimizer step (pruning
-    masks); end_of_epoch(epoch, step, stats) after every epoch, stats = training loss and accuracy over it
+          end_of_epoch: Callable[[int, int, dict], None] | None = None, desc: str = "train",
+          objective: Callable = plain) -> dict:
+    """Train from start_epoch until total_steps on objective(model, inputs, labels) -> (loss, logits) (plain, or
+    distillation). after_step(step) runs after every optimizer step, the step's gradients still in .grad (pruning
+    masks and scores); end_of_epoch(epoch, step, stats) after every epoch, stats = training loss and accuracy over it
     (summed over DDP ranks). Returns {'steps', 'loss', 'seen', 'seconds', 'epoch_seconds'}."""
-    graphed = GraphedTrainStep(model, optimizer, loss_of) if use_graphs(f, r, device) else None
+    graphed = GraphedTrainStep(model, optimizer, objective) if use_graphs(f, r, device) else None
     pad = max(f.pad_to_multiple, 32) if graphed else f.pad_to_multiple  # each width is one graph capture
     bf16, kind = f.precision == "bf16", device.split(":")[0]
     trained, world = distributed.wrap(model, device), distributed.world_size()
@@ -137,12 +145,11 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
                     labels[real:] = -100  # fill's repeats: no loss, no gradient, not counted
                     loss, logits = graphed(batch, labels)
                 else:
+                    optimizer.zero_grad(set_to_none=True)
                     with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
-                        logits = trained(**batch).logits
-                    loss = loss_of(logits, labels)
+                        loss, logits = objective(trained, batch, labels)
                     (loss * (real * world / len(idx))).backward()  # x 1.0 in one process; see distributed.shard
                     optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
                 if after_step:
@@ -169,14 +176,15 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
 STEPS_READ = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple")
 
 
-def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=None, desc: str = "recover") -> float:
+def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=None, desc: str = "recover",
+          objective: Callable = plain) -> float:
     """n steps of the seed recipe on a model already in memory, on the CPU and in fp32 (recovery after pruning,
     QAT: finetune.precision is the GPU fine-tune's); the mean training loss. It reads finetune.<STEPS_READ>."""
     f = dataclasses.replace(f, precision="fp32")
     seed_everything(f.seed)
     optimizer, scheduler = optimizer_and_schedule(model, f, n)
     return train(model, Encoded.load(train_path), f, r, n, optimizer, scheduler, after_step=after_step,
-                 desc=desc)["loss"]
+                 desc=desc, objective=objective)["loss"]
 
 
 @torch.inference_mode()

@@ -62,15 +62,27 @@ class Prune:
     method: str
     scope: str
     ranking: str
+    criterion: str
+    momentum: float
+    pattern: str
     initial_sparsity: float
     final_sparsity: float
     begin_step: int
     end_step: int | None
+    hold_steps: int | None
     frequency: int
     power: int
     recovery_steps: int
     heads_fraction: float
     ffn_fraction: float
+
+
+@dataclass(frozen=True)
+class Distill:
+    teacher: str | None
+    temperature: float
+    weight: float
+    hidden_weight: float
 
 
 @dataclass(frozen=True)
@@ -119,10 +131,10 @@ class Variant:
         return self.source == PRETRAINED
 
 
-RECIPE = ("data", "model", "tokenize", "finetune", "prune", "quantize", "evaluate", "runtime")
-VARIANT_SECTIONS = ("finetune", "prune")  # what a variant entry may override
+RECIPE = ("data", "model", "tokenize", "finetune", "prune", "distill", "quantize", "evaluate", "runtime")
+VARIANT_SECTIONS = ("finetune", "prune", "distill")  # what a variant entry may override
 SECTIONS = {"data": Data, "model": Model, "tokenize": Tokenize, "finetune": Finetune, "prune": Prune,
-            "quantize": Quantize, "evaluate": Evaluate, "runtime": Runtime, "experiment": Experiment}
+            "distill": Distill, "quantize": Quantize, "evaluate": Evaluate, "runtime": Runtime, "experiment": Experiment}
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,7 @@ class Params:
     tokenize: Tokenize
     finetune: Finetune
     prune: Prune
+    distill: Distill
     quantize: Quantize
     evaluate: Evaluate
     runtime: Runtime
@@ -164,10 +177,10 @@ class Params:
 
     def variant(self, name: str, seed: int, mode: str = "none") -> "Params":
         """The params one (variant, seed, quantization mode) runs with: the variant's overrides, then the seed
-        and the mode. A variant's prune.method is its entry's (none when it names none), not the section's,
-        which is the CLI's."""
+        and the mode. A variant's prune.method and distill.teacher are its entry's (none when it names none), not
+        the section's, which are the CLI's."""
         v = self.variants[name]
-        changes = {"prune.method": "none"}
+        changes = {"prune.method": "none", "distill.teacher": None}
         changes |= {f"{s}.{k}": val for s, kv in v.overrides.items() for k, val in kv.items()}
         changes |= {"finetune.seed": seed, "quantize.mode": mode}
         return self.replace(changes)
@@ -203,43 +216,17 @@ def _build(raw: dict, source: str, table: bool = True, given: dict | None = None
     return p
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = copy.deepcopy(base)
-    for section, values in top.items():
-        if section == "variants" or not isinstance(values, dict) or not isinstance(out.get(section), dict):
-            out[section] = copy.deepcopy(values)
-        else:
-            out[section].update(values)
-    return out
-
-
-def _override(raw: dict, item: str) -> None:
-    """`section.key=value`, or `variants.<name>[.<section>.<key>]=value`; the value is YAML, as DVC reads it."""
-    key, sep, value = item.partition("=")
-    parts = key.split(".")
-    ok = sep and ((parts[0] != "variants" and len(parts) == 2) or (parts[0] == "variants" and len(parts) >= 2))
-    if not ok:
-        raise UserError(f"override '{item}': expected section.key=value (e.g. finetune.lr=3e-5) or "
-                        "variants.<name>.<section>.<key>=value")
-    node = raw
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = yaml.safe_load(value)
-
-
 def load(path: str | os.PathLike | None = "params.yaml", overrides: list[str] = ()) -> Params:
     """The defaults (the project's params.yaml), the file at path laid over them, then the overrides."""
     raw = io.read_yaml(DEFAULTS)
     source = "params"
     if path is not None and Path(path).resolve() != DEFAULTS:
-        raw, source = _merge(raw, io.read_yaml(Path(path))), str(path)
+        raw, source = io.merge(raw, io.read_yaml(Path(path))), str(path)
     elif path is not None:
         source = str(path)
     given = {}
     for item in overrides:
-        _override(raw, item)
+        io.override(raw, item)
         key = item.partition("=")[0]
         given[key] = given[key.split(".")[0]] = f"override -S {item}"
     return _build(raw, source, given=given)

@@ -3,8 +3,9 @@
     bertcompress prune --task mrpc --model-dir outputs/mrpc/finetune-s42 -S prune.method=oneshot
     bertcompress prune --task mrpc --model-dir outputs/mrpc/finetune-s42 -S prune.method=structured
 
-One-shot applies the gradual pruner's masks (bertcompress/masks.py) at final_sparsity at once, then optionally
-recovers with a few fine-tuning steps of the one training loop (bertcompress/loop.py). Structured pruning
+One-shot applies the gradual pruner's magnitude masks (bertcompress/masks.py, in prune.pattern) at final_sparsity
+at once, then optionally recovers with a few fine-tuning steps of the one training loop (bertcompress/loop.py);
+it ranks by magnitude whatever prune.criterion says (the other criteria score gradients while training). Structured pruning
 removes whole attention heads and FFN neurons, per layer, by weight magnitude (or first-order importance
 |w * dL/dw| when training data is given), so the saved model is physically smaller; it reloads through
 bertcompress/variant.py, which re-applies the recorded shapes. (Gradual pruning runs inside fine-tuning.)
@@ -21,7 +22,7 @@ from .glue import get_task
 from .params import Finetune, Params, UserError
 from .tokenize import Encoded
 
-READS = {"oneshot": ("method", "scope", "ranking", "final_sparsity", "recovery_steps"),
+READS = {"oneshot": ("method", "scope", "ranking", "pattern", "final_sparsity", "recovery_steps"),
          "structured": ("method", "heads_fraction", "ffn_fraction", "recovery_steps")}
 
 
@@ -32,11 +33,14 @@ def reads(p: Params) -> list[str]:
         keys += ["finetune.batch_size", "finetune.seed"]  # the importance scores' batches
     if p.prune.recovery_steps:
         keys += [f"finetune.{k}" for k in loop.STEPS_READ]
+        keys += [f"distill.{k}" for k in ("teacher", "temperature", "weight", "hidden_weight")] if p.distill.teacher else []
     return list(dict.fromkeys(keys))
 
 
-def prune(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None) -> dict:
-    """prune.method = oneshot | structured of the model in model_dir, saved to out_dir; its metrics."""
+def prune(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None,
+          teacher: str | None = None) -> dict:
+    """prune.method = oneshot | structured of the model in model_dir, saved to out_dir; its metrics. With
+    distill.teacher (and recovery steps), the recovery is distilled from `teacher` (a folder)."""
     method = params.prune.method
     if method not in READS:
         raise UserError(f"prune needs prune.method oneshot or structured, got '{method}' "
@@ -44,24 +48,31 @@ def prune(model_dir: str, out_dir: str, params: Params, task: str, train_path: s
     if params.prune.recovery_steps and not train_path:
         raise UserError(f"prune.recovery_steps={params.prune.recovery_steps} needs training data; "
                         "pass train_path or set prune.recovery_steps=0")
-    return (oneshot if method == "oneshot" else structured)(model_dir, out_dir, params, task, train_path)
+    objective = loop.plain
+    if params.distill.teacher and params.prune.recovery_steps:
+        from .distill import Distiller, teacher_of
+
+        objective = Distiller(variant.load_float(teacher_of(params, teacher), get_task(task).num_labels),
+                              params.distill)
+    return (oneshot if method == "oneshot" else structured)(model_dir, out_dir, params, task, train_path, objective)
 
 
-def oneshot(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None) -> dict:
+def oneshot(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None,
+            objective=loop.plain) -> dict:
     """Magnitude-prune a fine-tuned model to final_sparsity at once, optionally recover; save it to out_dir."""
     p = params.prune
     if "structure" in (variant.read(model_dir) or {}):
         raise UserError(f"{model_dir} is structured-pruned; one-shot pruning takes a fine-tuned folder")
     model = variant.load_float(model_dir, get_task(task).num_labels)
     # the gradual pruner with a schedule that is at final_sparsity from its first (and only) mask update
-    pruner = masks.GradualPruner(dataclasses.replace(p, initial_sparsity=p.final_sparsity, begin_step=0,
-                                                     end_step=1), 1)
+    pruner = masks.GradualPruner(dataclasses.replace(p, initial_sparsity=p.final_sparsity, begin_step=0, end_step=1,
+                                                     hold_steps=None, criterion="magnitude"), 1)  # no gradients yet
     pruner.attach(model)
     pruner.after_step(1)
     loss = None
     if p.recovery_steps:  # steps past the schedule's end only re-apply the masks
         loss = loop.steps(model, train_path, params.finetune, params.runtime, p.recovery_steps,
-                          lambda s: pruner.after_step(1 + s))
+                          lambda s: pruner.after_step(1 + s), objective=objective)
     result = {"task": task, "method": "oneshot", "base": str(model_dir), "recovery_steps": p.recovery_steps,
               "recovery_loss": loss, "sparsity": pruner.finish(model), **sizes.measure(model)}
     info = {"mode": "oneshot", "base": str(model_dir), "weights": "model.safetensors"}
@@ -91,7 +102,8 @@ def _top(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.sort(torch.topk(scores, keep).indices).values
 
 
-def structured(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None) -> dict:
+def structured(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None,
+               objective=loop.plain) -> dict:
     """Remove heads_fraction of the heads and ffn_fraction of the FFN neurons of every layer; save to out_dir."""
     p = params.prune
     model = variant.load_float(model_dir, get_task(task).num_labels)
@@ -104,7 +116,7 @@ def structured(model_dir: str, out_dir: str, params: Params, task: str, train_pa
         head += s(layer.attention.output.dense).view(-1, len(head), d).sum((0, 2))
         neuron = s(layer.intermediate.dense).sum(1) + s(layer.output.dense).sum(0)
         masks.keep(layer, _top(head, p.heads_fraction), _top(neuron, p.ffn_fraction))
-    loss = (loop.steps(model, train_path, params.finetune, params.runtime, p.recovery_steps)
+    loss = (loop.steps(model, train_path, params.finetune, params.runtime, p.recovery_steps, objective=objective)
             if p.recovery_steps else None)
     shapes = masks.structure(model)
     result = {"task": task, "method": "structured", "base": str(model_dir), "criterion": criterion,

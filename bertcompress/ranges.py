@@ -13,6 +13,7 @@ import types
 import typing
 
 PRUNE_METHODS = ("none", "gradual", "oneshot", "structured")
+CRITERIA = ("magnitude", "movement", "first_order")
 QUANTIZE_MODES = ("none", "dynamic", "dynamic_emb", "fp16", "bf16", "static", "qat")
 RESERVED = ("pretrained", "sweep", "flow", "bench", "eval")  # folders beside the variants' under outputs/
 
@@ -47,7 +48,8 @@ def check_type(where: str, value, annotation):
         if typing.get_origin(t) is list and isinstance(value, list):
             return [check_type(where, v, typing.get_args(t)[0]) for v in value]
     names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in hints)
-    raise UserError(f"{where}: expected {names}, got {value!r}; fix the value in params.yaml or the override")
+    quote = " (YAML 1.1 reads an unquoted 2:4 as the number 124: quote it)" if str in hints and isinstance(value, int) else ""
+    raise UserError(f"{where}: expected {names}, got {value!r}{quote}; fix the value in params.yaml or the override")
 
 
 def unknown(what: str, name: str, known) -> UserError:
@@ -129,6 +131,7 @@ def validate(p, table: bool = True) -> None:
     if p.evaluate.latency_runs < 0:
         raise UserError(f"evaluate.latency_runs must be >= 0 (0 = no latency), got {p.evaluate.latency_runs}")
     _validate_prune(p.prune)
+    _validate_distill(p.distill)
     _validate_quantize(p.quantize)
     if table:
         _validate_experiment(p)
@@ -136,9 +139,21 @@ def validate(p, table: bool = True) -> None:
 
 def _validate_prune(p) -> None:
     for key, known in (("method", PRUNE_METHODS), ("scope", ("classifier", "encoder", "all_linear")),
-                       ("ranking", ("layer", "global"))):
+                       ("ranking", ("layer", "global")), ("criterion", CRITERIA)):
         if getattr(p, key) not in known:
             raise UserError(f"prune.{key} '{getattr(p, key)}' is unknown; choose one of: {', '.join(known)}")
+    n_m = pattern(p.pattern)
+    if n_m and n_m[0] == "n:m" and p.method in ("gradual", "oneshot") and not math.isclose(
+            p.final_sparsity, 1 - n_m[1] / n_m[2]):
+        raise UserError(f"prune.pattern {p.pattern} keeps {n_m[1]} of every {n_m[2]} weights, so prune.final_sparsity "
+                        f"must be {1 - n_m[1] / n_m[2]:g}, got {p.final_sparsity}; set it or choose another pattern")
+    if not 0 <= p.momentum < 1:
+        raise UserError(f"prune.momentum must be in [0, 1), got {p.momentum}; snip-momentum uses 0.9")
+    if p.hold_steps is not None and p.hold_steps < 0:
+        raise UserError(f"prune.hold_steps must be >= 0 or null, got {p.hold_steps}")
+    if p.hold_steps is not None and p.end_step is not None:
+        raise UserError(f"prune.end_step ({p.end_step}) and prune.hold_steps ({p.hold_steps}) both place the "
+                        "schedule's end; set one of them to null")
     if not 0 <= p.final_sparsity < 1:
         raise UserError(f"prune.final_sparsity must be in [0, 1), got {p.final_sparsity}")
     if not 0 <= p.initial_sparsity <= p.final_sparsity:
@@ -155,6 +170,27 @@ def _validate_prune(p) -> None:
         raise UserError(f"prune.begin_step must be >= 0, got {p.begin_step}")
     if p.end_step is not None and p.end_step <= p.begin_step:
         raise UserError(f"prune.end_step ({p.end_step}) must be > prune.begin_step ({p.begin_step})")
+
+
+def pattern(name: str) -> tuple | None:
+    """None (unstructured), ('block', rows, cols) for 'RxC', ('n:m', n, m) for 'N:M'; UserError otherwise."""
+    if name == "unstructured":
+        return None
+    if m := re.fullmatch(r"([1-9]\d*)(x|:)([1-9]\d*)", name):
+        if m[2] == "x" or int(m[1]) < int(m[3]):
+            return "block" if m[2] == "x" else "n:m", int(m[1]), int(m[3])
+    raise UserError(f"prune.pattern '{name}' is unknown; choose unstructured, blocks RxC (e.g. 4x1) or N:M with "
+                    "N < M (e.g. 2:4)")
+
+
+def _validate_distill(d) -> None:  # which teacher: _validate_experiment (a variant) or finetune (a folder)
+    if d.temperature <= 0:
+        raise UserError(f"distill.temperature must be > 0, got {d.temperature}; 2.0 is usual")
+    if not 0 <= d.weight <= 1:
+        raise UserError(f"distill.weight must be in [0, 1] (loss = weight * KL + (1 - weight) * label loss), "
+                        f"got {d.weight}")
+    if d.hidden_weight < 0:
+        raise UserError(f"distill.hidden_weight must be >= 0, got {d.hidden_weight}")
 
 
 def _validate_quantize(q) -> None:
@@ -190,11 +226,18 @@ def _validate_experiment(p) -> None:
                 method = p.variant(v.name, e.seeds[0], mode).prune.method
             except UserError as err:
                 raise UserError(f"variants.{v.name}: {err}") from None
-        allowed = ("none", "gradual") if v.finetuned else ("oneshot", "structured")
+        allowed = ("none", "gradual") if v.finetuned else ("gradual", "oneshot", "structured")
         if method not in allowed:
             made = "fine-tuned from pretrained" if v.finetuned else f"made from variant '{v.source}'"
             raise UserError(f"variants.{v.name} is {made}, so its prune.method must be {' or '.join(allowed)}, "
                             f"got '{method}'; set variants.{v.name}.prune.method")
+        above = list(p.variants)[:list(p.variants).index(v.name)]
+        if (teacher := p.variant(v.name, e.seeds[0]).distill.teacher) is not None and teacher not in above:
+            raise UserError(f"variants.{v.name}: distill.teacher '{teacher}' is not a variant listed above it; "
+                            f"name one of: {', '.join(above) or 'none (list the teacher first)'}")
+        if teacher is not None and method in ("oneshot", "structured") and not p.variant(v.name, e.seeds[0]).prune.recovery_steps:
+            raise UserError(f"variants.{v.name}: distillation trains the model, and a {method} pruning trains only "
+                            "in its recovery steps; set prune.recovery_steps > 0 or remove distill.teacher")
     base = p.variants[e.baseline]
     if e.lr_candidates and "lr" in base.overrides.get("finetune", {}):
         raise UserError(f"variants.{e.baseline} sets finetune.lr, but the lr sweep (experiment.lr_candidates) "

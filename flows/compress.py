@@ -64,10 +64,13 @@ def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file
         rows = []
         for seed in p.experiment.seeds:
             models = {}
-            for name, v in p.variants.items():  # a variant comes after the one it is made from
-                models[name] = (finetune.submit(task, name, seed, p, base, data["train"], data["validation"], parent)
-                                if v.finetuned else
-                                prune.submit(task, name, seed, p, models[v.source], data["train"], parent))
+            for name, v in p.variants.items():  # a variant comes after the one it is made from (and its teacher)
+                start, teacher = base if v.finetuned else models[v.source], variants.teacher(p, name, seed)
+                teacher = models[teacher] if teacher else None
+                models[name] = (finetune.submit(task, name, seed, p, start, data["train"], data["validation"], parent,
+                                                teacher=teacher)
+                                if variants.make_step(p, name) == "finetune" else
+                                prune.submit(task, name, seed, p, start, data["train"], parent, teacher=teacher))
                 rows.append(evaluate.submit(task, name, "none", seed, p, models[name], data["validation"], parent))
                 for mode in v.quantize:
                     q = quantize.submit(task, name, mode, seed, p, models[name], data["train"], parent)

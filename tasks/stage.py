@@ -115,14 +115,19 @@ def variant(p: P.Params, name: str, parent: str) -> None:
         for seed in p.experiment.seeds:
             out, common = f"outputs/{name}/{task}-s{seed}", {"task": task, "name": name, "seed": seed, "p": q,
                                                               "parent": parent}
-            if v.finetuned:
+            start = PRETRAINED if v.finetuned else f"outputs/{v.source}/{task}-s{seed}"
+            teacher = variants.teacher(p, name, seed)
+            if teacher and not Path(f"outputs/{teacher}/{task}-s{seed}").is_dir():  # dvc.yaml orders by `from`
+                raise P.UserError(f"variants.{name} distils from '{teacher}', whose outputs/{teacher}/{task}-s{seed} "
+                                  f"is not made yet; run `dvc repro variant@{teacher}` first, or make it `from` it")
+            teacher = f"outputs/{teacher}/{task}-s{seed}" if teacher else None
+            if variants.make_step(p, name) == "finetune":
                 reuse = sorted(Path("outputs/sweep").glob("*-lr*[0-9]")) if name == p.experiment.baseline else []
-                made("finetune", {**common, "base": PRETRAINED, "train": data["train"],
-                                  "validation": data["validation"]}, out, reuse)
+                made("finetune", {**common, "base": start, "train": data["train"], "validation": data["validation"],
+                                  "teacher": teacher}, out, reuse)
                 history += [{"task": task, "seed": seed, **r} for r in io.read_json(f"{out}/metrics.json")["history"]]
             else:
-                made("prune", {**common, "model_dir": f"outputs/{v.source}/{task}-s{seed}", "train": data["train"]},
-                     out)
+                made("prune", {**common, "model_dir": start, "train": data["train"], "teacher": teacher}, out)
             rows = {}
             for mode in ["none", *v.quantize]:
                 model = out if mode == "none" else made("quantize", {**common, "mode": mode, "model_dir": out,

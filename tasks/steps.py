@@ -118,13 +118,15 @@ def pretrained(p: Params, out: str) -> str:
 
 @task(name="finetune", task_run_name=_run_name, **CACHED)
 def finetune(task: str, name: str, seed: int, p: Params, base: str, train: str, validation: str,
-             parent: str | None = None, out: str | None = None) -> str:
-    """Fine-tune one variant from the base model (prune.method=gradual: under its schedule); per-epoch metrics
-    go to MLflow as they come."""
+             parent: str | None = None, out: str | None = None, teacher: str | None = None) -> str:
+    """Fine-tune one variant from the base model or from another variant's (prune.method=gradual: under its
+    schedule; distill.teacher: distilled from that variant's model, `teacher`); per-epoch metrics go to MLflow
+    as they come."""
     q, out = p.variant(name, seed), out_dir("finetune", locals(), out)
     with tracking.variant_run(parent, task, p, name, seed, tags=_data_tags(train=train, validation=validation)) as run:
         tracking.log_datasets(run, task, training=train, validation=validation)
-        result = core_finetune.finetune(q, task, train, validation, out, tracking.epoch_logger(run), base=base)
+        result = core_finetune.finetune(q, task, train, validation, out, tracking.epoch_logger(run), base=base,
+                                        teacher=teacher)
         tracking.log_result(run, "finetune", result)
         tracking.log_figure(run, figures.history(result["history"]), "plots/history.png")
     return out
@@ -132,12 +134,13 @@ def finetune(task: str, name: str, seed: int, p: Params, base: str, train: str, 
 
 @task(name="prune", task_run_name=_run_name, **CACHED)
 def prune(task: str, name: str, seed: int, p: Params, model_dir: str, train: str, parent: str | None = None,
-          out: str | None = None) -> str:
-    """Prune the model of the variant this one is made from (prune.method = oneshot | structured)."""
+          out: str | None = None, teacher: str | None = None) -> str:
+    """Prune the model of the variant this one is made from (prune.method = oneshot | structured); its recovery
+    steps distilled from `teacher` when the variant names one."""
     q, out = p.variant(name, seed), out_dir("prune", locals(), out)
     with tracking.variant_run(parent, task, p, name, seed, tags=_data_tags(train=train)) as run:
         tracking.log_datasets(run, task, training=train)  # importance scores and recovery steps read it
-        tracking.log_result(run, "prune", core_prune.prune(model_dir, out, q, task, train))
+        tracking.log_result(run, "prune", core_prune.prune(model_dir, out, q, task, train, teacher))
     return out
 
 

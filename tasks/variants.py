@@ -23,7 +23,7 @@ from bertcompress.params import PRETRAINED, Params
 PACKAGE = Path(finetune.__file__).parent
 MODULES = {"download": glue, "tokenize": tokenize, "pretrained": model, "finetune": finetune, "prune": prune,
            "quantize": quantize, "evaluate": evaluate}
-FILES = ("data_dir", "base", "model_dir", "train", "validation")  # task arguments that name inputs
+FILES = ("data_dir", "base", "model_dir", "train", "validation", "teacher")  # task arguments that name inputs
 
 
 def reads(step: str, q: Params) -> dict:
@@ -34,8 +34,15 @@ def reads(step: str, q: Params) -> dict:
 
 
 def make_step(p: Params, name: str) -> str:
-    """finetune for a variant made from the pretrained model, prune for one made from another variant."""
-    return "finetune" if p.variants[name].source == PRETRAINED else "prune"
+    """finetune for a variant made from the pretrained model or trained on from another variant (gradual pruning),
+    prune for one pruned at once (oneshot, structured) from another variant."""
+    v = p.variants[name]
+    return "finetune" if v.finetuned or v.overrides.get("prune", {}).get("method") == "gradual" else "prune"
+
+
+def teacher(p: Params, name: str, seed: int) -> str | None:
+    """The variant this one is distilled from (distill.teacher), if any."""
+    return p.variant(name, seed).distill.teacher
 
 
 def chain(p: Params, name: str) -> list[str]:

@@ -116,6 +116,24 @@ def test_structured_removes_heads_and_neurons(tiny_run, tiny_params, tiny_mrpc, 
         load_model(str(out), 2)
 
 
+def test_structured_recovery_distilled_from_its_source_reloads_identically(tiny_run, tiny_params, tiny_mrpc, tmp_path):
+    dense, _ = tiny_run
+    before = load_file(dense / "model.safetensors")
+    p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.5, "prune.ffn_fraction": 0.5,
+                             "prune.recovery_steps": 2, "distill.teacher": str(dense), "distill.hidden_weight": 1.0})
+    out = tmp_path / "distilled"
+    result = prune.prune(str(dense), str(out), p, "mrpc", tiny_mrpc["train"], teacher=str(dense))
+    assert result["structure"] == {"heads": [6] * 6, "intermediate": [768] * 6} and result["recovery_loss"] > 0
+    assert all(torch.equal(before[k], v) for k, v in load_file(dense / "model.safetensors").items())  # teacher kept
+    data = Encoded.load(tiny_mrpc["validation"])
+    model = load_variant(str(out), 2)
+    assert sum(t.numel() for t in model.parameters()) == result["parameters"] < result["parameters_before"]
+    _, again = predict(load_variant(str(out), 2), data)
+    assert (predict(model, data)[1] == again).all()
+    assert "distill.teacher" in prune.reads(p) and "distill.teacher" not in prune.reads(
+        p.replace({"prune.recovery_steps": 0}))
+
+
 def test_structured_by_magnitude_predicts_like_before_when_removing_nothing(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     dense, _ = tiny_run
     p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.0, "prune.ffn_fraction": 0.0})

@@ -43,7 +43,7 @@ def test_the_readme_entry_is_one_variant():
     p = P.load(None, [f"variants.gradual80={yaml.safe_dump(readme_entry()['gradual80'], default_flow_style=True)}"])
     q = p.variant("gradual80", 42)
     assert q.prune.method == "gradual" and q.prune.final_sparsity == 0.8
-    assert p.variant("gradual", 42).prune.final_sparsity == 0.5  # the other entries are untouched
+    assert p.variant("gradual", 42).flat() == P.defaults().variant("gradual", 42).flat()  # the others untouched
 
 
 def test_an_added_variant_runs_is_logged_and_reported(flow):
@@ -81,8 +81,9 @@ def test_each_step_reads_only_its_leaf_params():
     dense, gradual, oneshot = (p.variant(n, 42) for n in ("dense", "gradual", "oneshot"))
     assert not [k for k in variants.reads("finetune", dense) if k.startswith("prune.")]
     assert {"prune.final_sparsity", "prune.end_step", "prune.frequency"} <= set(variants.reads("finetune", gradual))
-    assert set(variants.reads("prune", oneshot)) == {"prune.method", "prune.scope", "prune.ranking",
+    assert set(variants.reads("prune", oneshot)) == {"prune.method", "prune.scope", "prune.ranking", "prune.pattern",
                                                      "prune.final_sparsity", "prune.recovery_steps"}
+    assert {"distill.teacher", "prune.criterion", "prune.momentum"} <= set(variants.reads("finetune", gradual))
     assert variants.reads("quantize", p.variant("dense", 42, "dynamic")) == {"quantize.mode": "dynamic"}
     every = {k for step in variants.MODULES for q in (dense, gradual, oneshot)
              if (step == "prune") == (q is oneshot) for k in variants.reads(step, q)}

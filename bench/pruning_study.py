@@ -1,0 +1,190 @@
+"""The pruning study (issue: pruning that keeps accuracy at 80–90 %): on one GPU, per task and seed, the dense
+fine-tune, then gradual pruning of it to each sparsity by each criterion, with and without distillation from it.
+
+    # on the lent GPU (needs only the core package; .carry/ from ../shared/tools/make_gpu_carry.py)
+    python3 bench/pruning_study.py run mrpc:42,43,44:magnitude,first_order:0.5,0.7,0.8,0.9:both --jobs 12 \
+        --json $OUT/study.json
+    # here: tables and figures from the rows
+    python bench/pruning_study.py report bench/results/pruning-study.json    # -> bench/RESULTS-pruning.md
+
+Every run is the pipeline's own fine-tune (bertcompress/finetune.py: CUDA graphs, the teacher's forward inside
+the captured step): a pruned variant is `from: dense`, `prune.method: gradual` with the criterion, ranking and
+pattern given, trained for its own epochs and lr (RECIPES), distilled from that seed's dense model when
+`distill` is on. Runs share the one GPU as parallel processes; rows are written as each run ends, so a call cut
+short keeps what finished. `cost` first times a dense and a distilled pruned epoch alone, one after the other.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROOT = Path(os.environ.get("STUDY_ROOT", "/dev/shm/pruning-study"))
+# per task: the dense fine-tune's lr (MiniLM's best, ../shared/notes/pruning-recipes.md) and the pruning runs'
+# epochs and lr; dense keeps the seed's 3 epochs
+RECIPES = {"mrpc": {"dense_lr": 1e-4, "epochs": 15, "lr": 1e-4},
+           "cola": {"dense_lr": 5e-5, "epochs": 10, "lr": 1e-4},
+           "sst2": {"dense_lr": 2e-5, "epochs": 3, "lr": 5e-5}}
+DISTILL = ["distill.temperature=2.0", "distill.weight=1.0", "distill.hidden_weight=1.0"]
+
+
+def overrides(task: str, cfg: dict) -> list[str]:
+    r = RECIPES[task]
+    if cfg["variant"] == "dense":
+        return [f"finetune.lr={r['dense_lr']}"]
+    sets = [f"finetune.lr={r['lr']}", f"finetune.epochs={cfg.get('epochs', r['epochs'])}", "prune.method=gradual",
+            f"prune.criterion={cfg['criterion']}", f"prune.final_sparsity={cfg['sparsity']}",
+            f"prune.ranking={cfg.get('ranking', 'global')}", f"prune.pattern={cfg.get('pattern', 'unstructured')}",
+            "prune.frequency=10", "prune.power=3"]
+    return sets + (DISTILL if cfg["distill"] else [])
+
+
+def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int | None = None,
+        device: str = "cuda") -> dict:
+    """One fine-tune (dense, or gradual pruning of the seed's dense model); its study row."""
+    import numpy as np
+
+    from bertcompress import params as P
+    from bertcompress.finetune import finetune
+    from bertcompress.metrics import headline
+    from bertcompress.tokenize import Encoded
+
+    dense = ROOT / "models" / f"{task}-s{seed}-dense"
+    out = dense if cfg["variant"] == "dense" else ROOT / "models" / f"{task}-s{seed}-{cfg['variant']}"
+    sets = [f"model.name={model}", f"finetune.seed={seed}", "runtime.threads=1", "finetune.precision=tf32",
+            *overrides(task, cfg)]
+    sets += [f"finetune.max_steps={max_steps}"] if max_steps else []
+    if cfg["variant"] != "dense" and cfg["distill"]:
+        sets.append(f"distill.teacher={dense}")
+    p = P.load(None, sets)
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    m = finetune(p, task, data["train"], data["validation"], str(out), device=device,
+                 base=None if cfg["variant"] == "dense" else str(dense))
+    labels = Encoded.load(data["validation"]).labels
+    row = {"task": task, "variant": cfg["variant"], "criterion": cfg.get("criterion"), "distill": cfg["distill"],
+           "ranking": cfg.get("ranking", "global") if cfg["variant"] != "dense" else None,
+           "pattern": cfg.get("pattern", "unstructured") if cfg["variant"] != "dense" else None,
+           "target_sparsity": cfg.get("sparsity", 0.0),
+           "achieved_sparsity": m.get("sparsity", {}).get("overall", 0.0), "seed": seed,
+           "accuracy": m.get("val_accuracy"), "metric": headline(task, m), "lr": p.finetune.lr,
+           "epochs": m["epochs"], "steps": m["steps"], "train_seconds": m["train_seconds"],
+           "wall_seconds": time.perf_counter() - t0, "train_samples_per_second": m["train_samples_per_second"],
+           "majority_accuracy": float(np.bincount(labels).max() / len(labels)) if labels.dtype.kind != "f" else None,
+           "history": [{k: v for k, v in h.items()} for h in m["history"]]}
+    if out != dense:
+        shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def jobs_of(specs: list[str]) -> list[tuple]:
+    """task:seeds:criteria:sparsities:distill, e.g. mrpc:42,43:first_order,movement@layer:0.8,0.9:both
+    (criterion@ranking, default global; distill kd | none | both): one job per combination, in spec order."""
+    jobs = []
+    for spec in specs:
+        task, seeds, criteria, sparsities, distill = spec.split(":")
+        for seed in map(int, seeds.split(",")):
+            for s in map(float, sparsities.split(",")):
+                for crit in criteria.split(","):
+                    crit, _, ranking = crit.partition("@")
+                    for kd in {"kd": (True,), "none": (False,), "both": (True, False)}[distill]:
+                        name = f"{crit}{'_' + ranking if ranking else ''}{round(s * 100)}{'_kd' if kd else ''}"
+                        jobs.append((task, seed, {"variant": name, "criterion": crit, "sparsity": s, "distill": kd,
+                                                  "ranking": ranking or "global"}))
+    return jobs
+
+
+def cost(task: str, data: dict, model: str, seed: int) -> dict:
+    """samples/s of a dense epoch and of a distilled first-order pruning epoch, alone on the GPU."""
+    rows = {}
+    for cfg in ({"variant": "dense", "distill": False},
+                {"variant": "cost_kd", "criterion": "first_order", "sparsity": 0.9, "distill": True}):
+        r = one(task, seed, cfg, data, model, max_steps=None if cfg["variant"] == "dense" else 115)
+        rows[cfg["variant"]] = r["train_samples_per_second"]
+    rows["ratio"] = rows["cost_kd"] / rows["dense"]
+    return rows
+
+
+def run(args) -> None:
+    import torch
+
+    from bertcompress import params as P
+    from bertcompress.tokenize import prepared
+
+    started, rows = time.time(), []
+    limit = [f"data.max_train_samples={args.limit}", f"data.max_eval_samples={args.limit}"] if args.limit else []
+    tasks = list(dict.fromkeys(spec.split(":")[0] for spec in args.spec))
+    data = {t: prepared(t, P.load(None, [f"data.source={args.glue_dir}", f"model.name={args.model}", *limit]),
+                        str(ROOT / "glue"), str(ROOT / "tok")) for t in tasks}
+    info = {"gpu": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__, "jobs": args.jobs, "rows": rows}
+
+    def save():
+        info["wall_seconds"] = time.time() - started
+        Path(args.json).write_text(json.dumps(info, indent=1))
+
+    if args.cost:
+        info["cost"] = cost(tasks[0], data[tasks[0]], args.model, 42)
+        print("cost", info["cost"], flush=True)
+        save()
+    jobs = jobs_of(args.spec)
+    dense = list(dict.fromkeys((t, s) for t, s, _ in jobs))  # in spec order: the first task's run first
+    ready = [(t, s, {"variant": "dense", "distill": False}) for t, s in dense]
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        running: dict = {}
+        while ready or running:
+            while ready and len(running) < args.jobs:  # the pool never queues: the next ready job by spec order
+                t, s, cfg = ready.pop(0)
+                running[pool.submit(one, t, s, cfg, data[t], args.model, device=args.device)] = (t, s, cfg["variant"])
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                key = running.pop(fut)
+                try:
+                    row = fut.result()
+                except Exception as e:  # noqa: BLE001 — one failed run is reported, the study goes on
+                    print(f"FAILED {key}: {type(e).__name__}: {e}", flush=True)
+                    continue
+                rows.append(row)
+                print(f"{row['task']} s{row['seed']} {row['variant']}: acc {row['accuracy']} metric "
+                      f"{row['metric']:.4f} sparsity {row['achieved_sparsity']:.3f} {row['wall_seconds']:.0f}s "
+                      f"[{time.time() - started:.0f}s]", flush=True)
+                save()
+                if row["variant"] == "dense":  # its pruned runs become ready, kept in spec order
+                    ready += [j for j in jobs if j[:2] == (row["task"], row["seed"])]
+                    ready.sort(key=lambda j: jobs.index(j) if j in jobs else -1)
+    save()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("spec", nargs="+", help="task:seeds:criteria:sparsities:distill (see jobs_of)")
+    r.add_argument("--cost", action="store_true", help="first time a dense and a distilled pruned epoch alone")
+    r.add_argument("--jobs", type=int, default=8)
+    r.add_argument("--device", default="cuda", help="cuda; cpu with --limit for a smoke run")
+    r.add_argument("--limit", type=int, help="first N train and validation rows only (a smoke run)")
+    r.add_argument("--model", default=".carry/minilm")
+    r.add_argument("--glue-dir", default=".carry/glue")
+    r.add_argument("--json", required=True)
+    rep = sub.add_parser("report")
+    rep.add_argument("rows", nargs="+")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        run(args)
+    else:
+        from pruning_report import report  # bench/pruning_report.py: tables and figures, here
+
+        report(args.rows)
+
+
+if __name__ == "__main__":
+    main()
