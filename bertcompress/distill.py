@@ -20,6 +20,8 @@ from torch import nn
 from .loop import loss_of
 from .params import Distill, Params, UserError
 
+READS = ("teacher", "temperature", "weight", "hidden_weight")  # the distill.* keys a distilled step's result reads
+
 
 def loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, d: Distill,
          hidden: tuple[tuple, tuple] | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:

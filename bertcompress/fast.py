@@ -5,9 +5,9 @@ took ~15 ms eagerly on an H100, almost all of it host overhead (bench/profile_st
 (batch, width) shape runs eagerly — a real training step — and the same step is then captured; later batches
 of that shape copy their tensors into the graph's static inputs and replay it as one launch. All graphs share
 the parameters, the gradient buffers (allocated once, zeroed inside each graph) and the optimizer state, which
-needs AdamW(capturable=True) with a tensor learning rate that the scheduler fills in place. The gradients stay in .grad after a replay (the pruning
-scores read them). The attention mask
-goes in as a ready 4-D mask, so transformers makes no data-dependent check (a host sync, which capture forbids).
+needs AdamW(capturable=True) with a tensor learning rate that the scheduler fills in place. The gradients stay
+in .grad after a replay (the pruning scores read them). The attention mask goes in as a ready 4-D mask, so
+transformers makes no data-dependent check (a host sync, which capture forbids).
 """
 from __future__ import annotations
 

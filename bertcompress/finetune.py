@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 
 from . import checkpoint, distributed, io, loop, masks, metrics
 from .glue import get_task
+from .distill import READS as distill_reads
 from .distill import Distiller, teacher_of
 from .model import load_model, load_tokenizer
 from .params import Params, UserError
@@ -35,14 +36,13 @@ RECIPE = ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "seed", 
           "pad_to_multiple", "precision")
 GRADUAL = ("method", "scope", "ranking", "criterion", "pattern", "initial_sparsity", "final_sparsity", "begin_step",
            "end_step", "hold_steps", "frequency", "power")
-DISTILL = ("teacher", "temperature", "weight", "hidden_weight")
 
 
 def reads(p: Params) -> list[str]:
     """The params keys a fine-tune's result depends on (besides its inputs: the base model and the data)."""
     pruning = [f"prune.{k}" for k in GRADUAL] if p.prune.method == "gradual" else []
     pruning += ["prune.momentum"] if pruning and p.prune.criterion == "first_order" else []
-    distill = [f"distill.{k}" for k in DISTILL] if p.distill.teacher else []
+    distill = [f"distill.{k}" for k in distill_reads] if p.distill.teacher else []
     return [f"finetune.{k}" for k in RECIPE] + pruning + distill + ["evaluate.batch_size"]  # + per-epoch validation
 
 

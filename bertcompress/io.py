@@ -156,7 +156,7 @@ def override(raw: dict, item: str) -> None:
     ok = sep and ((parts[0] != "variants" and len(parts) == 2) or (parts[0] == "variants" and len(parts) >= 2))
     if not ok:
         raise ranges.UserError(f"override '{item}': expected section.key=value (e.g. finetune.lr=3e-5) or "
-                        "variants.<name>.<section>.<key>=value")
+                               "variants.<name>.<section>.<key>=value")
     node = raw
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):

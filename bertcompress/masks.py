@@ -152,8 +152,8 @@ class GradualPruner:
         due = p.begin_step <= step <= self.end and ((step - p.begin_step) % p.frequency == 0 or step == self.end)
         if due:
             if self.scores:  # the pruned stay pruned: their score is the lowest there is
-                scores = {n: torch.where(m.weight_mask.bool(), s, -torch.inf)
-                          for (n, m), s in zip(self.modules.items(), self.scores.values())}
+                scores = {n: torch.where(self.modules[n].weight_mask.bool(), s, -torch.inf)
+                          for n, s in self.scores.items()}
             else:
                 scores = {n: (m.weight_orig * m.weight_mask).abs() for n, m in self.modules.items()}
             for n, mask in top_masks(scores, self.sparsity_at(step), p.ranking, p.pattern).items():

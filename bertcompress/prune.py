@@ -5,8 +5,8 @@
 
 One-shot applies the gradual pruner's magnitude masks (bertcompress/masks.py, in prune.pattern) at final_sparsity
 at once, then optionally recovers with a few fine-tuning steps of the one training loop (bertcompress/loop.py);
-it ranks by magnitude whatever prune.criterion says (the other criteria score gradients while training). Structured pruning
-removes whole attention heads and FFN neurons, per layer, by weight magnitude (or first-order importance
+it ranks by magnitude whatever prune.criterion says (the other criteria score gradients while training).
+Recovery steps are distilled from a teacher when distill.teacher is set. Structured pruning removes whole attention heads and FFN neurons, per layer, by weight magnitude (or first-order importance
 |w * dL/dw| when training data is given), so the saved model is physically smaller; it reloads through
 bertcompress/variant.py, which re-applies the recorded shapes. (Gradual pruning runs inside fine-tuning.)
 """
@@ -17,7 +17,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from . import loop, masks, sizes, variant
+from . import distill, loop, masks, sizes, variant
 from .glue import get_task
 from .params import Finetune, Params, UserError
 from .tokenize import Encoded
@@ -33,7 +33,7 @@ def reads(p: Params) -> list[str]:
         keys += ["finetune.batch_size", "finetune.seed"]  # the importance scores' batches
     if p.prune.recovery_steps:
         keys += [f"finetune.{k}" for k in loop.STEPS_READ]
-        keys += [f"distill.{k}" for k in ("teacher", "temperature", "weight", "hidden_weight")] if p.distill.teacher else []
+        keys += [f"distill.{k}" for k in distill.READS] if p.distill.teacher else []
     return list(dict.fromkeys(keys))
 
 
@@ -50,10 +50,8 @@ def prune(model_dir: str, out_dir: str, params: Params, task: str, train_path: s
                         "pass train_path or set prune.recovery_steps=0")
     objective = loop.plain
     if params.distill.teacher and params.prune.recovery_steps:
-        from .distill import Distiller, teacher_of
-
-        objective = Distiller(variant.load_float(teacher_of(params, teacher), get_task(task).num_labels),
-                              params.distill)
+        objective = distill.Distiller(variant.load_float(distill.teacher_of(params, teacher),
+                                                         get_task(task).num_labels), params.distill)
     return (oneshot if method == "oneshot" else structured)(model_dir, out_dir, params, task, train_path, objective)
 
 

@@ -231,11 +231,11 @@ def _validate_experiment(p) -> None:
             made = "fine-tuned from pretrained" if v.finetuned else f"made from variant '{v.source}'"
             raise UserError(f"variants.{v.name} is {made}, so its prune.method must be {' or '.join(allowed)}, "
                             f"got '{method}'; set variants.{v.name}.prune.method")
-        above = list(p.variants)[:list(p.variants).index(v.name)]
-        if (teacher := p.variant(v.name, e.seeds[0]).distill.teacher) is not None and teacher not in above:
+        above, q = list(p.variants)[:list(p.variants).index(v.name)], p.variant(v.name, e.seeds[0])
+        if (teacher := q.distill.teacher) is not None and teacher not in above:
             raise UserError(f"variants.{v.name}: distill.teacher '{teacher}' is not a variant listed above it; "
                             f"name one of: {', '.join(above) or 'none (list the teacher first)'}")
-        if teacher is not None and method in ("oneshot", "structured") and not p.variant(v.name, e.seeds[0]).prune.recovery_steps:
+        if teacher is not None and method in ("oneshot", "structured") and not q.prune.recovery_steps:
             raise UserError(f"variants.{v.name}: distillation trains the model, and a {method} pruning trains only "
                             "in its recovery steps; set prune.recovery_steps > 0 or remove distill.teacher")
     base = p.variants[e.baseline]
