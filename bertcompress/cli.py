@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from . import distributed, glue, io, stop
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except P.UserError as e:
         if distributed.is_main():  # every rank makes the same checks: one line, not one per process
             print(f"error: {e}", file=sys.stderr)
+        else:  # torchrun stops every rank once one exits: give rank 0, a step behind on a busy machine, time to say why
+            time.sleep(3)
         return 2
     except stop.Stopped as e:
         print(e, file=sys.stderr)
