@@ -177,14 +177,14 @@ STEPS_READ = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group
 
 
 def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=None, desc: str = "recover",
-          objective: Callable = plain) -> float:
-    """n steps of the seed recipe on a model already in memory, on the CPU and in fp32 (recovery after pruning,
-    QAT: finetune.precision is the GPU fine-tune's); the mean training loss. It reads finetune.<STEPS_READ>."""
-    f = dataclasses.replace(f, precision="fp32")
+          objective: Callable = plain, device: str = "cpu") -> float:
+    """n steps of the seed recipe on a model already in memory (and on `device`: in finetune.precision on a GPU,
+    fp32 on the CPU) for recovery after pruning and QAT; the mean training loss. Reads finetune.<STEPS_READ>."""
+    f = dataclasses.replace(f, precision=f.precision if device.startswith("cuda") else "fp32")
     seed_everything(f.seed)
-    optimizer, scheduler = optimizer_and_schedule(model, f, n)
-    return train(model, Encoded.load(train_path), f, r, n, optimizer, scheduler, after_step=after_step,
-                 desc=desc, objective=objective)["loss"]
+    optimizer, scheduler = optimizer_and_schedule(model, f, n, use_graphs(f, r, device))
+    return train(model, Encoded.load(train_path).to(device), f, r, n, optimizer, scheduler, device,
+                 after_step=after_step, desc=desc, objective=objective)["loss"]
 
 
 @torch.inference_mode()

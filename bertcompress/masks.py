@@ -189,7 +189,7 @@ def keep(layer: nn.Module, heads: torch.Tensor, neurons: torch.Tensor) -> None:
     """Physically keep only these attention heads and FFN neurons of one BertLayer."""
     att = layer.attention.self
     d = att.attention_head_size
-    rows = (heads[:, None] * d + torch.arange(d)).flatten()
+    rows = (heads[:, None] * d + torch.arange(d, device=heads.device)).flatten()
     for name in ("query", "key", "value"):
         setattr(att, name, prune_linear_layer(getattr(att, name), rows, dim=0))
     layer.attention.output.dense = prune_linear_layer(layer.attention.output.dense, rows, dim=1)

@@ -73,6 +73,7 @@ class Prune:
     frequency: int
     power: int
     recovery_steps: int
+    stages: int
     heads_fraction: float
     ffn_fraction: float
 

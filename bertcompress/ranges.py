@@ -164,10 +164,12 @@ def _validate_prune(p) -> None:
     for key in ("heads_fraction", "ffn_fraction"):
         if not 0 <= getattr(p, key) < 1:
             raise UserError(f"prune.{key} must be in [0, 1), got {getattr(p, key)}")
-    if p.recovery_steps < 0:
-        raise UserError(f"prune.recovery_steps must be >= 0, got {p.recovery_steps}")
-    if p.begin_step < 0:
-        raise UserError(f"prune.begin_step must be >= 0, got {p.begin_step}")
+    for key in ("recovery_steps", "begin_step"):
+        if getattr(p, key) < 0:
+            raise UserError(f"prune.{key} must be >= 0, got {getattr(p, key)}")
+    if not 1 <= p.stages <= max(1, p.recovery_steps):
+        raise UserError(f"prune.stages must be in [1, prune.recovery_steps={p.recovery_steps}] (each stage removes "
+                        f"more heads and neurons, then recovers), got {p.stages}")
     if p.end_step is not None and p.end_step <= p.begin_step:
         raise UserError(f"prune.end_step ({p.end_step}) must be > prune.begin_step ({p.begin_step})")
 

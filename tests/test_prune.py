@@ -134,6 +134,30 @@ def test_structured_recovery_distilled_from_its_source_reloads_identically(tiny_
         p.replace({"prune.recovery_steps": 0}))
 
 
+def test_structured_in_stages_removes_along_the_schedule_and_recovers_after_each(tiny_run, tiny_params, tiny_mrpc,
+                                                                                tmp_path, monkeypatch):
+    dense, _ = tiny_run
+    p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.5, "prune.ffn_fraction": 0.5,
+                             "prune.recovery_steps": 4, "prune.stages": 3})
+    seen, steps = [], loop.steps
+
+    def recovery(model, train_path, f, r, n, **kw):  # the real steps, after noting the shape they train
+        shape = masks.structure(model)
+        seen.append((shape["heads"][0], shape["intermediate"][0], n))
+        return steps(model, train_path, f, r, n, **kw)
+
+    monkeypatch.setattr(loop, "steps", recovery)
+    result = prune.prune(str(dense), str(tmp_path / "staged"), p, "mrpc", tiny_mrpc["train"])
+    # cubic shares 1 - (1 - i/3)^3 = 0.70, 0.96, 1 of the final 50 %: 12 heads -> 8, 6, 6; 1536 neurons -> 996, 796, 768
+    assert seen == [(8, 996, 1), (6, 796, 1), (6, 768, 2)]
+    assert result["structure"] == {"heads": [6] * 6, "intermediate": [768] * 6} and result["stages"] == 3
+    assert sum(t.numel() for t in load_variant(str(tmp_path / "staged"), 2).parameters()) == result["parameters"]
+    assert {"prune.stages", "prune.power"} <= set(prune.reads(p))
+    assert "prune.power" not in prune.reads(p.replace({"prune.stages": 1}))
+    with pytest.raises(P.UserError, match=r"prune.stages must be in \[1, prune.recovery_steps=4\]"):
+        p.replace({"prune.stages": 5})
+
+
 def test_structured_by_magnitude_predicts_like_before_when_removing_nothing(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     dense, _ = tiny_run
     p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.0, "prune.ffn_fraction": 0.0})
