@@ -3,6 +3,7 @@ bench/compression.py evaluates them (accuracy, sizes, latency) like the others.
 
     # on the GPU machine ($OUT comes back: at most 8 files of 16 MiB, 64 MiB in all); needs only the core package
     python3 bench/gpu_variants.py pack --model .carry/minilm --glue-dir .carry/glue --out $OUT gradual80 gradual90
+    python3 bench/gpu_variants.py carry dense=/dev/shm/pruning-study/models/mrpc-s42-dense --out $OUT  # made there
     # here
     python bench/gpu_variants.py unpack /work/.device/N        # -> outputs/bench/mrpc/<variant>/
 
@@ -30,36 +31,50 @@ PART = 15 * 2**20
 
 
 def pack(args) -> None:
-    import torch
-    from safetensors.torch import load_file, save_file
-
     from bertcompress import params as P
     from bertcompress.finetune import finetune
     from bertcompress.tokenize import prepared
 
     p = P.load(args.params, [f"model.name={args.model}", f"data.source={args.glue_dir}", *args.set])
     data, root = prepared(args.task, p, "/tmp/gv/glue", "/tmp/gv/tok"), Path("/tmp/gv/models")
+    folders = {}
+    for name in args.variants:
+        if name not in p.variants or not p.variants[name].finetuned:
+            raise SystemExit(f"error: {name} is no fine-tuned variant of {args.params}; build pruned ones here")
+        out = folders[name] = root / name
+        metrics = finetune(p.variant(name, p.experiment.seeds[0]), args.task, data["train"], data["validation"],
+                           str(out))
+        print(f"{name}: val acc {metrics['val_accuracy']:.4f} F1 {metrics.get('val_f1', 0):.4f}", flush=True)
+    write(folders, Path(args.out))
+
+
+def carry(args) -> None:
+    """Pack fine-tuned folders made by another bench (e.g. bench/pruning_study.py's dense models) as NAME=FOLDER."""
+    write({name: Path(folder) for name, folder in (x.split("=", 1) for x in args.folders)}, Path(args.out))
+
+
+def write(folders: dict, out_dir: Path) -> None:
+    """The folders' files, weights as fp16, in a gzip'd tar cut into PART-sized files under out_dir."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name in args.variants:
-            if name not in p.variants or not p.variants[name].finetuned:
-                raise SystemExit(f"error: {name} is no fine-tuned variant of {args.params}; build pruned ones here")
-            out = root / name
-            metrics = finetune(p.variant(name, p.experiment.seeds[0]), args.task, data["train"], data["validation"],
-                               str(out))
-            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(out / "model.safetensors").items()}
-            save_file(tensors, out / "model.fp16.safetensors")
+        for name, out in folders.items():
+            weights = out / json.loads((out / "variant.json").read_text()).get("weights", "model.safetensors") \
+                if (out / "variant.json").is_file() else out / "model.safetensors"  # structured: weights.safetensors
+            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
+            save_file(tensors, weights.with_suffix(".fp16.safetensors"))
             saved = json.loads((out / "metrics.json").read_text())
             saved["provenance"] = {"trained_on": torch.cuda.get_device_name(), "torch": torch.__version__,
                                    "carried_as": "fp16"}
             (out / "metrics.json").write_text(json.dumps(saved, indent=1))
             for f in out.iterdir():
-                if f.name != "model.safetensors":
+                if f != weights:
                     tar.add(f, arcname=f"{name}/{f.name}")
-            print(f"{name}: val acc {metrics['val_accuracy']:.4f} F1 {metrics.get('val_f1', 0):.4f}", flush=True)
     blob = buf.getvalue()
     for i in range(0, len(blob), PART):
-        (Path(args.out) / f"variants.tgz.{i // PART:02d}").write_bytes(blob[i:i + PART])
+        (out_dir / f"variants.tgz.{i // PART:02d}").write_bytes(blob[i:i + PART])
     print(f"{len(blob) / 1e6:.1f} MB in {-(-len(blob) // PART)} parts")
 
 
@@ -79,10 +94,13 @@ def unpack(args) -> None:
         tar.extractall(bench.root, filter="data")
     for name in names:
         out = bench.root / name
-        half = out / "model.fp16.safetensors"
-        save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(half).items()},
-                  out / "model.safetensors", metadata={"format": "pt"})
-        half.unlink()
+        for half in out.glob("*.fp16.safetensors"):
+            save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(half).items()},
+                      out / half.name.replace(".fp16", ""), metadata={"format": "pt"})
+            half.unlink()
+        if name not in p.variants or not p.variants[name].finetuned:
+            print(f"{out}: restored fp32 from fp16 (not a fine-tune of {args.params}: no key)")
+            continue
         key = steps.step_key("finetune", {**bench.common(name), "base": bench.base, **bench.data})
         bio.write_json(f"{out}.key.json", {"key": key, "step": "finetune", "carried": True})
         print(f"{out}: restored fp32 from fp16; taken by bench/compression.py as the fine-tune of {name}")
@@ -96,15 +114,18 @@ def main() -> None:
     p.add_argument("--model", default=".carry/minilm")
     p.add_argument("--glue-dir", default=".carry/glue")
     p.add_argument("--out", required=True)
+    c = sub.add_parser("carry")
+    c.add_argument("folders", nargs="+", help="NAME=FOLDER of a fine-tuned model")
+    c.add_argument("--out", required=True)
     u = sub.add_parser("unpack")
     u.add_argument("folder")
     u.add_argument("--into", default="outputs/bench")
-    for cmd in (p, u):
+    for cmd in (p, c, u):
         cmd.add_argument("--params", default="bench/params-compression.yaml")
         cmd.add_argument("--task", default="mrpc")
         cmd.add_argument("-S", "--set", dest="set", action="append", default=[])
     args = ap.parse_args()
-    pack(args) if args.cmd == "pack" else unpack(args)
+    {"pack": pack, "carry": carry, "unpack": unpack}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@ fine-tune, then gradual pruning of it to each sparsity by each criterion, with a
     # on the lent GPU (needs only the core package; .carry/ from ../shared/tools/make_gpu_carry.py)
     python3 bench/pruning_study.py run mrpc:42,43,44:magnitude,first_order:0.5,0.7,0.8,0.9:both --jobs 12 \
         --json $OUT/study.json
+    python3 bench/pruning_study.py run sst2:42,43,44:structured,structured@4:0.5/0.5,0.5/0.75:kd --json $OUT/s.json
     # here: tables and figures from the rows
     python bench/pruning_study.py report bench/results/pruning-study.json    # -> bench/RESULTS-pruning.md
 
 Every run is the pipeline's own fine-tune (bertcompress/finetune.py: CUDA graphs, the teacher's forward inside
 the captured step): a pruned variant is `from: dense`, `prune.method: gradual` with the criterion, ranking and
 pattern given, trained for its own epochs and lr (RECIPES), distilled from that seed's dense model when
-`distill` is on. Runs share the one GPU as parallel processes; rows are written as each run ends, so a call cut
+`distill` is on. A structured run is `prune.method: structured` of that dense model (heads/FFN fractions, in
+`prune.stages` stages) with recovery steps of RECIPES' epochs, distilled when `distill` is on. Runs share the one GPU as parallel processes; rows are written as each run ends, so a call cut
 short keeps what finished. `cost` first times a dense and a distilled pruned epoch alone, one after the other.
 """
 from __future__ import annotations
@@ -28,18 +30,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROOT = Path(os.environ.get("STUDY_ROOT", "/dev/shm/pruning-study"))
+KEEP = bool(os.environ.get("STUDY_KEEP"))  # keep the pruned models (to carry one back), not only the dense ones
 # per task: the dense fine-tune's lr (MiniLM's best, ../shared/notes/pruning-recipes.md) and the pruning runs'
 # epochs and lr; dense keeps the seed's 3 epochs
-RECIPES = {"mrpc": {"dense_lr": 1e-4, "epochs": 15, "lr": 1e-4},
-           "cola": {"dense_lr": 5e-5, "epochs": 10, "lr": 1e-4},
-           "sst2": {"dense_lr": 2e-5, "epochs": 3, "lr": 5e-5}}
+RECIPES = {"mrpc": {"dense_lr": 1e-4, "epochs": 15, "lr": 1e-4, "structured_epochs": 10},
+           "cola": {"dense_lr": 5e-5, "epochs": 10, "lr": 1e-4, "structured_epochs": 10},
+           "sst2": {"dense_lr": 2e-5, "epochs": 3, "lr": 5e-5, "structured_epochs": 2}}
+STEPS_PER_EPOCH = {"mrpc": 115, "cola": 268, "sst2": 2105}  # train rows / batch 32, rounded up
 DISTILL = ["distill.temperature=2.0", "distill.weight=1.0", "distill.hidden_weight=1.0"]
 
 
 def overrides(task: str, cfg: dict) -> list[str]:
-    r = RECIPES[task]
+    r = {**RECIPES[task], **cfg.get("recipe", {})}  # a spec's own structured_epochs / lr / hidden_weight
     if cfg["variant"] == "dense":
         return [f"finetune.lr={r['dense_lr']}"]
+    if cfg["criterion"] == "structured":
+        heads, ffn = cfg["fractions"]
+        sets = [f"finetune.lr={r['lr']}", "prune.method=structured", f"prune.heads_fraction={heads}",
+                f"prune.ffn_fraction={ffn}", f"prune.stages={cfg['stages']}", "prune.power=3",
+                f"prune.recovery_steps={round(r['structured_epochs'] * STEPS_PER_EPOCH[task])}"]
+        hidden = [f"distill.hidden_weight={r['hidden_weight']}"] if "hidden_weight" in r else []
+        return sets + (DISTILL + hidden if cfg["distill"] else [])
     sets = [f"finetune.lr={r['lr']}", f"finetune.epochs={cfg.get('epochs', r['epochs'])}", "prune.method=gradual",
             f"prune.criterion={cfg['criterion']}", f"prune.final_sparsity={cfg['sparsity']}",
             f"prune.ranking={cfg.get('ranking', 'global')}", f"prune.pattern={cfg.get('pattern', 'unstructured')}",
@@ -61,14 +72,19 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
     out = dense if cfg["variant"] == "dense" else ROOT / "models" / f"{task}-s{seed}-{cfg['variant']}"
     sets = [f"model.name={model}", f"finetune.seed={seed}", "runtime.threads=1", "finetune.precision=tf32",
             *overrides(task, cfg)]
-    sets += [f"finetune.max_steps={max_steps}"] if max_steps else []
+    if max_steps:  # a fine-tune's or a structured recovery's steps, cut short
+        sets.append(f"{'prune.recovery_steps' if cfg.get('criterion') == 'structured' else 'finetune.max_steps'}"
+                    f"={max_steps}")
     if cfg["variant"] != "dense" and cfg["distill"]:
         sets.append(f"distill.teacher={dense}")
     p = P.load(None, sets)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    m = finetune(p, task, data["train"], data["validation"], str(out), device=device,
-                 base=None if cfg["variant"] == "dense" else str(dense))
+    if cfg.get("criterion") == "structured":
+        m = structured(p, task, data, dense, out, device)
+    else:
+        m = finetune(p, task, data["train"], data["validation"], str(out), device=device,
+                     base=None if cfg["variant"] == "dense" else str(dense))
     labels = Encoded.load(data["validation"]).labels
     row = {"task": task, "variant": cfg["variant"], "criterion": cfg.get("criterion"), "distill": cfg["distill"],
            "ranking": cfg.get("ranking", "global") if cfg["variant"] != "dense" else None,
@@ -80,26 +96,67 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
            "wall_seconds": time.perf_counter() - t0, "train_samples_per_second": m["train_samples_per_second"],
            "majority_accuracy": float(np.bincount(labels).max() / len(labels)) if labels.dtype.kind != "f" else None,
            "history": [{k: v for k, v in h.items()} for h in m["history"]]}
-    if out != dense:
+    if cfg.get("criterion") == "structured":
+        row |= {"heads_fraction": cfg["fractions"][0], "ffn_fraction": cfg["fractions"][1], "stages": cfg["stages"],
+                "structure": m["structure"], "parameters": m["parameters"],
+                "parameters_before": m["parameters_before"]}
+    if out != dense and not KEEP:
         shutil.rmtree(out, ignore_errors=True)
     return row
 
 
+def structured(p, task: str, data: dict, dense: Path, out: Path, device: str) -> dict:
+    """Structured pruning of the seed's dense model with (distilled) recovery on the GPU, evaluated like the
+    fine-tunes (validation metrics as val_<name>); the row's timing is the recovery's."""
+    from bertcompress import prune
+    from bertcompress.evaluate import evaluate
+    from bertcompress.glue import get_task
+
+    t0 = time.perf_counter()
+    r = prune.prune(str(dense), str(out), p, task, data["train"], teacher=str(dense) if p.distill.teacher else None,
+                    device=device)
+    seconds = time.perf_counter() - t0
+    m = evaluate(str(out), task, data["validation"], 64)
+    steps = p.prune.recovery_steps
+    return {**r, **{f"val_{k}": m[k] for k in get_task(task).metrics}, "epochs": steps / STEPS_PER_EPOCH[task],
+            "steps": steps, "train_seconds": seconds, "train_samples_per_second": steps * 32 / seconds,
+            "history": [], "sparsity": {"overall": 1 - r["parameters"] / r["parameters_before"]}}
+
+
 def jobs_of(specs: list[str]) -> list[tuple]:
     """task:seeds:criteria:sparsities:distill, e.g. mrpc:42,43:first_order,movement@layer:0.8,0.9:both
-    (criterion@ranking, default global; distill kd | none | both): one job per combination, in spec order."""
+    (criterion@ranking, default global; distill kd | none | both), optionally :key=value,... of the recipe
+    (structured_epochs, lr, hidden_weight): one job per combination, in spec order."""
     jobs = []
     for spec in specs:
-        task, seeds, criteria, sparsities, distill = spec.split(":")
+        task, seeds, criteria, sparsities, distill, *extra = spec.split(":")
+        recipe = {k: float(v) for k, v in (kv.split("=") for kv in extra[0].split(","))} if extra else {}
         for seed in map(int, seeds.split(",")):
-            for s in map(float, sparsities.split(",")):
+            for sparsity_text in sparsities.split(","):
                 for crit in criteria.split(","):
                     crit, _, ranking = crit.partition("@")
-                    for kd in {"kd": (True,), "none": (False,), "both": (True, False)}[distill]:
+                    if crit == "structured":  # sparsities are heads/ffn fractions, @N the stages
+                        jobs += structured_jobs(task, seed, sparsity_text, ranking, distill, recipe)
+                        continue
+                    s = float(sparsity_text)
+                    for kd in KD[distill]:
                         name = f"{crit}{'_' + ranking if ranking else ''}{round(s * 100)}{'_kd' if kd else ''}"
                         jobs.append((task, seed, {"variant": name, "criterion": crit, "sparsity": s, "distill": kd,
                                                   "ranking": ranking or "global"}))
     return jobs
+
+
+KD = {"kd": (True,), "none": (False,), "both": (True, False)}
+
+
+def structured_jobs(task: str, seed: int, fractions: str, stages: str, distill: str, recipe: dict) -> list[tuple]:
+    """heads/ffn fractions (0.5/0.75) in `stages` stages (default 1: at once), with or without distillation."""
+    heads, ffn = map(float, fractions.split("/"))
+    n = int(stages or 1)
+    tag = "".join(f"_{k.split('_')[-1]}{v:g}" for k, v in recipe.items())  # e.g. _epochs20_lr5e-05
+    return [(task, seed, {"variant": f"structured_h{round(heads * 100)}_f{round(ffn * 100)}_x{n}{tag}"
+                                     f"{'_kd' if kd else ''}", "criterion": "structured", "fractions": (heads, ffn),
+                          "stages": n, "distill": kd, "sparsity": None, "recipe": recipe}) for kd in KD[distill]]
 
 
 def cost(task: str, data: dict, model: str, seed: int) -> dict:
@@ -143,7 +200,8 @@ def run(args) -> None:
         while ready or running:
             while ready and len(running) < args.jobs:  # the pool never queues: the next ready job by spec order
                 t, s, cfg = ready.pop(0)
-                running[pool.submit(one, t, s, cfg, data[t], args.model, device=args.device)] = (t, s, cfg["variant"])
+                cut = args.max_steps if cfg["variant"] != "dense" else None
+                running[pool.submit(one, t, s, cfg, data[t], args.model, cut, args.device)] = (t, s, cfg["variant"])
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 key = running.pop(fut)
@@ -172,6 +230,7 @@ def main() -> None:
     r.add_argument("--jobs", type=int, default=8)
     r.add_argument("--device", default="cuda", help="cuda; cpu with --limit for a smoke run")
     r.add_argument("--limit", type=int, help="first N train and validation rows only (a smoke run)")
+    r.add_argument("--max-steps", type=int, help="pruned runs stop after N steps (a smoke run)")
     r.add_argument("--model", default=".carry/minilm")
     r.add_argument("--glue-dir", default=".carry/glue")
     r.add_argument("--json", required=True)
