@@ -2,7 +2,9 @@
 int8 path before export), ONNX Runtime fp32, the exported int8 ONNX artifact (bertcompress export, what Optimum
 users get), the PT2E int8 artifact compiled by Inductor (export --format pt2e_int8 of a static variant), and
 the int8 ONNX artifacts of a structured-pruned (25 % of heads and FFN neurons, 100 recovery steps) and a one-shot
-90 %-pruned model, on the same fine-tuned model; latency at batch 1, 8 and 32 at length 128, throughput over the
+90 %-pruned model, on the same fine-tuned model, and, where <task>/structured50_kd is there (bench/pruning_study.py's
+structured 50 % of heads and FFN neurons, distilled on a GPU, carried by bench/gpu_variants.py), that model as
+int8 ONNX and as PT2E int8 + Inductor; latency at batch 1, 8 and 32 at length 128, throughput over the
 real validation split, the artifact's size and the validation metrics beside each.
 
     .venv/bin/python bench/inference.py --tasks mrpc sst2 --threads 2      # needs outputs/bench/<task>/dense
@@ -28,6 +30,7 @@ import torch  # noqa: E402
 
 from bertcompress import evaluate as ev  # noqa: E402
 from bertcompress import latency, variant  # noqa: E402
+from bertcompress.compiled import CompiledModel  # noqa: E402
 from bertcompress import params as P  # noqa: E402
 from bertcompress.export import export  # noqa: E402
 from bertcompress.glue import get_task  # noqa: E402
@@ -39,7 +42,9 @@ ROWS = {"eager fp32": "the fine-tuned model, torch eager", "eager int8 (dynamic_
         "ONNX Runtime int8 (the artifact)": "bertcompress export (default)",
         "PT2E int8 + Inductor (artifact)": "quantize static, then export --format pt2e_int8",
         "structured + ONNX Runtime int8": "prune structured (heads 0.25, FFN 0.25, 100 recovery steps), export",
-        "one-shot 90 % + ONNX Runtime int8": "prune oneshot 0.9 (encoder), export: bitmask storage"}
+        "one-shot 90 % + ONNX Runtime int8": "prune oneshot 0.9 (encoder), export: bitmask storage",
+        "structured 50 % distilled + ONNX Runtime int8": "the pruning study's structured 50/50, export",
+        "structured 50 % distilled + PT2E int8 + Inductor": "the same, quantize static, export --format pt2e_int8"}
 DERIVED = {"static": {"quantize.mode": "static"},
            "structured": {"prune.method": "structured", "prune.heads_fraction": 0.25, "prune.ffn_fraction": 0.25,
                           "prune.recovery_steps": 100},
@@ -55,9 +60,14 @@ def models(task: str, root: Path, p: P.Params, train: str) -> dict:
         if not (folder / name / "metrics.json").is_file():
             step = quantize.quantize if name == "static" else prune.prune
             step(str(folder / "dense"), str(folder / name), p.replace(changes), task, train)
+    carried = (folder / "structured50_kd" / "metrics.json").is_file()
+    if carried and not (folder / "structured50_kd_static" / "metrics.json").is_file():
+        quantize.quantize(str(folder / "structured50_kd"), str(folder / "structured50_kd_static"),
+                          p.replace(DERIVED["static"]), task, train)
     for source, fmt, out in [("dense", "onnx", "artifact-onnx"), ("dense", "onnx_int8", "artifact-onnx_int8"),
                              ("static", "pt2e_int8", "artifact-pt2e"), ("structured", "onnx_int8", "artifact-structured"),
-                             ("oneshot90", "onnx_int8", "artifact-oneshot90")]:
+                             ("oneshot90", "onnx_int8", "artifact-oneshot90")] + carried * [
+            ("structured50_kd", "onnx_int8", "artifact-s50"), ("structured50_kd_static", "pt2e_int8", "artifact-s50-pt2e")]:
         if not (folder / out / "manifest.json").is_file():
             export(str(folder / source), str(folder / out), task, fmt)
     load = lambda name: variant.load_variant(str(folder / name), n)  # noqa: E731
@@ -66,7 +76,9 @@ def models(task: str, root: Path, p: P.Params, train: str) -> dict:
             "ONNX Runtime fp32": load("artifact-onnx"), "ONNX Runtime int8 (the artifact)": load("artifact-onnx_int8"),
             "PT2E int8 + Inductor (artifact)": load("artifact-pt2e"),
             "structured + ONNX Runtime int8": load("artifact-structured"),
-            "one-shot 90 % + ONNX Runtime int8": load("artifact-oneshot90")}
+            "one-shot 90 % + ONNX Runtime int8": load("artifact-oneshot90"),
+            **({"structured 50 % distilled + ONNX Runtime int8": load("artifact-s50"),
+                "structured 50 % distilled + PT2E int8 + Inductor": load("artifact-s50-pt2e")} if carried else {})}
 
 
 def main() -> None:
@@ -91,6 +103,8 @@ def main() -> None:
         for name, model in built.items():  # accuracy, and throughput over the real validation lengths
             if hasattr(model, "set_threads"):
                 model.set_threads(args.threads)
+            if isinstance(model, CompiledModel):  # Inductor compiles each shape bucket on first use: not timed
+                ev.evaluate_model(model, Encoded.load(val), task, 32)
             start = time.perf_counter()
             m = ev.evaluate_model(model, Encoded.load(val), task, 32)
             seconds = time.perf_counter() - start

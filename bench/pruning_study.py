@@ -99,6 +99,7 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
     if cfg.get("criterion") == "structured":
         row |= {"heads_fraction": cfg["fractions"][0], "ffn_fraction": cfg["fractions"][1], "stages": cfg["stages"],
                 "structure": m["structure"], "parameters": m["parameters"],
+                "hidden_weight": p.distill.hidden_weight if cfg["distill"] else None,
                 "parameters_before": m["parameters_before"]}
     if out != dense and not KEEP:
         shutil.rmtree(out, ignore_errors=True)
