@@ -23,8 +23,11 @@ def inputs(batch_size: int, length: int, seed: int = 0) -> dict[str, torch.Tenso
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids)}
 
 
+LENGTH = 128  # synthetic full-length inputs: the seed recipe's max length
+
+
 @torch.inference_mode()
-def measure(model, batch_sizes=(1, 8), length: int = 128, warmup: int = 3, runs: int = 20,
+def measure(model, batch_sizes=(1, 8), length: int = LENGTH, warmup: int = 3, runs: int = 20,
             threads: int | None = None) -> dict:
     """{'batch1_ms': ..., 'batch8_ms': ..., 'threads': n, 'length': 128, 'runs': runs}."""
     before = torch.get_num_threads()

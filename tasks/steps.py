@@ -23,7 +23,7 @@ from prefect.runtime import task_run
 from bertcompress import evaluate as core_evaluate
 from bertcompress import finetune as core_finetune
 from bertcompress import export as core_export
-from bertcompress import glue, io, model, prune as core_prune, quantize as core_quantize, tokenize as core_tokenize
+from bertcompress import glue, io, latency, model, prune as core_prune, quantize as core_quantize, tokenize as core_tokenize
 from bertcompress import variant
 from bertcompress.params import QUANTIZE_MODES, Params, UserError
 
@@ -199,7 +199,7 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
         blocks.append(f"champion: {best[0]} (seed {p.experiment.seeds[0]}, run {best[1]}) -> "
                       f"models:/{task}-compressed@champion (version {version}): the smallest variant within "
                       f"{p.experiment.champion_budget:g} points of {p.experiment.baseline}")
-        blocks.append(ship(task, p, best[1], validation))
+        blocks.append(ship(task, p, best[1], validation, parent))
     else:
         blocks.append(f"champion: none — no variant within {p.experiment.champion_budget:g} points of "
                       f"{p.experiment.baseline} that did not collapse; nothing registered or exported")
@@ -215,9 +215,11 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
     return str(path)
 
 
-def ship(task: str, p: Params, run_id: str, validation: str | None) -> str:
+def ship(task: str, p: Params, run_id: str, validation: str | None, parent: str | None = None) -> str:
     """Export the champion to results/export/<task> (int8 ONNX of its float source — made from the float model
-    when it was quantized in eager PyTorch — or a PT2E champion's program); evaluate it there; what to print."""
+    when it was quantized in eager PyTorch — or a PT2E champion's program); evaluate it there, latency measured on
+    what ships (the ONNX Runtime session or the compiled program), logged to the parent run as export_*; what to
+    print."""
     folder = tracking.client()[0].get_run(run_id).data.tags.get("model_dir")
     if not folder or not Path(folder).is_dir():
         return f"exported: nothing — the champion's folder ({folder}) is not on this machine"
@@ -228,7 +230,14 @@ def ship(task: str, p: Params, run_id: str, validation: str | None) -> str:
     manifest = core_export.export(source, str(out), task, fmt, p.tokenize.max_length)
     line = f"exported: {out} ({fmt} of {source}, {manifest['sizes']['compact_mb']:.1f} MB)"
     if validation:
-        m = core_evaluate.evaluate(str(out), task, validation, p.evaluate.batch_size, threads=p.evaluate.latency_threads)
+        e = p.evaluate
+        m = core_evaluate.evaluate(str(out), task, validation, e.batch_size, e.latency_runs, threads=e.latency_threads)
         line += "; on validation " + ", ".join(f"{k} {m[k]:.4f}" for k in glue.get_task(task).metrics)
+        if e.latency_runs:
+            line += (f"; latency batch 1 {m['latency_batch1_ms']:.1f} ms, batch 8 {m['latency_batch8_ms']:.1f} ms "
+                     f"({m['threads']} threads, length {latency.LENGTH})")
+        if parent:
+            tracking.log_metrics(parent, {f"export_{k}": m[k] for k in (*glue.get_task(task).metrics, "compact_mb",
+                                          "latency_batch1_ms", "latency_batch8_ms") if k in m})
     texts = " ".join(['"a sentence"', '"its pair"'][:len(glue.get_task(task).keys)])
     return line + f"\n\n    bertcompress predict --model {out} {texts}   # README: Ship it"

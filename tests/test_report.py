@@ -192,3 +192,8 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
             assert manifest["format"] == "onnx_int8"
             assert manifest["source"] == str((grid["root"] / source).resolve())
             assert "exported: results/export/mrpc (onnx_int8 of" in summary and "on validation f1 " in summary
+            assert "; latency batch 1 " in summary and " ms (1 threads, length " in summary  # of what ships
+            logged = client.get_run(runs_of(grid)[1]["run_id"]).data.metrics
+            assert logged["export_latency_batch1_ms"] > 0 and logged["export_compact_mb"] == pytest.approx(
+                manifest["sizes"]["compact_mb"], rel=1e-6)
+            assert f"f1 {logged['export_f1']:.4f}" in summary
