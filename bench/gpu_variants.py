@@ -58,11 +58,12 @@ def write(folders: dict, out_dir: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from bertcompress import variant
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, out in folders.items():
-            weights = out / json.loads((out / "variant.json").read_text()).get("weights", "model.safetensors") \
-                if (out / "variant.json").is_file() else out / "model.safetensors"  # structured: weights.safetensors
+            weights = out / (variant.read(out) or {}).get("weights", "model.safetensors")  # structured: weights.*
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
             save_file(tensors, weights.with_suffix(".fp16.safetensors"))
             saved = json.loads((out / "metrics.json").read_text())

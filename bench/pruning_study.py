@@ -36,11 +36,11 @@ KEEP = bool(os.environ.get("STUDY_KEEP"))  # keep the pruned models (to carry on
 RECIPES = {"mrpc": {"dense_lr": 1e-4, "epochs": 15, "lr": 1e-4, "structured_epochs": 10},
            "cola": {"dense_lr": 5e-5, "epochs": 10, "lr": 1e-4, "structured_epochs": 10},
            "sst2": {"dense_lr": 2e-5, "epochs": 3, "lr": 5e-5, "structured_epochs": 2}}
-STEPS_PER_EPOCH = {"mrpc": 115, "cola": 268, "sst2": 2105}  # train rows / batch 32, rounded up
 DISTILL = ["distill.temperature=2.0", "distill.weight=1.0", "distill.hidden_weight=1.0"]
 
 
-def overrides(task: str, cfg: dict) -> list[str]:
+def overrides(task: str, cfg: dict, per_epoch: int) -> list[str]:
+    """The run's params overrides; per_epoch = its training split's steps per epoch (structured recovery)."""
     r = {**RECIPES[task], **cfg.get("recipe", {})}  # a spec's own structured_epochs / lr / hidden_weight
     if cfg["variant"] == "dense":
         return [f"finetune.lr={r['dense_lr']}"]
@@ -48,7 +48,7 @@ def overrides(task: str, cfg: dict) -> list[str]:
         heads, ffn = cfg["fractions"]
         sets = [f"finetune.lr={r['lr']}", "prune.method=structured", f"prune.heads_fraction={heads}",
                 f"prune.ffn_fraction={ffn}", f"prune.stages={cfg['stages']}", "prune.power=3",
-                f"prune.recovery_steps={round(r['structured_epochs'] * STEPS_PER_EPOCH[task])}"]
+                f"prune.recovery_steps={round(r['structured_epochs'] * per_epoch)}"]
         hidden = [f"distill.hidden_weight={r['hidden_weight']}"] if "hidden_weight" in r else []
         return sets + (DISTILL + hidden if cfg["distill"] else [])
     sets = [f"finetune.lr={r['lr']}", f"finetune.epochs={cfg.get('epochs', r['epochs'])}", "prune.method=gradual",
@@ -70,8 +70,9 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
 
     dense = ROOT / "models" / f"{task}-s{seed}-dense"
     out = dense if cfg["variant"] == "dense" else ROOT / "models" / f"{task}-s{seed}-{cfg['variant']}"
+    per_epoch = -(-len(Encoded.load(data["train"])) // P.defaults().finetune.batch_size)
     sets = [f"model.name={model}", f"finetune.seed={seed}", "runtime.threads=1", "finetune.precision=tf32",
-            *overrides(task, cfg)]
+            *overrides(task, cfg, per_epoch)]
     if max_steps:  # a fine-tune's or a structured recovery's steps, cut short
         sets.append(f"{'prune.recovery_steps' if cfg.get('criterion') == 'structured' else 'finetune.max_steps'}"
                     f"={max_steps}")
@@ -81,7 +82,7 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     if cfg.get("criterion") == "structured":
-        m = structured(p, task, data, dense, out, device)
+        m = structured(p, task, data, dense, out, device, per_epoch)
     else:
         m = finetune(p, task, data["train"], data["validation"], str(out), device=device,
                      base=None if cfg["variant"] == "dense" else str(dense))
@@ -106,7 +107,7 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
     return row
 
 
-def structured(p, task: str, data: dict, dense: Path, out: Path, device: str) -> dict:
+def structured(p, task: str, data: dict, dense: Path, out: Path, device: str, per_epoch: int) -> dict:
     """Structured pruning of the seed's dense model with (distilled) recovery on the GPU, evaluated like the
     fine-tunes (validation metrics as val_<name>); the row's timing is the recovery's."""
     from bertcompress import prune
@@ -119,8 +120,8 @@ def structured(p, task: str, data: dict, dense: Path, out: Path, device: str) ->
     seconds = time.perf_counter() - t0
     m = evaluate(str(out), task, data["validation"], 64)
     steps = p.prune.recovery_steps
-    return {**r, **{f"val_{k}": m[k] for k in get_task(task).metrics}, "epochs": steps / STEPS_PER_EPOCH[task],
-            "steps": steps, "train_seconds": seconds, "train_samples_per_second": steps * 32 / seconds,
+    return {**r, **{f"val_{k}": m[k] for k in get_task(task).metrics}, "epochs": steps / per_epoch, "steps": steps,
+            "train_seconds": seconds, "train_samples_per_second": steps * p.finetune.batch_size / seconds,
             "history": [], "sparsity": {"overall": 1 - r["parameters"] / r["parameters_before"]}}
 
 
