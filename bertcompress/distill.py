@@ -72,9 +72,10 @@ class Distiller:
 
     def __call__(self, model: nn.Module, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = bool(self.d.hidden_weight)
+        extra = {"output_hidden_states": True} if hidden else {}  # an exported (QAT) student takes no more
         with torch.no_grad():
-            t = self.teacher(**inputs, output_hidden_states=hidden)
-        s = model(**inputs, output_hidden_states=hidden)
+            t = self.teacher(**inputs, **extra)
+        s = model(**inputs, **extra)
         mask = inputs["attention_mask"]
         tokens = mask[:, 0, 0, :] if mask.dim() == 4 else mask  # fast.mask_4d's (batch, 1, query, key) form
         pairs = (s.hidden_states[1:], t.hidden_states[1:]) if hidden else None  # each layer's output

@@ -91,6 +91,9 @@ class Quantize:
     mode: str
     calibration_size: int
     qat_steps: int
+    qat_lr: float
+    qat_observers: str
+    qat_distill: bool
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,22 @@
 
 Modes: dynamic (int8 Linear weights, activations quantized on the fly: torch.ao quantize_dynamic), dynamic_emb
 (the same plus int8 weight-only embeddings, which are half of MiniLM's bytes), fp16, bf16, static (PT2E with
-X86InductorQuantizer, observers calibrated on calibration_size training examples) and qat (PT2E fake-quant
-trained for qat_steps by the one training loop, with eager attention: sdpa would bake its dropout into the
-exported graph). Saved and loaded back by bertcompress/variant.py.
+X86InductorQuantizer, observers calibrated on calibration_size training examples) and qat (PT2E fake-quant,
+with PTQ's observers calibrated the same way and then frozen, trained qat_steps at qat_lr by the one training
+loop, distilled from the float model; the graph is exported in eval mode, so QAT trains without dropout).
+Saved and loaded back by bertcompress/variant.py.
 """
 from __future__ import annotations
+
+import dataclasses
+import types
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import loop, sizes, variant
+from .distill import Distiller
 from .glue import get_task
 from .params import Params, UserError
 from .tokenize import Encoded
@@ -26,7 +31,10 @@ def reads(p: Params) -> list[str]:
     if mode == "static":
         return ["quantize.mode", "quantize.calibration_size", "finetune.seed", "evaluate.batch_size"]
     if mode == "qat":
-        return ["quantize.mode", "quantize.qat_steps", *[f"finetune.{k}" for k in loop.STEPS_READ]]
+        steps = [f"finetune.{k}" for k in loop.STEPS_READ if k != "lr"] + ["evaluate.batch_size"]
+        distill = [f"distill.{k}" for k in ("temperature", "weight")] if p.quantize.qat_distill else []
+        return [*(f"quantize.{k}" for k in ("mode", "qat_steps", "qat_lr", "qat_observers", "qat_distill")),
+                *(["quantize.calibration_size"] if p.quantize.qat_observers == "calibrate" else []), *steps, *distill]
     return ["quantize.mode"]
 
 
@@ -60,33 +68,77 @@ def _drop_unused(gm: torch.fx.GraphModule) -> None:
             delattr(gm.get_submodule(owner) if owner else gm, attr)
 
 
-def pt2e(model: nn.Module, params: Params, train_path: str, qat: bool):
-    """Static int8 by PT2E: export, insert observers (or fake-quant), calibrate (or train), convert, re-export."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+def _fixed_mode(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The exported graph stays as exported, in eval mode, with no dropout (QAT trains without it): train() and
+    eval() only set the flag the loops read. torchao's allow_exported_model_train_eval would rewrite every dropout
+    node to p=0.5 in train mode, whatever the model's p (torchao 0.18 export_utils._replace_dropout), and that
+    was why QAT lost 3-7 points to PTQ (bench/RESULTS-qat.md)."""
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    gm.train = types.MethodType(train, gm)
+    gm.eval = types.MethodType(lambda self: self.train(False), gm)
+    return gm
+
+
+def _calibrated_qat(xiq):
+    """QAT whose fake-quant nodes hold static PTQ's observers (histogram for activations, per-channel min-max
+    for weights): calibrated as PTQ is, then frozen, QAT starts from PTQ's int8 model. The default QAT config's
+    moving-average min-max ranges are wide on BERT's outlier activations (bench/RESULTS-qat.md)."""
+    from torchao.quantization.pt2e import FakeQuantize
+
+    static = xiq.get_default_x86_inductor_quantization_config(is_qat=False)
+    act, weight = (dataclasses.replace(spec, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+        observer=spec.observer_or_fake_quant_ctr)) for spec in (static.input_activation, static.weight))
+    return dataclasses.replace(static, input_activation=act, output_activation=act, weight=weight, is_qat=True)
+
+
+def prepare(model: nn.Module, params: Params, data: Encoded, qat: bool, device: str = "cpu"):
+    """The model exported in eval mode (no dropout) with observers (QAT: fake-quant nodes) inserted and, unless
+    QAT's observers train (quantize.qat_observers=train), calibrated on calibration_size training examples, then
+    (QAT) frozen; (prepared graph, export example, calibrated examples or None)."""
+    from torchao.quantization.pt2e import disable_observer
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
-    q, f = params.quantize, params.finetune
-    data = Encoded.load(train_path)
-    example, max_length = _example(data), model.config.max_position_embeddings
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=qat))
-    gm = _export(model.train(qat), example, max_length).module()
-    prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(gm, quantizer)
-    allow_exported_model_train_eval(prepared)  # lets predict() and the training loop call .eval() / .train()
+    q = params.quantize
+    example = {k: v.to(device) for k, v in _example(data).items()}
+    calibrate = not qat or q.qat_observers == "calibrate"
+    config = _calibrated_qat(xiq) if qat and calibrate else xiq.get_default_x86_inductor_quantization_config(is_qat=qat)
+    gm = _export(model.to(device).eval(), example, model.config.max_position_embeddings).module()
+    prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(gm, xiq.X86InductorQuantizer().set_global(config))
+    prepared = _fixed_mode(prepared).to(device)  # the observers' buffers too
+    if not calibrate:
+        return prepared, example, None
+    loop.predict(prepared, _subset(data, q.calibration_size, params.finetune.seed), params.evaluate.batch_size, device)
     if qat:
-        loss = loop.steps(prepared, train_path, f, params.runtime, q.qat_steps, desc="qat")
-        info = {"qat_steps": q.qat_steps, "qat_loss": loss}
-    else:
-        loop.predict(prepared, _subset(data, q.calibration_size, f.seed), params.evaluate.batch_size)
-        info = {"calibration_size": min(q.calibration_size, len(data))}
+        prepared.apply(disable_observer)  # scales stay those of calibration: training adapts the weights
+    return prepared, example, min(q.calibration_size, len(data))
+
+
+def pt2e(model: nn.Module, params: Params, train_path: str, qat: bool, teacher: nn.Module | None = None,
+         device: str = "cpu"):
+    """Static int8 by PT2E: prepare, (QAT) train qat_steps at quantize.qat_lr, distilled from `teacher` (the float
+    model) when given, convert, re-export. On `device`: the program holds that device's tensors."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    q, f = params.quantize, params.finetune
+    prepared, example, calibrated = prepare(model, params, Encoded.load(train_path), qat, device)
+    info = {"calibration_size": calibrated} if calibrated else {}
+    if qat:
+        objective = Distiller(teacher.to(device), params.distill) if teacher is not None else loop.plain
+        loss = loop.steps(prepared, train_path, dataclasses.replace(f, lr=q.qat_lr), params.runtime, q.qat_steps,
+                          desc="qat", objective=objective, device=device)
+        info |= {"qat_steps": q.qat_steps, "qat_loss": loss}
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)
     _drop_unused(converted)
     move_exported_model_to_eval(converted)
-    program = _export(converted, example, max_length)
-    module = program.module()
-    allow_exported_model_train_eval(module)
-    return module, program, info
+    program = _export(converted, example, model.config.max_position_embeddings)
+    return _fixed_mode(program.module()), program, info
 
 
 def quantize(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None) -> dict:
@@ -102,7 +154,9 @@ def quantize(model_dir: str, out_dir: str, params: Params, task: str, train_path
     shapes = (variant.read(model_dir) or {}).get("structure")  # a structured base keeps its shapes
     info = {"mode": q.mode, "base": str(model_dir), **({"structure": shapes} if shapes else {})}
     if q.mode in ("static", "qat"):
-        model, program, extra = pt2e(model, params, train_path, qat=q.mode == "qat")
+        qat = q.mode == "qat"
+        teacher = variant.load_float(model_dir, get_task(task).num_labels, **attn) if qat and q.qat_distill else None
+        model, program, extra = pt2e(model, params, train_path, qat, teacher)
         info["weights"] = "model.pt2"
         write = lambda tmp: torch.export.save(program, tmp / "model.pt2")  # noqa: E731
     else:

@@ -200,8 +200,9 @@ def _validate_quantize(q) -> None:
         raise UserError(f"quantize.mode '{q.mode}' is unknown; choose one of: {', '.join(QUANTIZE_MODES)}")
     if q.calibration_size <= 0:
         raise UserError(f"quantize.calibration_size must be > 0 examples, got {q.calibration_size}")
-    if q.qat_steps <= 0:
-        raise UserError(f"quantize.qat_steps must be > 0, got {q.qat_steps}")
+    if q.qat_steps <= 0 or not 0 < q.qat_lr < 1 or q.qat_observers not in ("calibrate", "train"):
+        raise UserError(f"quantize.qat_steps must be > 0, qat_lr in (0, 1), qat_observers calibrate or train; got "
+                        f"{q.qat_steps}, {q.qat_lr}, {q.qat_observers!r}")
 
 
 def _validate_experiment(p) -> None:

@@ -76,6 +76,36 @@ def test_pt2e_static_and_qat_produce_quantized_program(mode, extra, tiny_run, ti
     assert timing["batch1_ms"] > 0 and timing["batch3_ms"] > 0 and timing["threads"] >= 1
 
 
+@pytest.mark.parametrize("observers", ["calibrate", "train"])
+def test_qat_trains_the_graph_without_dropout_and_calibrated_scales_stay_frozen(observers, tiny_run, tiny_params,
+                                                                                tiny_mrpc):
+    from bertcompress import loop
+    from bertcompress.variant import load_float
+
+    p = tiny_params.replace({"quantize.mode": "qat", "quantize.qat_observers": observers,
+                             "quantize.calibration_size": 16})
+    data = Encoded.load(tiny_mrpc["train"])
+    model = load_float(str(tiny_run[0]), 2, attn_implementation="eager")
+    prepared, _, calibrated = quantize.prepare(model, p, data, qat=True)
+    assert calibrated == (16 if observers == "calibrate" else None)
+    batch = data.batch(list(range(8)))
+    batch.pop("labels")
+    prepared.train()
+    with torch.no_grad():
+        train_a, train_b = prepared(**batch).logits, prepared(**batch).logits
+        prepared.eval()
+        evaluated = prepared(**batch).logits
+    # the exported graph runs as exported: no dropout in train mode (torchao's train() would make it p=0.5)
+    assert torch.equal(train_a, train_b) and torch.equal(train_a, evaluated)
+    scales = lambda: {n: b.clone() for n, b in prepared.named_buffers() if n.endswith(".scale")}  # noqa: E731
+    before = scales()
+    assert before and all((s > 0).all() for s in before.values())
+    loop.steps(prepared, tiny_mrpc["train"], p.finetune, p.runtime, 2, desc="qat")
+    after = scales()
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert (not changed) if observers == "calibrate" else changed  # frozen after calibration, or learning
+
+
 def test_quantizing_a_quantized_model_is_refused(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     quantized(tiny_run, tiny_params, tiny_mrpc, tmp_path / "q", mode="dynamic")
     p = tiny_params.replace({"quantize.mode": "fp16"})
@@ -85,7 +115,9 @@ def test_quantizing_a_quantized_model_is_refused(tiny_run, tiny_params, tiny_mrp
 
 @pytest.mark.parametrize("override,words", [("quantize.mode=int4", "quantize.mode"),
                                             ("quantize.calibration_size=0", "calibration_size"),
-                                            ("quantize.qat_steps=-1", "qat_steps")])
+                                            ("quantize.qat_steps=-1", "qat_steps"),
+                                            ("quantize.qat_observers=never", "qat_observers"),
+                                            ("quantize.qat_lr=0", "qat_lr")])
 def test_bad_quantization_input_is_one_line(override, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["quantize", "--task", "mrpc", "--model-dir", str(tmp_path), "-S", override]) == 2

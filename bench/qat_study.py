@@ -1,0 +1,203 @@
+"""The QAT study (issue: ship the compressed model, "QAT that beats PTQ"): per task and seed, the dense
+fine-tune, then PT2E static post-training int8 of it and QAT of it by each recipe, all evaluated on the full
+validation split.
+
+    # here, on the CPU (the dense fine-tunes too: ~5 min each on 2 cores for MRPC)
+    STUDY_THREADS=2 STUDY_ROOT=/tmp/qat python bench/qat_study.py run --tasks mrpc --seeds 42 43 44 \
+        --recipes ptq kd --device cpu --jobs 1 --json bench/results/qat-study-cpu.json
+    python bench/qat_study.py report bench/results/qat-study-cpu.json        # the tables of bench/RESULTS-qat.md
+
+Each quantized model is the pipeline's own (bertcompress/quantize.py `pt2e`, X86InductorQuantizer), evaluated as
+its converted program (reference int8 ops) with eager attention, PTQ too; every row also gives the largest logit
+difference from its float model, so a row where nothing was quantized shows 0. The dense fine-tune is the pruning
+study's (bench/pruning_study.py RECIPES: MiniLM's best lr per task). `--device cuda` runs it all on a GPU, but on
+the lent H200's image (torch 2.11 + torchao 0.18) the converted programs equal their float models exactly (nothing
+is quantized there): use it only for the dense fine-tunes and the training-side checks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# name -> quantize.* overrides ("epoch" steps = one epoch of the task's training split)
+RECIPES = {
+    "ptq": {"mode": "static"},
+    "old": {"mode": "qat", "qat_lr": 2e-5, "qat_observers": "train", "qat_distill": False},  # session 3's QAT
+    "lr": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "train", "qat_distill": False},
+    "frozen": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "calibrate", "qat_distill": False},
+    "kd": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "calibrate", "qat_distill": True},
+    "kd_1e-6": {"mode": "qat", "qat_lr": 1e-6, "qat_observers": "calibrate", "qat_distill": True},
+    "kd_2e-5": {"mode": "qat", "qat_lr": 2e-5, "qat_observers": "calibrate", "qat_distill": True},
+    "kd_1e-5": {"mode": "qat", "qat_lr": 1e-5, "qat_observers": "calibrate", "qat_distill": True},
+    "kd_epoch": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "calibrate", "qat_distill": True,
+                 "qat_steps": "epoch"},
+    "kd_train": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "train", "qat_distill": True},
+}
+
+
+def quantized(task: str, seed: int, recipe: str, data: dict, model: str, device: str = "cuda") -> dict:
+    """One quantized variant of the seed's dense model, built and evaluated on the GPU; its row."""
+    try:
+        return _quantized(task, seed, recipe, data, model, device)
+    except Exception as e:  # torch's exceptions do not all pickle: one that does not breaks the whole pool
+        raise RuntimeError(f"{type(e).__name__}: {str(e)[-2000:]}") from None
+
+
+def _quantized(task: str, seed: int, recipe: str, data: dict, model: str, device: str) -> dict:
+    import numpy as np
+    import torch
+
+    from bertcompress import loop
+    from bertcompress import params as P
+    from bertcompress import quantize as Q
+    from bertcompress import variant
+    from bertcompress.evaluate import evaluate_model
+    from bertcompress.glue import get_task
+    from bertcompress.metrics import headline
+    from bertcompress.tokenize import Encoded
+    from pruning_study import ROOT
+
+    dense = ROOT / "models" / f"{task}-s{seed}-dense"
+    per_epoch = -(-len(Encoded.load(data["train"])) // P.defaults().finetune.batch_size)
+    sets = {**RECIPES[recipe]}
+    if sets.get("qat_steps") == "epoch":
+        sets["qat_steps"] = per_epoch
+    p = P.load(None, [f"model.name={model}", f"finetune.seed={seed}", "runtime.threads=1",
+                      "runtime.cuda_graphs=false", *(f"quantize.{k}={v}" for k, v in sets.items())])
+    qat, n = p.quantize.mode == "qat", get_task(task).num_labels
+    attn = {"attn_implementation": "eager"}  # QAT needs it (sdpa bakes dropout in); on CUDA export of sdpa fails
+    t0 = time.perf_counter()
+    teacher = variant.load_float(str(dense), n, **attn) if qat and p.quantize.qat_distill else None
+    module, _, info = Q.pt2e(variant.load_float(str(dense), n, **attn), p, data["train"], qat, teacher, device)
+    seconds = time.perf_counter() - t0
+    val = Encoded.load(data["validation"])
+    m = evaluate_model(module, val, task, p.evaluate.batch_size, device)
+    # int8 really ran: how far its logits are from the float model's (0 would mean nothing was quantized)
+    ref = loop.logits(variant.load_float(str(dense), n, **attn).to(device), val, p.evaluate.batch_size, device)[1]
+    diff = float(np.abs(loop.logits(module, val, p.evaluate.batch_size, device)[1] - ref).max())
+    del module
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    q = p.quantize
+    return {"task": task, "seed": seed, "recipe": recipe, "mode": q.mode, "accuracy": m.get("accuracy"),
+            "metric": headline(task, m), **{k: m[k] for k in get_task(task).metrics},
+            "qat_steps": q.qat_steps if qat else None, "qat_lr": q.qat_lr if qat else None,
+            "qat_observers": q.qat_observers if qat else None, "qat_distill": q.qat_distill if qat else None,
+            "calibration_size": info.get("calibration_size"), "qat_loss": info.get("qat_loss"),
+            "max_logit_diff_vs_fp32": diff, "seconds": seconds}
+
+
+def dense(task: str, seed: int, data: dict, model: str, max_steps: int | None, device: str) -> dict:
+    """The seed's dense fine-tune (bench/pruning_study.py `one`), or the one a cut-short call already saved."""
+    from bertcompress.metrics import headline
+    from pruning_study import ROOT, one
+
+    done = ROOT / "models" / f"{task}-s{seed}-dense" / "metrics.json"
+    if done.is_file() and not max_steps:
+        m = json.loads(done.read_text())
+        return {"task": task, "seed": seed, "accuracy": m.get("val_accuracy"), "metric": headline(task, m),
+                "lr": json.loads((done.parent / "params.json").read_text())["finetune"]["lr"]}
+    return one(task, seed, {"variant": "dense", "distill": False}, data, model, max_steps, device)
+
+
+def run(args) -> None:
+    import torch
+
+    from bertcompress import params as P
+    from bertcompress.tokenize import prepared
+    from pruning_study import ROOT
+
+    started, rows = time.time(), []
+    limit = [f"data.max_train_samples={args.limit}", f"data.max_eval_samples={args.limit}"] if args.limit else []
+    data = {t: prepared(t, P.load(None, [f"data.source={args.glue_dir}", f"model.name={args.model}", *limit]),
+                        str(ROOT / "glue"), str(ROOT / "tok")) for t in args.tasks}
+    import platform
+
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
+    info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(), "jobs": args.jobs,
+            "rows": rows}
+
+    def save():
+        info["wall_seconds"] = time.time() - started
+        Path(args.json).write_text(json.dumps(info, indent=1))
+
+    ready = [("dense", t, s) for t in args.tasks for s in args.seeds]
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        running: dict = {}
+        while ready or running:
+            while ready and len(running) < args.jobs:
+                kind, t, s, *rest = ready.pop(0)
+                fut = (pool.submit(dense, t, s, data[t], args.model, args.max_steps, args.device) if kind == "dense"
+                       else pool.submit(quantized, t, s, rest[0], data[t], args.model, args.device))
+                running[fut] = (kind, t, s, *rest)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                key = running.pop(fut)
+                try:
+                    row = fut.result()
+                except Exception as e:  # noqa: BLE001 — one failed run is reported, the study goes on
+                    print(f"FAILED {key}: {type(e).__name__}: {e}", flush=True)
+                    continue
+                if key[0] == "dense":
+                    row = {"task": row["task"], "seed": row["seed"], "recipe": "fp32", "mode": "none",
+                           "accuracy": row["accuracy"], "metric": row["metric"], "lr": row["lr"]}
+                    ready += [("q", key[1], key[2], r) for r in args.recipes]
+                rows.append(row)
+                print(f"{row['task']} s{row['seed']} {row['recipe']}: acc {row['accuracy']} metric "
+                      f"{row['metric']:.4f} [{time.time() - started:.0f}s]", flush=True)
+                save()
+    save()
+
+
+def report(paths: list[str]) -> None:
+    """Mean accuracy per task and recipe, and its paired difference from PTQ and from fp32 (same seed)."""
+    import pandas as pd
+
+    rows = [r for path in paths for r in json.loads(Path(path).read_text())["rows"]]
+    df = pd.DataFrame(rows)
+    lines = []
+    for task, t in df.groupby("task", sort=False):
+        acc = t.pivot_table(index="seed", columns="recipe", values="accuracy")
+        table = []
+        for recipe in acc.columns:
+            row = {"recipe": recipe, "seeds": int(acc[recipe].notna().sum()),
+                   "accuracy (mean)": acc[recipe].mean(), "per seed": " / ".join(f"{v:.4f}" for v in acc[recipe])}
+            for ref in ("fp32", "ptq"):
+                if ref in acc and recipe != ref:
+                    d = (acc[recipe] - acc[ref]) * 100
+                    row[f"Δ vs {ref} (points)"] = f"{d.mean():+.2f} (worst {d.min():+.2f})"
+            table.append(row)
+        lines += [f"### {task}", "", pd.DataFrame(table).to_markdown(index=False, floatfmt=".4f"), ""]
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--tasks", nargs="+", default=["mrpc", "sst2"])
+    r.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    r.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    r.add_argument("--jobs", type=int, default=8)
+    r.add_argument("--device", default="cuda", help="cuda; cpu with --limit for a smoke run")
+    r.add_argument("--limit", type=int, help="first N train and validation rows only (a smoke run)")
+    r.add_argument("--max-steps", type=int, help="the dense fine-tunes stop after N steps (a smoke run)")
+    r.add_argument("--model", default=".carry/minilm")
+    r.add_argument("--glue-dir", default=".carry/glue")
+    r.add_argument("--json", required=True)
+    rep = sub.add_parser("report")
+    rep.add_argument("rows", nargs="+")
+    args = ap.parse_args()
+    run(args) if args.cmd == "run" else report(args.rows)
+
+
+if __name__ == "__main__":
+    main()
