@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROOT = Path(os.environ.get("STUDY_ROOT", "/dev/shm/pruning-study"))
-KEEP = bool(os.environ.get("STUDY_KEEP"))  # keep the pruned models (to carry one back), not only the dense ones
+KEEP = bool(os.environ.get("STUDY_KEEP"))
+EXPORT = bool(os.environ.get("STUDY_EXPORT"))  # structured runs: also export the ONNX Runtime int8 artifact  # keep the pruned models (to carry one back), not only the dense ones
 # per task: the dense fine-tune's lr (MiniLM's best, ../shared/notes/pruning-recipes.md) and the pruning runs'
 # epochs and lr; dense keeps the seed's 3 epochs
 RECIPES = {"mrpc": {"dense_lr": 1e-4, "epochs": 15, "lr": 1e-4, "structured_epochs": 10},
@@ -50,6 +51,7 @@ def overrides(task: str, cfg: dict, per_epoch: int) -> list[str]:
                 f"prune.ffn_fraction={ffn}", f"prune.stages={cfg['stages']}", "prune.power=3",
                 f"prune.recovery_steps={round(r['structured_epochs'] * per_epoch)}"]
         hidden = [f"distill.hidden_weight={r['hidden_weight']}"] if "hidden_weight" in r else []
+        sets += [f"prune.embedding_sparsity={r['embedding_sparsity']}"] if "embedding_sparsity" in r else []
         return sets + (DISTILL + hidden if cfg["distill"] else [])
     sets = [f"finetune.lr={r['lr']}", f"finetune.epochs={cfg.get('epochs', r['epochs'])}", "prune.method=gradual",
             f"prune.criterion={cfg['criterion']}", f"prune.final_sparsity={cfg['sparsity']}",
@@ -71,7 +73,8 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
     dense = ROOT / "models" / f"{task}-s{seed}-dense"
     out = dense if cfg["variant"] == "dense" else ROOT / "models" / f"{task}-s{seed}-{cfg['variant']}"
     per_epoch = -(-len(Encoded.load(data["train"])) // P.defaults().finetune.batch_size)
-    sets = [f"model.name={model}", f"finetune.seed={seed}", "runtime.threads=1", "finetune.precision=tf32",
+    threads = os.environ.get("STUDY_THREADS", 1)  # torch threads of a run (1: many runs share the GPU host)
+    sets = [f"model.name={model}", f"finetune.seed={seed}", f"runtime.threads={threads}", "finetune.precision=tf32",
             *overrides(task, cfg, per_epoch)]
     if max_steps:  # a fine-tune's or a structured recovery's steps, cut short
         sets.append(f"{'prune.recovery_steps' if cfg.get('criterion') == 'structured' else 'finetune.max_steps'}"
@@ -101,7 +104,8 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
         row |= {"heads_fraction": cfg["fractions"][0], "ffn_fraction": cfg["fractions"][1], "stages": cfg["stages"],
                 "structure": m["structure"], "parameters": m["parameters"],
                 "hidden_weight": p.distill.hidden_weight if cfg["distill"] else None,
-                "parameters_before": m["parameters_before"]}
+                "parameters_before": m["parameters_before"], "embedding_sparsity": p.prune.embedding_sparsity,
+                **{k: m[k] for k in m if k.startswith("artifact_")}}
     if out != dense and not KEEP:
         shutil.rmtree(out, ignore_errors=True)
     return row
@@ -113,12 +117,21 @@ def structured(p, task: str, data: dict, dense: Path, out: Path, device: str, pe
     from bertcompress import prune
     from bertcompress.evaluate import evaluate
     from bertcompress.glue import get_task
+    from bertcompress.metrics import headline
 
     t0 = time.perf_counter()
     r = prune.prune(str(dense), str(out), p, task, data["train"], teacher=str(dense) if p.distill.teacher else None,
                     device=device)
     seconds = time.perf_counter() - t0
     m = evaluate(str(out), task, data["validation"], 64)
+    if EXPORT:  # the shipped form: ONNX Runtime int8 artifact (bertcompress export), its size and accuracy
+        from bertcompress.export import export
+
+        manifest = export(str(out), str(out) + "-artifact", task)
+        shipped = evaluate(str(out) + "-artifact", task, data["validation"], 64)
+        r |= {"artifact_mb": manifest["sizes"]["state_dict_mb"], "artifact_accuracy": shipped.get("accuracy"),
+              "artifact_metric": headline(task, shipped), "artifact_sizes": manifest["sizes"]}
+        shutil.rmtree(str(out) + "-artifact", ignore_errors=True)
     steps = p.prune.recovery_steps
     return {**r, **{f"val_{k}": m[k] for k in get_task(task).metrics}, "epochs": steps / per_epoch, "steps": steps,
             "train_seconds": seconds, "train_samples_per_second": steps * p.finetune.batch_size / seconds,
@@ -128,7 +141,7 @@ def structured(p, task: str, data: dict, dense: Path, out: Path, device: str, pe
 def jobs_of(specs: list[str]) -> list[tuple]:
     """task:seeds:criteria:sparsities:distill, e.g. mrpc:42,43:first_order,movement@layer:0.8,0.9:both
     (criterion@ranking, default global; distill kd | none | both), optionally :key=value,... of the recipe
-    (structured_epochs, lr, hidden_weight): one job per combination, in spec order."""
+    (structured_epochs, lr, hidden_weight, embedding_sparsity): one job per combination, in spec order."""
     jobs = []
     for spec in specs:
         task, seeds, criteria, sparsities, distill, *extra = spec.split(":")

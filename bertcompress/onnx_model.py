@@ -21,8 +21,9 @@ import torch
 MODEL = "model.onnx"
 WEIGHTS = "weights.npz"
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-SPARSE_AT = 0.25  # a weight with at least this share of zeros is stored as bitmask + nonzero values (1/8 byte per
-#                  weight + its nonzeros: below 1 byte per weight from 1/8 zeros on; a quarter leaves a margin)
+SPARSE_AT = 0.25  # a weight with at least this share of zeros (or of one byte value: _fill) is stored as bitmask +
+#                  the other values (1/8 byte per weight + the rest: below 1 byte per weight from 1/8 zeros on; a
+#                  quarter leaves a margin)
 _TYPED = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
 
@@ -38,9 +39,12 @@ def pack(folder: str | Path) -> dict:
         a = numpy_helper.to_array(t)
         if a.nbytes < 1024:
             continue
-        if np.count_nonzero(a) <= (1 - SPARSE_AT) * a.size:
-            nonzero = (a != 0).ravel()
-            arrays[f"{t.name}|bits"], arrays[f"{t.name}|values"] = np.packbits(nonzero), a.ravel()[nonzero]
+        fill = _fill(a)
+        if np.count_nonzero(a != fill) <= (1 - SPARSE_AT) * a.size:
+            kept = (a != fill).ravel()
+            arrays[f"{t.name}|bits"], arrays[f"{t.name}|values"] = np.packbits(kept), a.ravel()[kept]
+            if fill != 0:
+                arrays[f"{t.name}|fill"] = np.array([fill], a.dtype)
             counts["bitmask"] += 1
         else:
             arrays[f"{t.name}|dense"] = a.ravel()
@@ -51,6 +55,14 @@ def pack(folder: str | Path) -> dict:
     _savez(Path(folder) / WEIGHTS, arrays)
     onnx.save(graph, str(path))
     return counts
+
+
+def _fill(a: np.ndarray):
+    """What a pruned weight's zeros became: 0, or in a byte tensor its most common value (the zero point of ONNX
+    Runtime's asymmetric uint8 embeddings, where every pruned entry lands)."""
+    if a.dtype.itemsize != 1:
+        return a.dtype.type(0)
+    return np.array(np.bincount(a.view(np.uint8).ravel(), minlength=256).argmax(), np.uint8).view(a.dtype)[()]
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -78,7 +90,8 @@ def unpacked(folder: str | Path):
                 t.raw_data = z[f"{t.name}|dense"].tobytes()
             elif f"{t.name}|bits" in z:
                 values = z[f"{t.name}|values"]
-                dense = np.zeros(int(np.prod(t.dims)), values.dtype)
+                fill = z[f"{t.name}|fill"][0] if f"{t.name}|fill" in z else 0
+                dense = np.full(int(np.prod(t.dims)), fill, values.dtype)
                 dense[np.unpackbits(z[f"{t.name}|bits"], count=dense.size).astype(bool)] = values
                 t.raw_data = dense.tobytes()
     return graph
@@ -133,4 +146,4 @@ class OnnxModel(InferenceOnly):
         values = [w for w in weights if w.dtype in (np.float32, np.float16, np.int8, np.uint8) and w.size > 1]
         return {"state_dict_mb": on_disk / 1e6, "compact_mb": on_disk / 1e6, "compressed_mb": squeezed / 1e6,
                 "parameters": int(sum(w.size for w in values)),
-                "nonzero_parameters": int(sum(np.count_nonzero(w) for w in values))}
+                "nonzero_parameters": int(sum(np.count_nonzero(w != _fill(w)) for w in values))}

@@ -76,6 +76,7 @@ class Prune:
     stages: int
     heads_fraction: float
     ffn_fraction: float
+    embedding_sparsity: float
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from .glue import get_task
 from .params import Finetune, Params, UserError
 from .tokenize import Encoded
 
-READS = {"oneshot": ("method", "scope", "ranking", "pattern", "final_sparsity", "recovery_steps"),
-         "structured": ("method", "heads_fraction", "ffn_fraction", "recovery_steps", "stages")}
+READS = {"oneshot": ("method", "scope", "ranking", "pattern", "final_sparsity", "recovery_steps",
+                    "embedding_sparsity"),
+         "structured": ("method", "heads_fraction", "ffn_fraction", "recovery_steps", "stages", "embedding_sparsity")}
 
 
 def reads(p: Params) -> list[str]:
@@ -74,16 +75,31 @@ def oneshot(model_dir: str, out_dir: str, params: Params, task: str, train_path:
                                                      hold_steps=None, criterion="magnitude"), 1)  # no gradients yet
     pruner.attach(model)
     pruner.after_step(1)
+    embeddings = _prune_embeddings(model, p.embedding_sparsity)
     loss = None
     if p.recovery_steps:  # steps past the schedule's end only re-apply the masks
         loss = loop.steps(model, train_path, params.finetune, params.runtime, p.recovery_steps,
                           lambda s: pruner.after_step(1 + s), objective=objective, device=device)
+    embeddings()
     model.cpu()
     result = {"task": task, "method": "oneshot", "base": str(model_dir), "recovery_steps": p.recovery_steps,
               "recovery_loss": loss, "sparsity": pruner.finish(model), **sizes.measure(model)}
     info = {"mode": "oneshot", "base": str(model_dir), "weights": "model.safetensors"}
     variant.save(out_dir, model_dir, info, result, lambda tmp: model.save_pretrained(tmp))
     return result
+
+
+def _prune_embeddings(model: nn.Module, sparsity: float):
+    """Zero the `sparsity` share of the word embeddings' entries of least magnitude (torch.nn.utils.prune: the
+    mask holds while recovery trains); returns the call that makes the zeros permanent. The int8 artifact stores
+    them as a bitmask (bertcompress/onnx_model.py): MiniLM's word embeddings are half its int8 bytes."""
+    if not sparsity:
+        return lambda: None
+    from torch.nn.utils import prune as torch_prune
+
+    table = model.get_input_embeddings()
+    torch_prune.l1_unstructured(table, "weight", amount=sparsity)
+    return lambda: torch_prune.remove(table, "weight")
 
 
 def _scores(model: nn.Module, train_path: str | None, f: Finetune, epoch: int = 0,
@@ -120,6 +136,7 @@ def structured(model_dir: str, out_dir: str, params: Params, task: str, train_pa
     layers = model.base_model.encoder.layer
     full = [(layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features) for layer in layers]
     loss, criterion = None, "magnitude"
+    embeddings = _prune_embeddings(model, p.embedding_sparsity)  # held through the recovery
     for stage in range(1, p.stages + 1):
         share = masks.polynomial_sparsity(stage, 0.0, 1.0, 0, p.stages, p.power)  # of the final fractions
         scores, criterion = _scores(model, train_path, params.finetune, stage - 1, device)
@@ -133,6 +150,7 @@ def structured(model_dir: str, out_dir: str, params: Params, task: str, train_pa
         n = p.recovery_steps // p.stages + (p.recovery_steps % p.stages if stage == p.stages else 0)
         if n:  # the last stage's mean training loss is reported
             loss = loop.steps(model, train_path, params.finetune, params.runtime, n, objective=objective, device=device)
+    embeddings()
     model.cpu()
     shapes = masks.structure(model)
     result = {"task": task, "method": "structured", "base": str(model_dir), "criterion": criterion, "stages": p.stages,

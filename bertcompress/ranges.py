@@ -161,7 +161,7 @@ def _validate_prune(p) -> None:
                         f"got {p.initial_sparsity}")
     if p.frequency <= 0:
         raise UserError(f"prune.frequency must be > 0 steps, got {p.frequency}")
-    for key in ("heads_fraction", "ffn_fraction"):
+    for key in ("heads_fraction", "ffn_fraction", "embedding_sparsity"):
         if not 0 <= getattr(p, key) < 1:
             raise UserError(f"prune.{key} must be in [0, 1), got {getattr(p, key)}")
     for key in ("recovery_steps", "begin_step"):

@@ -17,13 +17,15 @@ from bertcompress.cli import main
 
 @pytest.fixture(scope="session")
 def variants(tmp_path_factory, tiny_run, tiny_params, tiny_mrpc) -> dict[str, Path]:
-    """The tiny dense fine-tune, a one-shot 50 % pruning and a structured pruning of it: {kind: folder}."""
+    """The tiny dense fine-tune, a one-shot 50 % pruning and a structured pruning of it (and of half its word
+    embeddings): {kind: folder}."""
     from bertcompress import prune
 
     dense, _ = tiny_run
     root = tmp_path_factory.mktemp("variants")
     prune.prune(str(dense), str(root / "oneshot"), tiny_params.replace({"prune.method": "oneshot"}), "mrpc")
-    prune.prune(str(dense), str(root / "structured"), tiny_params.replace({"prune.method": "structured"}), "mrpc")
+    structured = tiny_params.replace({"prune.method": "structured", "prune.embedding_sparsity": 0.5})
+    prune.prune(str(dense), str(root / "structured"), structured, "mrpc")
     return {"dense": dense, "oneshot": root / "oneshot", "structured": root / "structured"}
 
 
@@ -58,6 +60,11 @@ def test_artifact_is_int8_onnx_with_tokenizer_and_manifest(artifacts, variants):
     # 6 layers x 6 Linear weights more than dense (whose zero tensors are the per-channel zero points)
     assert tensors["oneshot"]["bitmask"] - tensors["dense"]["bitmask"] >= 36
     assert mb["oneshot"] < 0.85 * mb["dense"]  # half the encoder's weights zero: bitmask + values, not zeros
+    # half the word embeddings zero: ONNX Runtime's uint8 table holds its zero point there, stored as the fill
+    with np.load(artifacts["structured"] / "weights.npz") as z:
+        fills = [k for k in z.files if k.endswith("|fill.npy") or k.endswith("|fill")]
+        assert fills and all(z[k].dtype == np.uint8 for k in fills)
+    assert mb["structured"] < 0.75 * mb["dense"]  # without the embeddings pruned: 0.87 (16.4 of 18.7 MB)
 
 
 def manifest_of(folder: Path) -> dict:

@@ -116,6 +116,20 @@ def test_structured_removes_heads_and_neurons(tiny_run, tiny_params, tiny_mrpc, 
         load_model(str(out), 2)
 
 
+def test_embedding_sparsity_zeroes_the_smallest_word_embeddings_and_holds_through_recovery(tiny_run, tiny_params,
+                                                                                           tiny_mrpc, tmp_path):
+    dense, _ = tiny_run
+    p = tiny_params.replace({"prune.method": "structured", "prune.embedding_sparsity": 0.5,
+                             "prune.recovery_steps": 2})
+    assert "prune.embedding_sparsity" in prune.reads(p)
+    prune.prune(str(dense), str(tmp_path / "s"), p, "mrpc", tiny_mrpc["train"])
+    before = load_model(str(dense), 2).bert.embeddings.word_embeddings.weight.detach()
+    after = load_variant(str(tmp_path / "s"), 2).bert.embeddings.word_embeddings.weight.detach()
+    zero = after == 0
+    assert zero.float().mean().item() == pytest.approx(0.5, abs=1e-4)  # still zero after 2 recovery steps
+    assert before.abs()[zero].max() <= before.abs()[~zero].median()  # the entries of least magnitude went
+
+
 def test_structured_recovery_distilled_from_its_source_reloads_identically(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     dense, _ = tiny_run
     before = load_file(dense / "model.safetensors")
@@ -172,6 +186,7 @@ def test_structured_by_magnitude_predicts_like_before_when_removing_nothing(tiny
     ("prune.final_sparsity=1.0", "final_sparsity"), ("prune.initial_sparsity=0.95", "initial_sparsity"),
     ("prune.end_step=0", "end_step"), ("prune.frequency=0", "frequency"), ("prune.scope=heads", "scope"),
     ("prune.heads_fraction=1.0", "heads_fraction"), ("prune.end_step=999999", "beyond"),
+    ("prune.embedding_sparsity=1.0", "embedding_sparsity"),
     ("prune.begin_step=50", "would never prune"),  # 64 examples, batch 32, 3 epochs: 6 steps
 ])
 def test_bad_pruning_input_is_one_line_before_training(override, words, capsys, tmp_path, monkeypatch):
