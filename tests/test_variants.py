@@ -82,7 +82,8 @@ def test_each_step_reads_only_its_leaf_params():
     assert not [k for k in variants.reads("finetune", dense) if k.startswith("prune.")]
     assert {"prune.final_sparsity", "prune.end_step", "prune.frequency"} <= set(variants.reads("finetune", gradual))
     assert set(variants.reads("prune", oneshot)) == {"prune.method", "prune.scope", "prune.ranking", "prune.pattern",
-                                                     "prune.final_sparsity", "prune.recovery_steps"}
+                                                     "prune.final_sparsity", "prune.recovery_steps",
+                                                     "prune.embedding_sparsity"}
     assert {"distill.teacher", "prune.criterion", "prune.momentum"} <= set(variants.reads("finetune", gradual))
     assert variants.reads("quantize", p.variant("dense", 42, "dynamic")) == {"quantize.mode": "dynamic"}
     every = {k for step in variants.MODULES for q in (dense, gradual, oneshot)
