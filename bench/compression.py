@@ -1,7 +1,7 @@
 """Compression benchmark: every variant of a params file's table on one GLUE task, one seed, one table.
 
-    nohup .venv/bin/python bench/compression.py --task mrpc > /tmp/bench_compression.log 2>&1 &
-    .venv/bin/python bench/compression.py --only 'dense+static|gradual80'     # build and time only these
+    nohup .venv/bin/python -m bench.compression --task mrpc > /tmp/bench_compression.log 2>&1 &
+    .venv/bin/python -m bench.compression --only 'dense+static|gradual80'     # build and time only these
 
 The variants are bench/params-compression.yaml's `variants` table (laid over params.yaml; -S overrides as for
 the flow), made by the flow's own step functions in table order: each variant fine-tuned or pruned from the one
@@ -24,17 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch._inductor.config
 
-import torch  # noqa: E402
-import torch._inductor.config  # noqa: E402
-
-from bertcompress import latency, model as core_model, params as P  # noqa: E402
-from bertcompress.glue import get_task  # noqa: E402
-from bertcompress.tokenize import prepared  # noqa: E402
-from bertcompress.variant import load_variant  # noqa: E402
-from tasks import tracking, variants  # noqa: E402
-from tasks.stage import evaluated, made  # noqa: E402
+from bertcompress import latency, model as core_model, params as P
+from bertcompress.glue import get_task
+from bertcompress.tokenize import prepared
+from bertcompress.variant import load_variant
+from tasks import tracking, variants
+from tasks.stage import evaluated, made
 
 BENCH = Path(__file__).resolve().parent
 RESULTS, JSON = BENCH / "RESULTS-compression.md", BENCH / "results" / "compression-{task}.json"

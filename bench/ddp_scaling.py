@@ -1,7 +1,7 @@
 """DDP scaling on one multi-GPU machine: the same fine-tune on 1, 2, (4, 8) GPUs via torchrun; samples/s and
 scaling efficiency.
 
-    python bench/ddp_scaling.py --model .carry/minilm --glue-dir .carry/glue --tasks mrpc sst2 --gpus 1 2 \
+    python -m bench.ddp_scaling --model .carry/minilm --glue-dir .carry/glue --tasks mrpc sst2 --gpus 1 2 \
         --json $OUT/ddp_scaling.json
 
 Each run is `torchrun --standalone --nproc_per_node N -m bertcompress.cli finetune` with the protocol's global

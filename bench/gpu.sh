@@ -7,6 +7,6 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name())'
 for task in "$@"; do
-  python3 bench/trainer_vs_ours.py --task "$task" --model .carry/minilm --glue-dir .carry/glue \
+  python3 -m bench.trainer_vs_ours --task "$task" --model .carry/minilm --glue-dir .carry/glue \
     ${ARGS:-} --json "$OUT/$task${TAG:-}.json" 2>&1 | tee "$OUT/$task${TAG:-}.log" | grep -v Warning
 done

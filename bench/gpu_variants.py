@@ -2,10 +2,10 @@
 bench/compression.py evaluates them (accuracy, sizes, latency) like the others.
 
     # on the GPU machine ($OUT comes back: at most 8 files of 16 MiB, 64 MiB in all); needs only the core package
-    python3 bench/gpu_variants.py pack --model .carry/minilm --glue-dir .carry/glue --out $OUT gradual80 gradual90
-    python3 bench/gpu_variants.py carry dense=/dev/shm/pruning-study/models/mrpc-s42-dense --out $OUT  # made there
+    python3 -m bench.gpu_variants pack --model .carry/minilm --glue-dir .carry/glue --out $OUT gradual80 gradual90
+    python3 -m bench.gpu_variants carry dense=/dev/shm/pruning-study/models/mrpc-s42-dense --out $OUT  # made there
     # here
-    python bench/gpu_variants.py unpack /work/.device/N        # -> outputs/bench/mrpc/<variant>/
+    python -m bench.gpu_variants unpack /work/.device/N        # -> outputs/bench/mrpc/<variant>/
 
 Why: a full MRPC fine-tune takes ~10 min on this 2-core CPU when it is quiet and ~75 min when it is shared;
 on one H100 it takes ~30 s with the same code, params and seed. The weights travel as fp16 (a gzip'd tar
@@ -20,12 +20,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PART = 15 * 2**20
 
@@ -82,7 +79,7 @@ def write(folders: dict, out_dir: Path) -> None:
 def unpack(args) -> None:
     from safetensors.torch import load_file, save_file
 
-    import compression
+    from bench import compression
     from bertcompress import io as bio
     from bertcompress import params as P
     from tasks import steps

@@ -1,7 +1,7 @@
 """The default experiment grid on one GPU, several runs at once: grid throughput, not single-run speed.
 
-    python bench/grid.py --model .carry/minilm --glue-dir .carry/glue --workers 6 --json grid.json
-    python bench/grid.py ... --tasks mrpc -S variants.gradual.prune.final_sparsity=0.8 --lr 2e-5 5e-5
+    python -m bench.grid --model .carry/minilm --glue-dir .carry/glue --workers 6 --json grid.json
+    python -m bench.grid ... --tasks mrpc -S variants.gradual.prune.final_sparsity=0.8 --lr 2e-5 5e-5
 
 tasks (mrpc, sst2, cola) × the fine-tuned variants of the params file's table (`from: pretrained`; params.yaml:
 dense, gradual) × experiment.seeds (42, 43, 44), seed protocol, then each model in its variant's `quantize`
@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TASKS = ("sst2", "cola", "mrpc")  # --tasks stsb: the regression task (Pearson headline)
 

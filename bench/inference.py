@@ -7,7 +7,7 @@ structured 50 % of heads and FFN neurons, distilled on a GPU, carried by bench/g
 int8 ONNX and as PT2E int8 + Inductor; latency at batch 1, 8 and 32 at length 128, throughput over the
 real validation split, the artifact's size and the validation metrics beside each.
 
-    .venv/bin/python bench/inference.py --tasks mrpc sst2 --threads 2      # needs outputs/bench/<task>/dense
+    .venv/bin/python -m bench.inference --tasks mrpc sst2 --threads 2      # needs outputs/bench/<task>/dense
 
 The models are outputs/bench/<task>/dense (fine-tuned here by bench/compression.py, or carried from a GPU by
 bench/gpu_variants.py). Latency: latency.measure (synthetic full-length pairs, warm-up, median of --runs), in
@@ -20,21 +20,18 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from bertcompress import evaluate as ev  # noqa: E402
-from bertcompress import latency, variant  # noqa: E402
-from bertcompress.compiled import CompiledModel  # noqa: E402
-from bertcompress import params as P  # noqa: E402
-from bertcompress.export import export  # noqa: E402
-from bertcompress.glue import get_task  # noqa: E402
-from bertcompress.tokenize import Encoded, prepared  # noqa: E402
+from bertcompress import evaluate as ev
+from bertcompress import latency, variant
+from bertcompress.compiled import CompiledModel
+from bertcompress import params as P
+from bertcompress.export import export
+from bertcompress.glue import get_task
+from bertcompress.tokenize import Encoded, prepared
 
 BATCHES = (1, 8, 32)
 ROWS = {"eager fp32": "the fine-tuned model, torch eager", "eager int8 (dynamic_emb)": "torch quantize_dynamic, "

@@ -1,6 +1,6 @@
 """Where does a training step's time go? Times fetch / forward / backward / optimizer with device syncs.
 
-    python bench/profile_step.py --model .carry/minilm --glue-dir .carry/glue --task mrpc
+    python -m bench.profile_step --model .carry/minilm --glue-dir .carry/glue --task mrpc
 
 Prints ms per step for each phase under several settings (fp32 vs bf16, host vs device-resident batches),
 plus the cost of one epoch-end checkpoint, so a slow fine-tune can be explained before it is optimised.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,16 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bertcompress import params as P  # noqa: E402
-from bertcompress.tokenize import prepared  # noqa: E402
-from bertcompress.checkpoint import Checkpointer  # noqa: E402
-from bertcompress.loop import epoch_batches, optimizer_and_schedule  # noqa: E402
-from bertcompress.fast import GraphedTrainStep  # noqa: E402
-from bertcompress.loop import plain  # noqa: E402
-from bertcompress.model import load_model  # noqa: E402
-from bertcompress.tokenize import Encoded  # noqa: E402
+from bertcompress import params as P
+from bertcompress.tokenize import prepared
+from bertcompress.checkpoint import Checkpointer
+from bertcompress.loop import epoch_batches, optimizer_and_schedule
+from bertcompress.fast import GraphedTrainStep
+from bertcompress.loop import plain
+from bertcompress.model import load_model
+from bertcompress.tokenize import Encoded
 
 
 def sync():

@@ -1,7 +1,7 @@
 """Tables and figures of the pruning study (bench/pruning_study.py): bench/RESULTS-pruning.md from its rows.
 
-    python bench/pruning_report.py /work/.device/*/study*.json     # the device calls' files: merged, then reported
-    python bench/pruning_report.py bench/results/pruning-study.json  # the merged rows again
+    python -m bench.pruning_report /work/.device/*/study*.json     # the device calls' files: merged, then reported
+    python -m bench.pruning_report bench/results/pruning-study.json  # the merged rows again
 
 Each pruned run started from, and was distilled from, the dense model trained in the same call for the same
 (task, seed): differences are paired with that dense row (`call` in the JSON), then averaged over seeds.
@@ -47,7 +47,7 @@ share of the recovery steps), recovery on the GPU (CUDA graphs, TF32) with the t
 call's dense run, mean over seeds; runs > n: a seed was run twice (both kept). Parameters kept include the
 embeddings (11.7 M of MiniLM's 22.7 M), which structured pruning leaves whole.
 
-    python3 bench/pruning_study.py run mrpc:42,43,44:structured@4:0.5/0.5:kd:hidden_weight=0,lr=5e-5 --json $OUT/s.json
+    python3 -m bench.pruning_study run mrpc:42,43,44:structured@4:0.5/0.5:kd:hidden_weight=0,lr=5e-5 --json $OUT/s.json
 
 """
 READING_STRUCTURED = """
@@ -218,7 +218,7 @@ def report(paths: list[str]) -> None:
            f"parallel processes on the one GPU under MPS), study wall time {wall / 60:.1f} min. JSON: "
            "`results/pruning-study.json` (rows: task, variant, criterion, distill, target/achieved sparsity, seed, "
            "accuracy, metric, epochs, train_seconds, call).\n",
-           "    python3 bench/pruning_study.py run mrpc:42,43,44:magnitude,movement,first_order:0.5,0.7,0.8,0.9:both "
+           "    python3 -m bench.pruning_study run mrpc:42,43,44:magnitude,movement,first_order:0.5,0.7,0.8,0.9:both "
            "--jobs 12 --cost --json $OUT/study1.json\n",
            f"Cost (MRPC, alone on the GPU, one after the other): dense {cost['dense']:.0f} samples/s, first-order "
            f"90 % with logits + hidden distillation {cost['cost_kd']:.0f} samples/s = **{cost['ratio']:.0%}** of "

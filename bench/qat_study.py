@@ -3,9 +3,9 @@ fine-tune, then PT2E static post-training int8 of it and QAT of it by each recip
 validation split.
 
     # here, on the CPU (the dense fine-tunes too: ~5 min each on 2 cores for MRPC)
-    STUDY_THREADS=2 STUDY_ROOT=/tmp/qat python bench/qat_study.py run --tasks mrpc --seeds 42 43 44 \
+    STUDY_THREADS=2 STUDY_ROOT=/tmp/qat python -m bench.qat_study run --tasks mrpc --seeds 42 43 44 \
         --recipes ptq kd --device cpu --jobs 1 --json bench/results/qat-study-cpu.json
-    python bench/qat_study.py report bench/results/qat-study-cpu.json        # the tables of bench/RESULTS-qat.md
+    python -m bench.qat_study report bench/results/qat-study-cpu.json        # the tables of bench/RESULTS-qat.md
 
 Each quantized model is the pipeline's own (bertcompress/quantize.py `pt2e`, X86InductorQuantizer), evaluated as
 its converted program (reference int8 ops) with eager attention, PTQ too; every row also gives the largest logit
@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # name -> quantize.* overrides ("epoch" steps = one epoch of the task's training split)
 RECIPES = {
@@ -63,7 +60,7 @@ def _quantized(task: str, seed: int, recipe: str, data: dict, model: str, device
     from bertcompress.glue import get_task
     from bertcompress.metrics import headline
     from bertcompress.tokenize import Encoded
-    from pruning_study import ROOT
+    from bench.pruning_study import ROOT
 
     dense = ROOT / "models" / f"{task}-s{seed}-dense"
     per_epoch = -(-len(Encoded.load(data["train"])) // P.defaults().finetune.batch_size)
@@ -98,7 +95,7 @@ def _quantized(task: str, seed: int, recipe: str, data: dict, model: str, device
 def dense(task: str, seed: int, data: dict, model: str, max_steps: int | None, device: str) -> dict:
     """The seed's dense fine-tune (bench/pruning_study.py `one`), or the one a cut-short call already saved."""
     from bertcompress.metrics import headline
-    from pruning_study import ROOT, one
+    from bench.pruning_study import ROOT, one
 
     done = ROOT / "models" / f"{task}-s{seed}-dense" / "metrics.json"
     if done.is_file() and not max_steps:
@@ -113,7 +110,7 @@ def run(args) -> None:
 
     from bertcompress import params as P
     from bertcompress.tokenize import prepared
-    from pruning_study import ROOT
+    from bench.pruning_study import ROOT
 
     started, rows = time.time(), []
     limit = [f"data.max_train_samples={args.limit}", f"data.max_eval_samples={args.limit}"] if args.limit else []

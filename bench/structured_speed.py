@@ -1,7 +1,7 @@
 """How much CPU speed structured pruning buys: eager fp32 latency of the dense model and of structured variants
 (heads and FFN neurons removed, bertcompress/prune.py), side by side in one process, rounds interleaved.
 
-    python bench/structured_speed.py --model-dir outputs/bench/mrpc/dense --threads 2 \
+    python -m bench.structured_speed --model-dir outputs/bench/mrpc/dense --threads 2 \
         --json bench/results/structured-speed-cpu.json
 
 Speed depends on the shapes only, so the variants are pruned by magnitude without recovery; what accuracy each
@@ -12,17 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from bertcompress import latency, prune, sizes  # noqa: E402
-from bertcompress import params as P  # noqa: E402
-from bertcompress.variant import load_variant  # noqa: E402
+from bertcompress import latency, prune, sizes
+from bertcompress import params as P
+from bertcompress.variant import load_variant
 
 FRACTIONS = [(0.25, 0.25), (0.5, 0.5), (0.5, 0.75), (0.67, 0.75)]
 

@@ -1,7 +1,7 @@
 """Our fine-tune vs Hugging Face Trainer, side by side: same data, model, protocol and seed.
 
-    python bench/trainer_vs_ours.py --task mrpc                       # this CPU, packaged MiniLM
-    python bench/trainer_vs_ours.py --task sst2 --model .carry/minilm --glue-dir .carry/glue   # a lent GPU
+    python -m bench.trainer_vs_ours --task mrpc                       # this CPU, packaged MiniLM
+    python -m bench.trainer_vs_ours --task sst2 --model .carry/minilm --glue-dir .carry/glue   # a lent GPU
 
 Protocol (the seed recipe): AdamW, lr 2e-5, weight decay 0.01, linear decay after 10 % warm-up, batch 32,
 3 epochs, max length 128, seed 42, evaluation after every epoch. Trainer gets run_glue's default data
@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def prepare(args) -> tuple[object, dict]:
@@ -151,7 +149,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as work:
         for side in ("trainer", "ours"):
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--work", work]
+            cmd = [sys.executable, "-m", "bench.trainer_vs_ours", *sys.argv[1:], "--side", side, "--work", work]
             done = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
             if done.returncode or not lines:
