@@ -2,11 +2,11 @@
 fine-tune, then gradual pruning of it to each sparsity by each criterion, with and without distillation from it.
 
     # on the lent GPU (needs only the core package; .carry/ from ../shared/tools/make_gpu_carry.py)
-    python3 -m bench.pruning_study run mrpc:42,43,44:magnitude,first_order:0.5,0.7,0.8,0.9:both --jobs 12 \
+    python3 -m bench.studies.pruning_study run mrpc:42,43,44:magnitude,first_order:0.5,0.7,0.8,0.9:both --jobs 12 \
         --json $OUT/study.json
-    python3 -m bench.pruning_study run sst2:42,43,44:structured,structured@4:0.5/0.5,0.5/0.75:kd --json $OUT/s.json
+    python3 -m bench.studies.pruning_study run sst2:42,43,44:structured,structured@4:0.5/0.5,0.5/0.75:kd --json $OUT/s.json
     # here: tables and figures from the rows
-    python -m bench.pruning_study report bench/results/pruning-study.json    # -> bench/RESULTS-pruning.md
+    python -m bench.studies.pruning_study report bench/results/pruning-study.json    # -> bench/RESULTS-pruning.md
 
 Every run is the pipeline's own fine-tune (bertcompress/finetune.py: CUDA graphs, the teacher's forward inside
 the captured step): a pruned variant is `from: dense`, `prune.method: gradual` with the criterion, ranking and
@@ -253,7 +253,7 @@ def main() -> None:
     if args.cmd == "run":
         run(args)
     else:
-        from bench.pruning_report import report  # tables and figures, here
+        from bench.studies.pruning_report import report  # tables and figures, here
 
         report(args.rows)
 

@@ -1,7 +1,7 @@
-"""Tables and figures of the pruning study (bench/pruning_study.py): bench/RESULTS-pruning.md from its rows.
+"""Tables and figures of the pruning study (bench/studies/pruning_study.py): bench/RESULTS-pruning.md from its rows.
 
-    python -m bench.pruning_report /work/.device/*/study*.json     # the device calls' files: merged, then reported
-    python -m bench.pruning_report bench/results/pruning-study.json  # the merged rows again
+    python -m bench.studies.pruning_report /work/.device/*/study*.json     # the device calls' files: merged, then reported
+    python -m bench.studies.pruning_report bench/results/pruning-study.json  # the merged rows again
 
 Each pruned run started from, and was distilled from, the dense model trained in the same call for the same
 (task, seed): differences are paired with that dense row (`call` in the JSON), then averaged over seeds.
@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-JSON, MD = HERE / "results" / "pruning-study.json", HERE / "RESULTS-pruning.md"
+BENCH = Path(__file__).resolve().parent.parent  # bench/: its RESULTS-*.md and results/
+JSON, MD = BENCH / "results" / "pruning-study.json", BENCH / "RESULTS-pruning.md"
 METRIC = {"mrpc": "F1", "sst2": "accuracy", "cola": "MCC"}
 # the issue's goals: (task, sparsity) -> allowed accuracy drop in points (CoLA: kept share of dense MCC)
 GOALS = {("mrpc", 0.8): 1.0, ("sst2", 0.8): 1.0, ("mrpc", 0.9): 2.0, ("sst2", 0.9): 2.0, ("sst2", 0.95): 4.0}
@@ -47,7 +47,7 @@ share of the recovery steps), recovery on the GPU (CUDA graphs, TF32) with the t
 call's dense run, mean over seeds; runs > n: a seed was run twice (both kept). Parameters kept include the
 embeddings (11.7 M of MiniLM's 22.7 M), which structured pruning leaves whole.
 
-    python3 -m bench.pruning_study run mrpc:42,43,44:structured@4:0.5/0.5:kd:hidden_weight=0,lr=5e-5 --json $OUT/s.json
+    python3 -m bench.studies.pruning_study run mrpc:42,43,44:structured@4:0.5/0.5:kd:hidden_weight=0,lr=5e-5 --json $OUT/s.json
 
 """
 READING_STRUCTURED = """
@@ -142,7 +142,7 @@ def figure(task: str, pruned: pd.DataFrame, dense: pd.DataFrame) -> str:
     ax.axhline(d.majority_accuracy.iloc[0], color="grey", ls=":", label="majority class")
     ax.set(xlabel="encoder sparsity (%)", ylabel="validation accuracy", title=f"{task.upper()}: MiniLM, 3 seeds")
     ax.legend(fontsize=7)
-    path = HERE / "results" / f"pruning-{task}.png"
+    path = BENCH / "results" / f"pruning-{task}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -168,7 +168,7 @@ def goals(pruned: pd.DataFrame) -> str:
 
 def structured_speed() -> str:
     """The speed half of the structured goal, from bench/structured_speed.py's JSON (this CPU)."""
-    path = HERE / "results" / "structured-speed-cpu.json"
+    path = BENCH / "results" / "structured-speed-cpu.json"
     if not path.is_file():
         return ""
     d = json.loads(path.read_text())
@@ -182,7 +182,7 @@ def structured_speed() -> str:
 
 def structured_goal(pruned: pd.DataFrame) -> str:
     """The structured goal for the chosen recipe (params.yaml's `structured`): ≥ 1.8× at batch 8, ≤ 1.0 point."""
-    speed = HERE / "results" / "structured-speed-cpu.json"
+    speed = BENCH / "results" / "structured-speed-cpu.json"
     rows = json.loads(speed.read_text())["rows"] if speed.is_file() else []
     b8 = next((r["speedup_b8"] for r in rows if r["model"] == "structured heads 50% ffn 50%"), float("nan"))
     t = pruned[(pruned.criterion == "structured") & (pruned.heads_fraction == 0.5) & (pruned.ffn_fraction == 0.5)]
@@ -207,7 +207,7 @@ def report(paths: list[str]) -> None:
     cost = next(c["cost"] for c in calls if "cost" in c)
     wall = sum(c["wall_seconds"] for c in calls)
     out = ["# Pruning MiniLM to 50–95 % encoder sparsity: criteria and distillation (one H200, 3 seeds)\n",
-           f"Measured with `bench/pruning_study.py` on {calls[0]['gpu']} (torch {calls[0]['torch']}), packaged "
+           f"Measured with `bench/studies/pruning_study.py` on {calls[0]['gpu']} (torch {calls[0]['torch']}), packaged "
            "all-MiniLM-L6-v2, the pipeline's own fine-tune (bertcompress/finetune.py: CUDA graphs, TF32 matmuls, "
            "batch 32, length 128, AdamW, linear decay after 10 % warm-up). Each pruned run starts from the dense "
            "fine-tune of its seed (`from: dense`, `prune.method: gradual`), encoder scope, cubic ramp from 0 to the "
@@ -218,7 +218,7 @@ def report(paths: list[str]) -> None:
            f"parallel processes on the one GPU under MPS), study wall time {wall / 60:.1f} min. JSON: "
            "`results/pruning-study.json` (rows: task, variant, criterion, distill, target/achieved sparsity, seed, "
            "accuracy, metric, epochs, train_seconds, call).\n",
-           "    python3 -m bench.pruning_study run mrpc:42,43,44:magnitude,movement,first_order:0.5,0.7,0.8,0.9:both "
+           "    python3 -m bench.studies.pruning_study run mrpc:42,43,44:magnitude,movement,first_order:0.5,0.7,0.8,0.9:both "
            "--jobs 12 --cost --json $OUT/study1.json\n",
            f"Cost (MRPC, alone on the GPU, one after the other): dense {cost['dense']:.0f} samples/s, first-order "
            f"90 % with logits + hidden distillation {cost['cost_kd']:.0f} samples/s = **{cost['ratio']:.0%}** of "

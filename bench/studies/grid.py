@@ -1,7 +1,7 @@
 """The default experiment grid on one GPU, several runs at once: grid throughput, not single-run speed.
 
-    python -m bench.grid --model .carry/minilm --glue-dir .carry/glue --workers 6 --json grid.json
-    python -m bench.grid ... --tasks mrpc -S variants.gradual.prune.final_sparsity=0.8 --lr 2e-5 5e-5
+    python -m bench.studies.grid --model .carry/minilm --glue-dir .carry/glue --workers 6 --json grid.json
+    python -m bench.studies.grid ... --tasks mrpc -S variants.gradual.prune.final_sparsity=0.8 --lr 2e-5 5e-5
 
 tasks (mrpc, sst2, cola) × the fine-tuned variants of the params file's table (`from: pretrained`; params.yaml:
 dense, gradual) × experiment.seeds (42, 43, 44), seed protocol, then each model in its variant's `quantize`

@@ -3,14 +3,14 @@ fine-tune, then PT2E static post-training int8 of it and QAT of it by each recip
 validation split.
 
     # here, on the CPU (the dense fine-tunes too: ~5 min each on 2 cores for MRPC)
-    STUDY_THREADS=2 STUDY_ROOT=/tmp/qat python -m bench.qat_study run --tasks mrpc --seeds 42 43 44 \
+    STUDY_THREADS=2 STUDY_ROOT=/tmp/qat python -m bench.studies.qat_study run --tasks mrpc --seeds 42 43 44 \
         --recipes ptq kd --device cpu --jobs 1 --json bench/results/qat-study-cpu.json
-    python -m bench.qat_study report bench/results/qat-study-cpu.json        # the tables of bench/RESULTS-qat.md
+    python -m bench.studies.qat_study report bench/results/qat-study-cpu.json        # the tables of bench/RESULTS-qat.md
 
 Each quantized model is the pipeline's own (bertcompress/quantize.py `pt2e`, X86InductorQuantizer), evaluated as
 its converted program (reference int8 ops) with eager attention, PTQ too; every row also gives the largest logit
 difference from its float model, so a row where nothing was quantized shows 0. The dense fine-tune is the pruning
-study's (bench/pruning_study.py RECIPES: MiniLM's best lr per task). `--device cuda` runs it all on a GPU, but on
+study's (bench/studies/pruning_study.py RECIPES: MiniLM's best lr per task). `--device cuda` runs it all on a GPU, but on
 the lent H200's image (torch 2.11 + torchao 0.18) the converted programs equal their float models exactly (nothing
 is quantized there): use it only for the dense fine-tunes and the training-side checks.
 """
@@ -60,7 +60,7 @@ def _quantized(task: str, seed: int, recipe: str, data: dict, model: str, device
     from bertcompress.glue import get_task
     from bertcompress.metrics import headline
     from bertcompress.tokenize import Encoded
-    from bench.pruning_study import ROOT
+    from bench.studies.pruning_study import ROOT
 
     dense = ROOT / "models" / f"{task}-s{seed}-dense"
     per_epoch = -(-len(Encoded.load(data["train"])) // P.defaults().finetune.batch_size)
@@ -93,9 +93,9 @@ def _quantized(task: str, seed: int, recipe: str, data: dict, model: str, device
 
 
 def dense(task: str, seed: int, data: dict, model: str, max_steps: int | None, device: str) -> dict:
-    """The seed's dense fine-tune (bench/pruning_study.py `one`), or the one a cut-short call already saved."""
+    """The seed's dense fine-tune (bench/studies/pruning_study.py `one`), or the one a cut-short call already saved."""
     from bertcompress.metrics import headline
-    from bench.pruning_study import ROOT, one
+    from bench.studies.pruning_study import ROOT, one
 
     done = ROOT / "models" / f"{task}-s{seed}-dense" / "metrics.json"
     if done.is_file() and not max_steps:
@@ -110,7 +110,7 @@ def run(args) -> None:
 
     from bertcompress import params as P
     from bertcompress.tokenize import prepared
-    from bench.pruning_study import ROOT
+    from bench.studies.pruning_study import ROOT
 
     started, rows = time.time(), []
     limit = [f"data.max_train_samples={args.limit}", f"data.max_eval_samples={args.limit}"] if args.limit else []
