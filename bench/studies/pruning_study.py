@@ -18,14 +18,12 @@ short keeps what finished. `cost` first times a dense and a distilled pruned epo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from pathlib import Path
 
+from bench.studies.pool import common_args, prepared_data, run_pool, save
 
 ROOT = Path(os.environ.get("STUDY_ROOT", "/dev/shm/pruning-study"))
 KEEP = bool(os.environ.get("STUDY_KEEP"))
@@ -186,52 +184,35 @@ def cost(task: str, data: dict, model: str, seed: int) -> dict:
 def run(args) -> None:
     import torch
 
-    from bertcompress import params as P
-    from bertcompress.tokenize import prepared
-
     started, rows = time.time(), []
-    limit = [f"data.max_train_samples={args.limit}", f"data.max_eval_samples={args.limit}"] if args.limit else []
     tasks = list(dict.fromkeys(spec.split(":")[0] for spec in args.spec))
-    data = {t: prepared(t, P.load(None, [f"data.source={args.glue_dir}", f"model.name={args.model}", *limit]),
-                        str(ROOT / "glue"), str(ROOT / "tok")) for t in tasks}
+    data = prepared_data(args, tasks, ROOT)
     info = {"gpu": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__, "jobs": args.jobs, "rows": rows}
-
-    def save():
-        info["wall_seconds"] = time.time() - started
-        Path(args.json).write_text(json.dumps(info, indent=1))
-
     if args.cost:
         info["cost"] = cost(tasks[0], data[tasks[0]], args.model, 42)
         print("cost", info["cost"], flush=True)
-        save()
+        save(args.json, info, started)
     jobs = jobs_of(args.spec)
     dense = list(dict.fromkeys((t, s) for t, s, _ in jobs))  # in spec order: the first task's run first
     ready = [(t, s, {"variant": "dense", "distill": False}) for t, s in dense]
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-        running: dict = {}
-        while ready or running:
-            while ready and len(running) < args.jobs:  # the pool never queues: the next ready job by spec order
-                t, s, cfg = ready.pop(0)
-                cut = args.max_steps if cfg["variant"] != "dense" else None
-                running[pool.submit(one, t, s, cfg, data[t], args.model, cut, args.device)] = (t, s, cfg["variant"])
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                key = running.pop(fut)
-                try:
-                    row = fut.result()
-                except Exception as e:  # noqa: BLE001 — one failed run is reported, the study goes on
-                    print(f"FAILED {key}: {type(e).__name__}: {e}", flush=True)
-                    continue
-                rows.append(row)
-                print(f"{row['task']} s{row['seed']} {row['variant']}: acc {row['accuracy']} metric "
-                      f"{row['metric']:.4f} sparsity {row['achieved_sparsity']:.3f} {row['wall_seconds']:.0f}s "
-                      f"[{time.time() - started:.0f}s]", flush=True)
-                save()
-                if row["variant"] == "dense":  # its pruned runs become ready, kept in spec order
-                    ready += [j for j in jobs if j[:2] == (row["task"], row["seed"])]
-                    ready.sort(key=lambda j: jobs.index(j) if j in jobs else -1)
-    save()
+
+    def call(job: tuple) -> tuple:
+        t, s, cfg = job
+        cut = args.max_steps if cfg["variant"] != "dense" else None
+        return one, t, s, cfg, data[t], args.model, cut, args.device
+
+    def done(job: tuple, row: dict) -> None:
+        rows.append(row)
+        print(f"{row['task']} s{row['seed']} {row['variant']}: acc {row['accuracy']} metric "
+              f"{row['metric']:.4f} sparsity {row['achieved_sparsity']:.3f} {row['wall_seconds']:.0f}s "
+              f"[{time.time() - started:.0f}s]", flush=True)
+        save(args.json, info, started)
+        if row["variant"] == "dense":  # its pruned runs become ready, kept in spec order
+            ready.extend(j for j in jobs if j[:2] == (row["task"], row["seed"]))
+            ready.sort(key=lambda j: jobs.index(j) if j in jobs else -1)
+
+    run_pool(ready, call, done, args.jobs, key=lambda job: (job[0], job[1], job[2]["variant"]))
+    save(args.json, info, started)
 
 
 def main() -> None:
@@ -240,13 +221,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("spec", nargs="+", help="task:seeds:criteria:sparsities:distill (see jobs_of)")
     r.add_argument("--cost", action="store_true", help="first time a dense and a distilled pruned epoch alone")
-    r.add_argument("--jobs", type=int, default=8)
-    r.add_argument("--device", default="cuda", help="cuda; cpu with --limit for a smoke run")
-    r.add_argument("--limit", type=int, help="first N train and validation rows only (a smoke run)")
-    r.add_argument("--max-steps", type=int, help="pruned runs stop after N steps (a smoke run)")
-    r.add_argument("--model", default=".carry/minilm")
-    r.add_argument("--glue-dir", default=".carry/glue")
-    r.add_argument("--json", required=True)
+    common_args(r, max_steps_help="pruned runs stop after N steps (a smoke run)")
     rep = sub.add_parser("report")
     rep.add_argument("rows", nargs="+")
     args = ap.parse_args()

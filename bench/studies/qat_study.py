@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from pathlib import Path
 
+from bench.studies.pool import common_args, prepared_data, run_pool, save
 
 # name -> quantize.* overrides ("epoch" steps = one epoch of the task's training split)
 RECIPES = {
@@ -106,52 +105,37 @@ def dense(task: str, seed: int, data: dict, model: str, max_steps: int | None, d
 
 
 def run(args) -> None:
+    import platform
+
     import torch
 
-    from bertcompress import params as P
-    from bertcompress.tokenize import prepared
     from bench.studies.pruning_study import ROOT
 
     started, rows = time.time(), []
-    limit = [f"data.max_train_samples={args.limit}", f"data.max_eval_samples={args.limit}"] if args.limit else []
-    data = {t: prepared(t, P.load(None, [f"data.source={args.glue_dir}", f"model.name={args.model}", *limit]),
-                        str(ROOT / "glue"), str(ROOT / "tok")) for t in args.tasks}
-    import platform
-
+    data = prepared_data(args, args.tasks, ROOT)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
     info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(), "jobs": args.jobs,
             "rows": rows}
-
-    def save():
-        info["wall_seconds"] = time.time() - started
-        Path(args.json).write_text(json.dumps(info, indent=1))
-
     ready = [("dense", t, s) for t in args.tasks for s in args.seeds]
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        running: dict = {}
-        while ready or running:
-            while ready and len(running) < args.jobs:
-                kind, t, s, *rest = ready.pop(0)
-                fut = (pool.submit(dense, t, s, data[t], args.model, args.max_steps, args.device) if kind == "dense"
-                       else pool.submit(quantized, t, s, rest[0], data[t], args.model, args.device))
-                running[fut] = (kind, t, s, *rest)
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                key = running.pop(fut)
-                try:
-                    row = fut.result()
-                except Exception as e:  # noqa: BLE001 — one failed run is reported, the study goes on
-                    print(f"FAILED {key}: {type(e).__name__}: {e}", flush=True)
-                    continue
-                if key[0] == "dense":
-                    row = {"task": row["task"], "seed": row["seed"], "recipe": "fp32", "mode": "none",
-                           "accuracy": row["accuracy"], "metric": row["metric"], "lr": row["lr"]}
-                    ready += [("q", key[1], key[2], r) for r in args.recipes]
-                rows.append(row)
-                print(f"{row['task']} s{row['seed']} {row['recipe']}: acc {row['accuracy']} metric "
-                      f"{row['metric']:.4f} [{time.time() - started:.0f}s]", flush=True)
-                save()
-    save()
+
+    def call(job: tuple) -> tuple:
+        kind, t, s, *rest = job
+        if kind == "dense":
+            return dense, t, s, data[t], args.model, args.max_steps, args.device
+        return quantized, t, s, rest[0], data[t], args.model, args.device
+
+    def done(job: tuple, row: dict) -> None:
+        if job[0] == "dense":
+            row = {"task": row["task"], "seed": row["seed"], "recipe": "fp32", "mode": "none",
+                   "accuracy": row["accuracy"], "metric": row["metric"], "lr": row["lr"]}
+            ready.extend(("q", job[1], job[2], r) for r in args.recipes)
+        rows.append(row)
+        print(f"{row['task']} s{row['seed']} {row['recipe']}: acc {row['accuracy']} metric "
+              f"{row['metric']:.4f} [{time.time() - started:.0f}s]", flush=True)
+        save(args.json, info, started)
+
+    run_pool(ready, call, done, args.jobs)
+    save(args.json, info, started)
 
 
 def report(paths: list[str]) -> None:
@@ -183,13 +167,7 @@ def main() -> None:
     r.add_argument("--tasks", nargs="+", default=["mrpc", "sst2"])
     r.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     r.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    r.add_argument("--jobs", type=int, default=8)
-    r.add_argument("--device", default="cuda", help="cuda; cpu with --limit for a smoke run")
-    r.add_argument("--limit", type=int, help="first N train and validation rows only (a smoke run)")
-    r.add_argument("--max-steps", type=int, help="the dense fine-tunes stop after N steps (a smoke run)")
-    r.add_argument("--model", default=".carry/minilm")
-    r.add_argument("--glue-dir", default=".carry/glue")
-    r.add_argument("--json", required=True)
+    common_args(r, max_steps_help="the dense fine-tunes stop after N steps (a smoke run)")
     rep = sub.add_parser("report")
     rep.add_argument("rows", nargs="+")
     args = ap.parse_args()
