@@ -4,56 +4,67 @@ fine-tune, then gradual pruning of it to each sparsity by each criterion, with a
     # on the lent GPU (needs only the core package; .carry/ from ../shared/tools/make_gpu_carry.py)
     python3 -m bench.studies.pruning_study run mrpc:42,43,44:magnitude,first_order:0.5,0.7,0.8,0.9:both --jobs 12 \
         --json $OUT/study.json
-    python3 -m bench.studies.pruning_study run sst2:42,43,44:structured,structured@4:0.5/0.5,0.5/0.75:kd --json $OUT/s.json
+    python3 -m bench.studies.pruning_study run sst2:42,43,44:structured,structured@4:0.5/0.5,0.5/0.75:kd \
+        --json $OUT/s.json
     # here: tables and figures from the rows
     python -m bench.studies.pruning_study report bench/results/pruning-study.json    # -> bench/RESULTS-pruning.md
 
 Every run is the pipeline's own fine-tune (bertcompress/finetune.py: CUDA graphs, the teacher's forward inside
 the captured step): a pruned variant is `from: dense`, `prune.method: gradual` with the criterion, ranking and
-pattern given, trained for its own epochs and lr (RECIPES), distilled from that seed's dense model when
-`distill` is on. A structured run is `prune.method: structured` of that dense model (heads/FFN fractions, in
-`prune.stages` stages) with recovery steps of RECIPES' epochs, distilled when `distill` is on. Runs share the one GPU as parallel processes; rows are written as each run ends, so a call cut
-short keeps what finished. `cost` first times a dense and a distilled pruned epoch alone, one after the other.
+pattern given, trained for its own epochs and lr (the task's recipe in bench/studies/pruning.yaml), distilled
+from that seed's dense model when `distill` is on. A structured run is `prune.method: structured` of that dense
+model (heads/FFN fractions, in `prune.stages` stages) with recovery steps of the recipe's structured_epochs,
+distilled when `distill` is on. Runs share the one GPU as parallel processes (bench/studies/pool.py); rows are
+written as each run ends, so a call cut short keeps what finished. `cost` first times a dense and a distilled
+pruned epoch alone, one after the other.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import time
 from pathlib import Path
+
+import yaml
 
 from bench.studies.pool import common_args, prepared_data, run_pool, save
 
 ROOT = Path(os.environ.get("STUDY_ROOT", "/dev/shm/pruning-study"))
 KEEP = bool(os.environ.get("STUDY_KEEP"))
 EXPORT = bool(os.environ.get("STUDY_EXPORT"))  # structured runs: also export the ONNX Runtime int8 artifact  # keep the pruned models (to carry one back), not only the dense ones
-# per task: the dense fine-tune's lr (MiniLM's best, ../shared/notes/pruning-recipes.md) and the pruning runs'
-# epochs and lr; dense keeps the seed's 3 epochs
-RECIPES = {"mrpc": {"dense_lr": 1e-4, "epochs": 15, "lr": 1e-4, "structured_epochs": 10},
-           "cola": {"dense_lr": 5e-5, "epochs": 10, "lr": 1e-4, "structured_epochs": 10},
-           "sst2": {"dense_lr": 2e-5, "epochs": 3, "lr": 5e-5, "structured_epochs": 2}}
-DISTILL = ["distill.temperature=2.0", "distill.weight=1.0", "distill.hidden_weight=1.0"]
+GRID = Path(__file__).with_name("pruning.yaml")
+
+
+@functools.cache
+def grid() -> dict:
+    """bench/studies/pruning.yaml: per-task recipes, distillation, and the gradual and structured runs' defaults."""
+    return yaml.safe_load(GRID.read_text())
 
 
 def overrides(task: str, cfg: dict, per_epoch: int) -> list[str]:
     """The run's params overrides; per_epoch = its training split's steps per epoch (structured recovery)."""
-    r = {**RECIPES[task], **cfg.get("recipe", {})}  # a spec's own structured_epochs / lr / hidden_weight
+    g = grid()
+    r = {**g["recipes"][task], **cfg.get("recipe", {})}  # a spec's own structured_epochs / lr / hidden_weight
+    distill = [f"distill.{k}={v}" for k, v in g["distill"].items()]
     if cfg["variant"] == "dense":
         return [f"finetune.lr={r['dense_lr']}"]
     if cfg["criterion"] == "structured":
         heads, ffn = cfg["fractions"]
         sets = [f"finetune.lr={r['lr']}", "prune.method=structured", f"prune.heads_fraction={heads}",
-                f"prune.ffn_fraction={ffn}", f"prune.stages={cfg['stages']}", "prune.power=3",
+                f"prune.ffn_fraction={ffn}", f"prune.stages={cfg['stages']}", f"prune.power={g['structured']['power']}",
                 f"prune.recovery_steps={round(r['structured_epochs'] * per_epoch)}"]
         hidden = [f"distill.hidden_weight={r['hidden_weight']}"] if "hidden_weight" in r else []
         sets += [f"prune.embedding_sparsity={r['embedding_sparsity']}"] if "embedding_sparsity" in r else []
-        return sets + (DISTILL + hidden if cfg["distill"] else [])
+        return sets + (distill + hidden if cfg["distill"] else [])
+    gradual = g["gradual"]
     sets = [f"finetune.lr={r['lr']}", f"finetune.epochs={cfg.get('epochs', r['epochs'])}", "prune.method=gradual",
             f"prune.criterion={cfg['criterion']}", f"prune.final_sparsity={cfg['sparsity']}",
-            f"prune.ranking={cfg.get('ranking', 'global')}", f"prune.pattern={cfg.get('pattern', 'unstructured')}",
-            "prune.frequency=10", "prune.power=3"]
-    return sets + (DISTILL if cfg["distill"] else [])
+            f"prune.ranking={cfg.get('ranking', gradual['ranking'])}",
+            f"prune.pattern={cfg.get('pattern', gradual['pattern'])}", f"prune.frequency={gradual['frequency']}",
+            f"prune.power={gradual['power']}"]
+    return sets + (distill if cfg["distill"] else [])
 
 
 def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int | None = None,
@@ -86,9 +97,10 @@ def one(task: str, seed: int, cfg: dict, data: dict, model: str, max_steps: int 
         m = finetune(p, task, data["train"], data["validation"], str(out), device=device,
                      base=None if cfg["variant"] == "dense" else str(dense))
     labels = Encoded.load(data["validation"]).labels
+    gradual = grid()["gradual"]
     row = {"task": task, "variant": cfg["variant"], "criterion": cfg.get("criterion"), "distill": cfg["distill"],
-           "ranking": cfg.get("ranking", "global") if cfg["variant"] != "dense" else None,
-           "pattern": cfg.get("pattern", "unstructured") if cfg["variant"] != "dense" else None,
+           "ranking": cfg.get("ranking", gradual["ranking"]) if cfg["variant"] != "dense" else None,
+           "pattern": cfg.get("pattern", gradual["pattern"]) if cfg["variant"] != "dense" else None,
            "target_sparsity": cfg.get("sparsity", 0.0),
            "achieved_sparsity": m.get("sparsity", {}).get("overall", 0.0), "seed": seed,
            "accuracy": m.get("val_accuracy"), "metric": headline(task, m), "lr": p.finetune.lr,
@@ -153,7 +165,7 @@ def jobs_of(specs: list[str]) -> list[tuple]:
                     for kd in KD[distill]:
                         name = f"{crit}{'_' + ranking if ranking else ''}{round(s * 100)}{'_kd' if kd else ''}"
                         jobs.append((task, seed, {"variant": name, "criterion": crit, "sparsity": s, "distill": kd,
-                                                  "ranking": ranking or "global"}))
+                                                  "ranking": ranking or grid()["gradual"]["ranking"]}))
     return jobs
 
 
@@ -161,9 +173,10 @@ KD = {"kd": (True,), "none": (False,), "both": (True, False)}
 
 
 def structured_jobs(task: str, seed: int, fractions: str, stages: str, distill: str, recipe: dict) -> list[tuple]:
-    """heads/ffn fractions (0.5/0.75) in `stages` stages (default 1: at once), with or without distillation."""
+    """heads/ffn fractions (0.5/0.75) in `stages` stages (default pruning.yaml's: 1, at once), with or without
+    distillation."""
     heads, ffn = map(float, fractions.split("/"))
-    n = int(stages or 1)
+    n = int(stages or grid()["structured"]["stages"])
     tag = "".join(f"_{k.split('_')[-1]}{v:g}" for k, v in recipe.items())  # e.g. _epochs20_lr5e-05
     return [(task, seed, {"variant": f"structured_h{round(heads * 100)}_f{round(ffn * 100)}_x{n}{tag}"
                                      f"{'_kd' if kd else ''}", "criterion": "structured", "fractions": (heads, ffn),

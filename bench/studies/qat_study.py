@@ -5,38 +5,35 @@ validation split.
     # here, on the CPU (the dense fine-tunes too: ~5 min each on 2 cores for MRPC)
     STUDY_THREADS=2 STUDY_ROOT=/tmp/qat python -m bench.studies.qat_study run --tasks mrpc --seeds 42 43 44 \
         --recipes ptq kd --device cpu --jobs 1 --json bench/results/qat-study-cpu.json
-    python -m bench.studies.qat_study report bench/results/qat-study-cpu.json        # the tables of bench/RESULTS-qat.md
+    python -m bench.studies.qat_study report bench/results/qat-study-cpu.json   # the tables of bench/RESULTS-qat.md
 
 Each quantized model is the pipeline's own (bertcompress/quantize.py `pt2e`, X86InductorQuantizer), evaluated as
 its converted program (reference int8 ops) with eager attention, PTQ too; every row also gives the largest logit
-difference from its float model, so a row where nothing was quantized shows 0. The dense fine-tune is the pruning
-study's (bench/studies/pruning_study.py RECIPES: MiniLM's best lr per task). `--device cuda` runs it all on a GPU, but on
-the lent H200's image (torch 2.11 + torchao 0.18) the converted programs equal their float models exactly (nothing
-is quantized there): use it only for the dense fine-tunes and the training-side checks.
+difference from its float model, so a row where nothing was quantized shows 0. The recipes are
+bench/studies/qat.yaml's. The dense fine-tune is the pruning study's (bench/studies/pruning.yaml: MiniLM's best
+lr per task). `--device cuda` runs it all on a GPU, but on the lent H200's image (torch 2.11 + torchao 0.18) the
+converted programs equal their float models exactly (nothing is quantized there): use it only for the dense
+fine-tunes and the training-side checks.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
 
+import yaml
+
 from bench.studies.pool import common_args, prepared_data, run_pool, save
 
-# name -> quantize.* overrides ("epoch" steps = one epoch of the task's training split)
-RECIPES = {
-    "ptq": {"mode": "static"},
-    "old": {"mode": "qat", "qat_lr": 2e-5, "qat_observers": "train", "qat_distill": False},  # session 3's QAT
-    "lr": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "train", "qat_distill": False},
-    "frozen": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "calibrate", "qat_distill": False},
-    "kd": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "calibrate", "qat_distill": True},
-    "kd_1e-6": {"mode": "qat", "qat_lr": 1e-6, "qat_observers": "calibrate", "qat_distill": True},
-    "kd_2e-5": {"mode": "qat", "qat_lr": 2e-5, "qat_observers": "calibrate", "qat_distill": True},
-    "kd_1e-5": {"mode": "qat", "qat_lr": 1e-5, "qat_observers": "calibrate", "qat_distill": True},
-    "kd_epoch": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "calibrate", "qat_distill": True,
-                 "qat_steps": "epoch"},
-    "kd_train": {"mode": "qat", "qat_lr": 5e-6, "qat_observers": "train", "qat_distill": True},
-}
+GRID = Path(__file__).with_name("qat.yaml")
+
+
+@functools.cache
+def grid() -> dict:
+    """bench/studies/qat.yaml: the default tasks and seeds, and each recipe's quantize.* overrides."""
+    return yaml.safe_load(GRID.read_text())
 
 
 def quantized(task: str, seed: int, recipe: str, data: dict, model: str, device: str = "cuda") -> dict:
@@ -63,7 +60,7 @@ def _quantized(task: str, seed: int, recipe: str, data: dict, model: str, device
 
     dense = ROOT / "models" / f"{task}-s{seed}-dense"
     per_epoch = -(-len(Encoded.load(data["train"])) // P.defaults().finetune.batch_size)
-    sets = {**RECIPES[recipe]}
+    sets = {**grid()["recipes"][recipe]}
     if sets.get("qat_steps") == "epoch":
         sets["qat_steps"] = per_epoch
     p = P.load(None, [f"model.name={model}", f"finetune.seed={seed}", "runtime.threads=1",
@@ -164,9 +161,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--tasks", nargs="+", default=["mrpc", "sst2"])
-    r.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    r.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    g = grid()
+    r.add_argument("--tasks", nargs="+", default=g["tasks"])
+    r.add_argument("--seeds", nargs="+", type=int, default=g["seeds"])
+    r.add_argument("--recipes", nargs="+", default=list(g["recipes"]), choices=list(g["recipes"]))
     common_args(r, max_steps_help="the dense fine-tunes stop after N steps (a smoke run)")
     rep = sub.add_parser("report")
     rep.add_argument("rows", nargs="+")
