@@ -8,8 +8,8 @@ Each pruned run started from, and was distilled from, the dense model trained in
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -233,5 +233,11 @@ def report(paths: list[str]) -> None:
     print(f"{MD}: {len(rows)} rows")
 
 
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("rows", nargs="+", help="the device calls' study JSON files, or the merged one")
+    report(ap.parse_args().rows)
+
+
 if __name__ == "__main__":
-    report(sys.argv[1:])
+    main()
