@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -52,12 +53,22 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve(name))
 
 
+@functools.cache
+def _no_weight_bars() -> None:
+    """transformers' own progress bars ("Loading weights", "Writing model shards": instant at these sizes, two
+    lines each, a dozen times a run) off for the process, once; the hub's download bars stay."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+
+
 def load_model(name: str, num_labels: int, **kwargs):
     """AutoModelForSequenceClassification in fp32 with a freshly initialised classifier head."""
     import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    _no_weight_bars()  # the fine-tune or pruning that loads it saves it later in the same process
     path = resolve(name)
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
@@ -97,6 +108,7 @@ def pretrained(name: str, out_dir: str) -> str:
 
     from transformers import AutoModel
 
+    _no_weight_bars()
     src = Path(resolve(name))
     with io.atomic_dir(out_dir) as tmp:
         if src.is_dir():  # the files themselves: fine-tunes from the copy equal fine-tunes from the original
