@@ -6,13 +6,14 @@ predict(DataFrame with the task's text columns) -> DataFrame of label, label_nam
 bertcompress.predict on the logged folder, encoded and batched as the evaluation was.
 """
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
 class GlueModel(PythonModel):
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # typed as a DataFrame: MLflow then validates nothing by type hint (the logged signature says the columns)
+    # and does not warn that the hint is missing
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from bertcompress.glue import get_task
         from bertcompress.predict import predict
 
