@@ -12,6 +12,7 @@ from bertcompress import metrics, stats
 from bertcompress.glue import get_task
 
 SIZES = ("state_dict_mb", "compact_mb", "compressed_mb")
+VERDICTS = {"—": "baseline", "baseline": "constant"}  # brief's words for the baseline's and the constant's rows
 
 
 def epoch_keys(task: str) -> tuple[str, ...]:
@@ -39,6 +40,38 @@ def markdown(df: pd.DataFrame, index: bool = True) -> str:
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     rows = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, "|" + "---|" * len(df.columns), *rows])
+
+
+def aligned(df: pd.DataFrame, left: tuple[str, ...]) -> str:
+    """A markdown table of strings with padded cells, the `left` columns left-aligned and the others right: it
+    reads as printed and renders as markdown."""
+    cells = [list(df.columns), *[list(row) for row in df.itertuples(index=False)]]
+    width = [max(len(row[i]) for row in cells) for i in range(len(df.columns))]
+    lefts = [c in left for c in df.columns]
+    pad = lambda row: "| " + " | ".join(v.ljust(w) if at else v.rjust(w) for v, w, at in zip(row, width, lefts)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) if at else "-" * (w + 1) + ":" for w, at in zip(width, lefts)) + "|"
+    return "\n".join([pad(cells[0]), rule, *map(pad, cells[1:])])
+
+
+def brief(summary: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv's table as the flow prints it, within 120 columns: the headline metric mean ± std, Δ vs the
+    baseline and its 95 % CI in points (×100, the unit of experiment.champion_budget), the compact size, CPU latency
+    and a one-word verdict (baseline: the variant Δ is measured from). report.md keeps every column."""
+    metric = next(c for c in summary.columns if c.endswith(" mean")).removesuffix(" mean")  # the headline, first
+    delta, several = next(c for c in summary.columns if c.startswith("Δ vs ")), (summary["seeds"] > 1).any()
+    num = lambda v, f: "" if pd.isna(v) else format(v, f)
+    rows = []
+    for method, r in summary.iterrows():
+        own = method == delta.removeprefix("Δ vs ") or r["seeds"] == 0  # the baseline, the constant: no Δ
+        rows.append({"variant": method,
+                     f"{metric} (mean ± std)" if several else metric:
+                         num(r[f"{metric} mean"], ".4f") + (f" ± {r[f'{metric} std']:.4f}" if r["seeds"] > 1 else ""),
+                     f"Δ {metric} (pts)": "" if own else num(100 * r[delta], "+.2f"),
+                     "95 % CI (pts)": "" if own else f"[{100 * r['CI low']:+.2f}, {100 * r['CI high']:+.2f}]",
+                     "MB": num(r["compact_mb"], ".1f"), "b1 ms": num(r["latency b1 ms"], ".1f"),
+                     "b8 ms": num(r["latency b8 ms"], ".1f"),
+                     "verdict": VERDICTS.get(r["verdict"], r["verdict"].split(" to ")[0])})  # collapsed to ...
+    return pd.DataFrame(rows)
 
 
 def epoch_tables(task: str, records: list[dict], methods: list[str]) -> dict[str, pd.DataFrame]:
