@@ -4,10 +4,10 @@
     .venv/bin/python -m bench.compression --only 'dense+static|gradual80'     # build and time only these
 
 The variants are bench/params-compression.yaml's `variants` table (laid over params.yaml; -S overrides as for
-the flow), made by the flow's own step functions in table order: each variant fine-tuned or pruned from the one
-it names, then quantized in each of its modes, then evaluated on the validation split (tasks/stage.py's `made`
-and `evaluated`: the tasks of tasks/steps.py as plain functions, skipped when their output holds the same exact
-key). Outputs: outputs/bench/<task>/<variant>[.<mode>]; MLflow runs under one parent in outputs/bench/mlflow.db
+the flow), made by the flow's own plan and step functions (tasks/plan.py `runs`, in its order): each variant fine-tuned or pruned
+from the one it names (distilled from its teacher), then quantized in each of its modes, then evaluated on the
+validation split (tasks/stage.py's `made`: the tasks of tasks/steps.py as plain functions, skipped when their
+output holds the same step record). Outputs: outputs/bench/<task>/<variant>[.<mode>]; MLflow runs under one parent in outputs/bench/mlflow.db
 unless $MLFLOW_TRACKING_URI is set. On top of the flow: CPU latency at batch 1 and 8, length 128, with --threads
 threads (latency.measure: warm-up, median of --runs; one pass as each model is built, then the best of --rounds
 passes, because the CPU is shared), and torch.compile rows for the PT2E (static, qat) models. rows.json keeps
@@ -31,8 +31,8 @@ from bertcompress import latency, model as core_model, params as P
 from bertcompress.glue import get_task
 from bertcompress.tokenize import prepared
 from bertcompress.variant import load_variant
-from tasks import tracking, variants
-from tasks.stage import evaluated, made
+from tasks import plan, tracking
+from tasks.stage import made
 
 BENCH = Path(__file__).resolve().parent
 RESULTS, JSON = BENCH / "RESULTS-compression.md", BENCH / "results" / "compression-{task}.json"
@@ -54,36 +54,38 @@ def describe(p: P.Params, name: str, mode: str) -> str:
 
 
 class Bench:
+    """The plan's runs of one seed, made in outputs/bench/<task>/<variant>[.<mode>] (evaluations in eval/)."""
+
     def __init__(self, args, p: P.Params, parent: str):
         self.p, self.task, self.parent, self.root = p, args.task, parent, Path(args.out) / args.task
-        self.data, self.built = prepared(args.task, p), {}
         self.root.mkdir(parents=True, exist_ok=True)
-        self.base = str(Path(args.out) / "pretrained" / p.model.name.replace("/", "--"))
-        if not Path(self.base, "source.json").is_file():
-            core_model.pretrained(p.model.name, self.base)
+        base = str(Path(args.out) / "pretrained" / p.model.name.replace("/", "--"))
+        if not Path(base, "source.json").is_file():
+            core_model.pretrained(p.model.name, base)
+        self.outs = {f"tokenize {self.task}": prepared(args.task, p), f"pretrained {self.task}": base}
 
-    def common(self, name: str) -> dict:
-        return {"task": self.task, "name": name, "seed": self.p.experiment.seeds[0], "p": self.p, "parent": self.parent}
+    def where(self, r: plan.Run) -> str:
+        label = plan.method(r.name, r.mode)
+        return str(self.root / "eval" / f"{label}.json") if r.step == "evaluate" else str(
+            self.root / (r.name + (f".{r.mode}" if r.mode != "none" else "")))
 
-    def make(self, name: str) -> str:
-        """The variant's folder: fine-tuned from the base model, or pruned from the variant it names (made first)."""
-        if name not in self.built:
-            v, out, a = self.p.variants[name], str(self.root / name), self.common(name)
-            if v.finetuned:
-                self.built[name] = made("finetune", {**a, "base": self.base, **self.data}, out)
-            else:
-                self.built[name] = made("prune", {**a, "model_dir": self.make(v.source), "train": self.data["train"]},
-                                        out)
-        return self.built[name]
-
-    def model(self, name: str, mode: str) -> tuple[str, dict]:
-        """(folder, row) of one method: made, quantized in mode, evaluated (each step skipped when up to date)."""
-        a, folder = {**self.common(name), "mode": mode}, self.make(name)
-        if mode != "none":
-            folder = made("quantize", {**a, "model_dir": folder, "train": self.data["train"]}, f"{folder}.{mode}")
-        row = evaluated({**a, "model_dir": folder, "validation": self.data["validation"]},
-                        self.root / "eval" / f"{variants.method(name, mode)}.json")
+    def model(self, evaluation: plan.Run, runs: dict[str, plan.Run]) -> tuple[str, dict]:
+        """(folder, row) of one evaluation of the plan: what it needs made first (each step skipped when its
+        output holds its record), then evaluated."""
+        for r in needed(evaluation, runs):
+            if r.id not in self.outs:
+                self.outs[r.id] = made(r, self.p, self.outs, self.parent, out=self.where(r))
+        folder, row = self.outs[evaluation.source], self.outs[evaluation.id]
         return folder, {k: row.get(k) for k in KEPT} | {"sparsity": sparsity(folder)}
+
+
+def needed(r: plan.Run, runs: dict[str, plan.Run]) -> list[plan.Run]:
+    """r and the model runs it reads (its source's chain, teachers), oldest first."""
+    out = [r]
+    for d in (r.source, r.teacher):
+        if d in runs:
+            out = [x for x in needed(runs[d], runs) if x not in out] + out
+    return out
 
 
 def sparsity(folder: str) -> float:
@@ -96,7 +98,7 @@ def sparsity(folder: str) -> float:
 
 def carried(p: P.Params, root: Path, name: str) -> str | None:
     """Where the variant (or one it is made from) was fine-tuned, if not here (bench/gpu_variants.py)."""
-    for n in reversed(variants.chain(p, name)):
+    for n in reversed(plan.chain(p, name)):
         path = root / n / "metrics.json"
         if path.is_file() and (prov := json.loads(path.read_text()).get("provenance")):
             return prov["trained_on"]
@@ -164,20 +166,21 @@ def saved_rows(root: Path, order: list[str]) -> dict:
 
 
 def run(args, p: P.Params, parent: str) -> str:
-    methods = [(n, m) for n, v in p.variants.items() for m in ("none", *v.quantize)]
-    order = [label for n, m in methods for label in [variants.method(n, m)] +
-             ([variants.method(n, m) + COMPILED] if args.compile and m in PT2E else [])]  # the table's rows
+    runs = {r.id: r for r in plan.runs(p, args.task) if r.step not in ("download", "tokenize", "pretrained")}
+    evaluations = [r for r in runs.values() if r.step == "evaluate"]  # the table's rows, in the plan's order
+    order = [label for r in evaluations for label in [plan.method(r.name, r.mode)] +
+             ([plan.method(r.name, r.mode) + COMPILED] if args.compile and r.mode in PT2E else [])]
     only = [s.strip() for s in args.only.split("|")] if args.only else None
     if only and (unknown := [o for o in only if o not in order]):
         raise P.UserError(f"--only: unknown method(s) {', '.join(unknown)}; choose from: {'|'.join(order)}")
     bench = Bench(args, p, parent)
     rows, models = saved_rows(bench.root, order), {}
-    for name, mode in methods:  # build, evaluate and time each as it comes: a cut-short run still has rows
-        label = variants.method(name, mode)
+    for r in evaluations:  # build, evaluate and time each as it comes: a cut-short run still has rows
+        name, mode, label = r.name, r.mode, plan.method(r.name, r.mode)
         if only and label not in only and label + COMPILED not in only:
             continue
         t0 = time.perf_counter()
-        folder, row = bench.model(name, mode)
+        folder, row = bench.model(r, runs)
         rows[label] = {"variant": label, "name": name, "mode": mode, "description": describe(p, name, mode), **row}
         new = {label: load_variant(folder, get_task(args.task).num_labels)}
         if args.compile and mode in PT2E:  # compiled once per input shape, in the first pass's warm-up
@@ -212,9 +215,11 @@ def main(argv=None) -> int:
     try:
         p = P.load(args.params, args.overrides)
         core_model.preflight(args.task, p)
-        if len(p.experiment.seeds) != 1 or p.experiment.lr_candidates:
-            raise P.UserError("the bench runs one seed at finetune.lr: set experiment.seeds to one seed and "
-                              "experiment.lr_candidates to []")
+        e = p.experiment
+        if len(e.seeds) != 1 or e.lr_candidates:  # one seed at finetune.lr: params.yaml's own table runs as is
+            print(f"the bench runs one seed at finetune.lr: seed {e.seeds[0]}, lr {p.finetune.lr:g} "
+                  f"(of experiment.seeds {e.seeds}, lr_candidates {e.lr_candidates})", flush=True)
+            p = p.replace({"experiment.seeds": e.seeds[:1], "experiment.lr_candidates": []})
         torch._inductor.config.freezing = True  # torch.compile constant-folds the int8 weights into its kernels
         with tracking.parent_run("bench", f"compression-{args.task}", key=f"{os.getpid()}-{time.time()}") as parent:
             print(run(args, p, parent))

@@ -12,7 +12,7 @@ on one H100 it takes ~30 s with the same code, params and seed. The weights trav
 split into 15 MiB parts, since fp32 models exceed what comes back), so `unpack` restores fp32 tensors that
 differ from the trained ones by fp16 rounding; metrics.json records both the GPU's validation metrics and
 that provenance, and bench/compression.py evaluates the restored fp32 model on this CPU (its table marks
-it †). `unpack` records for each folder the exact key of the same fine-tune here (tasks/variants.py), so the
+it †). `unpack` writes for each folder the step record of the same fine-tune here (tasks/plan.py), so the
 bench takes the carried model instead of training it again.
 """
 from __future__ import annotations
@@ -80,9 +80,9 @@ def unpack(args) -> None:
     from safetensors.torch import load_file, save_file
 
     from bench import compression
-    from bertcompress import io as bio
     from bertcompress import params as P
-    from tasks import steps
+    from bertcompress import record
+    from tasks import plan
 
     p = P.load(args.params, args.set)
     bench = compression.Bench(argparse.Namespace(task=args.task, out=args.into), p, parent=None)
@@ -99,8 +99,9 @@ def unpack(args) -> None:
         if name not in p.variants or not p.variants[name].finetuned:
             print(f"{out}: restored fp32 from fp16 (not a fine-tune of {args.params}: no key)")
             continue
-        key = steps.step_key("finetune", {**bench.common(name), "base": bench.base, **bench.data})
-        bio.write_json(f"{out}.key.json", {"key": key, "step": "finetune", "carried": True})
+        (run,) = [r for r in plan.runs(p, args.task) if r.step == "finetune" and r.name == name]
+        made = plan.step_record("finetune", plan.arguments(run, p, bench.outs) | {"out": str(out)})
+        record.write(out, made | {"result": str(out), "carried": True})
         print(f"{out}: restored fp32 from fp16; taken by bench/compression.py as the fine-tune of {name}")
 
 

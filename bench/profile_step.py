@@ -20,7 +20,7 @@ from bertcompress import params as P
 from bertcompress.tokenize import prepared
 from bertcompress.checkpoint import Checkpointer
 from bertcompress.loop import epoch_batches, optimizer_and_schedule
-from bertcompress.fast import GraphedTrainStep
+from bertcompress.cuda_graphs import GraphedTrainStep
 from bertcompress.loop import plain
 from bertcompress.model import load_model
 from bertcompress.tokenize import Encoded

@@ -29,7 +29,8 @@ HELP = {"download": "validate a GLUE task and write data/glue/<task>/*.parquet",
         "prune": "one-shot or structured pruning of a saved model (prune.method)",
         "quantize": "quantize a saved model (quantize.mode)",
         "export": "export a saved model as an artifact to ship (int8 ONNX + tokenizer + manifest)",
-        "predict": "classify new texts with a saved model or an exported artifact (JSON lines)"}
+        "predict": "classify new texts with a saved model or an exported artifact (JSON lines)",
+        "status": "for each step of the experiment (the flow's plan): done, or will run and why"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     for name, help_ in HELP.items():
         cmd = sub.add_parser(name, help=help_, description=help_, parents=[common])
-        cmd.add_argument("--task", required=name != "predict", help=f"GLUE task: {', '.join(glue.TASKS)}"
+        cmd.add_argument("--task", required=name not in ("predict", "status"), help=f"GLUE task: {', '.join(glue.TASKS)}"
                          + (" (default: the one the model records)" if name == "predict" else ""))
         if name in ("evaluate", "prune", "quantize", "export"):
             cmd.add_argument("--model-dir", required=True, help="a saved model folder")
@@ -86,6 +87,9 @@ def run(args, p: P.Params) -> int:
 
     if args.command == "predict":
         return _predict(args, p)
+    if args.command == "status":  # the plan is the pipeline's (tasks/), which this package never imports
+        raise P.UserError("status reads the experiment's plan: run the installed `bertcompress status`, or "
+                          "`python -m tasks.status` from the project root")
     task = args.task
     glue.get_task(task)
     if args.command == "download":

@@ -7,7 +7,7 @@ loss = weight * T² * KL(softmax(teacher / T) || softmax(student / T)) + (1 - we
        + hidden_weight * mean over layers of the MSE between student and teacher hidden states (real tokens only)
 (Hinton et al. 2015; the hidden-state term as in TinyBERT; a regression head distils by the squared error of
 the outputs). The teacher's forward runs inside the training step: under CUDA graphs it is captured with the
-student's forward and backward (bertcompress/fast.py). Rows labelled -100 (fill's repeats) count nowhere.
+student's forward and backward (bertcompress/cuda_graphs.py). Rows labelled -100 (fill's repeats) count nowhere.
 """
 from __future__ import annotations
 
@@ -77,6 +77,6 @@ class Distiller:
             t = self.teacher(**inputs, **extra)
         s = model(**inputs, **extra)
         mask = inputs["attention_mask"]
-        tokens = mask[:, 0, 0, :] if mask.dim() == 4 else mask  # fast.mask_4d's (batch, 1, query, key) form
+        tokens = mask[:, 0, 0, :] if mask.dim() == 4 else mask  # cuda_graphs.mask_4d's (batch, 1, query, key) form
         pairs = (s.hidden_states[1:], t.hidden_states[1:]) if hidden else None  # each layer's output
         return loss(s.logits, t.logits, labels, self.d, pairs, tokens), s.logits

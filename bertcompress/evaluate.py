@@ -19,7 +19,7 @@ from .variant import load_variant
 def reads(p: Params) -> list[str]:
     """The params keys an evaluation's numbers depend on (besides the model and the split)."""
     timing = ["evaluate.latency_runs", "evaluate.latency_threads"] if p.evaluate.latency_runs else []
-    return ["evaluate.batch_size", *timing]
+    return ["evaluate.batch_size", *timing, "tokenize.max_length"]  # + the MLflow model logged with it encodes at it
 
 
 def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, device: str = "cpu",

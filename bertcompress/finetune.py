@@ -5,9 +5,9 @@ prune.method=gradual, under the gradual magnitude-pruning schedule).
 
 After every epoch: training loss and accuracy (from the training forward passes), validation loss, accuracy and
 task metric, and a checkpoint (bertcompress/checkpoint.py). The run works in `<out>.partial/`; rerunning an
-interrupted run with the same inputs (the params it reads, the data, the base model: `identity`) resumes from its
-last complete checkpoint and ends with the same metrics; a `.partial` left by other inputs is set aside as
-`<out>.stale/` and the run starts over, saying so in one line. Two runs for one out folder (two flows started
+interrupted run with the same step record (bertcompress/record.py: the params it reads, the data, the base model
+and teacher by content, the code) resumes from its last complete checkpoint and ends with the same metrics; a
+`.partial` left by another record is set aside as `<out>.stale/` and the run starts over, saying so in one line. Two runs for one out folder (two flows started
 together) take turns under `<out>.lock`: the second waits, saying so, and reuses the first's result if its inputs
 were the same. The finished folder
 `<out>/` (save_pretrained + tokenizer + metrics.json + params.json) appears atomically. Under torchrun each rank
@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import torch
 from filelock import FileLock, Timeout
 
-from . import checkpoint, distributed, io, loop, masks, metrics
+from . import checkpoint, distributed, io, loop, masks, metrics, record
 from .glue import get_task
 from .distill import READS as distill_reads
 from .distill import Distiller, teacher_of
@@ -40,31 +40,32 @@ GRADUAL = ("method", "scope", "ranking", "criterion", "pattern", "initial_sparsi
 
 def reads(p: Params) -> list[str]:
     """The params keys a fine-tune's result depends on (besides its inputs: the base model and the data)."""
-    pruning = [f"prune.{k}" for k in GRADUAL] if p.prune.method == "gradual" else []
-    pruning += ["prune.momentum"] if pruning and p.prune.criterion == "first_order" else []
-    distill = [f"distill.{k}" for k in distill_reads] if p.distill.teacher else []
+    pruning = [f"prune.{k}" for k in GRADUAL] if p.prune.method == "gradual" else ["prune.method"]
+    pruning += ["prune.momentum"] if p.prune.method == "gradual" and p.prune.criterion == "first_order" else []
+    distill = [f"distill.{k}" for k in distill_reads] if p.distill.teacher else ["distill.teacher"]
     return [f"finetune.{k}" for k in RECIPE] + pruning + distill + ["evaluate.batch_size"]  # + per-epoch validation
 
 
-def identity(params: Params, task: str, train_path: str, val_path: str, base: str, teacher: str | None = None) -> dict:
-    """What a fine-tune's weights depend on: the params it reads, the task, its data, base model and teacher."""
+def identity(params: Params, task: str, train_path: str, val_path: str, base: str, teacher: str | None = None,
+             extra: dict | None = None) -> dict:
+    """The fine-tune's step record: the params it reads, its data, base model and teacher by content, its code."""
     flat = params.flat()
-    local = Path(base).is_dir()
-    return {"task": task, **{k: flat[k] for k in reads(params)}, "train": io.content_hash(train_path),
-            "validation": io.content_hash(val_path), "base": io.content_hash(base) if local else base,
-            **({"teacher": io.content_hash(teacher)} if teacher else {})}
+    inputs = {"train": train_path, "validation": val_path, "base": base, **({"teacher": teacher} if teacher else {})}
+    if not Path(base).is_dir():  # a hub name: keyed by the name (model.name is read), not by content
+        inputs.pop("base")
+    return record.make("finetune", {k: flat[k] for k in reads(params)}, inputs, "finetune", {"task": task, **(extra or {})})
 
 
 def _resumable(work: Path, wanted: dict) -> None:
-    """Keep work/ only if it was started with the same identity; else move it aside (one line says so)."""
-    if work.is_dir() and (not (work / "identity.json").is_file() or io.read_json(work / "identity.json") != wanted):
+    """Keep work/ only if it was started with the same step record; else move it aside (one line says so)."""
+    if work.is_dir() and not record.done(work, wanted):
         stale = work.with_name(work.name.removesuffix(".partial") + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
         work.rename(stale)
-        print(f"{work} was started with other params, data or base model: set aside as {stale}; starting over",
-              flush=True)
+        print(f"{work} was started with other inputs ({record.why(record.read(work), wanted)}): set aside as "
+              f"{stale}; starting over", flush=True)
     work.mkdir(parents=True, exist_ok=True)
-    io.write_json(work / "identity.json", wanted)
+    record.write(work, wanted)
 
 
 @contextmanager
@@ -85,16 +86,16 @@ def _exclusive(out: Path) -> Iterator[bool]:
 
 def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir: str,
              on_epoch_end: Callable[[int, dict], None] | None = None, device: str | None = None,
-             base: str | None = None, teacher: str | None = None) -> dict:
+             base: str | None = None, teacher: str | None = None, step: dict | None = None) -> dict:
     """Train `base` (default model.name; or another variant's folder), distilled from `teacher` when
-    distill.teacher is set, evaluate every epoch, save to out_dir; the metrics in metrics.json. One run at a
-    time per out_dir: a second waits, then reuses what the first wrote if its inputs were the same."""
+    distill.teacher is set, evaluate every epoch, save to out_dir; the metrics in metrics.json, the step record
+    (`step`, the caller's, else `identity`) beside it. One run at a time per out_dir: a second waits, then reuses
+    what the first wrote if its record is the same."""
     base, teacher = base or params.model.name, teacher_of(params, teacher)
     device = distributed.setup(params.finetune.batch_size, device) or ("cuda" if torch.cuda.is_available() else "cpu")
-    out, wanted = Path(out_dir), identity(params, task, train_path, val_path, base, teacher)
+    out, wanted = Path(out_dir), step or identity(params, task, train_path, val_path, base, teacher)
     with _exclusive(out) if distributed.is_main() else nullcontext(False) as waited:
-        done = out / "identity.json"
-        if distributed.from_main(waited and done.is_file() and io.read_json(done) == wanted):
+        if distributed.from_main(waited and record.done(out, wanted)):
             print(f"{out} was written meanwhile by that run, with the same inputs: reusing it", flush=True)
             return io.read_json(out / "metrics.json")
         return _train(params, task, train_path, val_path, out, wanted, on_epoch_end, device, base, teacher)
@@ -158,6 +159,8 @@ def _train(params: Params, task: str, train_path: str, val_path: str, out: Path,
         load_tokenizer(base).save_pretrained(work)
         io.write_json(work / "metrics.json", result)
         io.write_json(work / "params.json", params.to_dict())
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)  # identity.json stays: what out was made from
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
         io.replace_dir(work, out)
+        record.write(out, wanted)  # what out was made from
+        record.path(work).unlink(missing_ok=True)
     return result

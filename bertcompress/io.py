@@ -17,7 +17,7 @@ from typing import Iterator
 
 import yaml
 
-from . import ranges
+from . import checks
 
 
 @contextmanager
@@ -39,26 +39,31 @@ def check_writable(path: str | os.PathLike, folder: bool = True, need_mb: int = 
     """Can a folder (or a file) be written at path, with need_mb free? Checked before any work: one line if not."""
     path = Path(path).absolute()
     if folder and path.exists() and not path.is_dir():
-        raise ranges.UserError(f"output {path} is a file where a folder must go; remove it or choose another --out")
+        raise checks.UserError(f"output {path} is a file where a folder must go; remove it or choose another --out")
     parent = next((p for p in [path, *path.parents] if p.exists()), None)
     if parent is None or not parent.is_dir():
-        raise ranges.UserError(f"output {path}: {parent} is a file where a folder must go; choose another path")
+        raise checks.UserError(f"output {path}: {parent} is a file where a folder must go; choose another path")
     probe = parent / f".write-probe-{os.getpid()}"
     try:  # a real write: permissions, read-only mounts and quotas all answer it
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise ranges.UserError(f"output {path}: cannot write in {parent} ({e.strerror}); choose a writable "
+        raise checks.UserError(f"output {path}: cannot write in {parent} ({e.strerror}); choose a writable "
                                "location or fix its permissions") from None
     free = shutil.disk_usage(parent).free / 1e6
     if free < need_mb:
-        raise ranges.UserError(f"output {path}: only {free:.0f} MB free on its filesystem, {need_mb} MB needed; "
+        raise checks.UserError(f"output {path}: only {free:.0f} MB free on its filesystem, {need_mb} MB needed; "
                                "free some space or choose another location")
+
+
+def _plain(value):
+    """JSON for what json does not know: numpy scalars as numbers, anything else as its string."""
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else str(value)
 
 
 def write_json(path: str | os.PathLike, data) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
 
 
 def read_json(path: str | os.PathLike):
@@ -128,13 +133,13 @@ def read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ranges.UserError(f"{path}: file not found; pass --params with the path to your params.yaml") from None
+        raise checks.UserError(f"{path}: file not found; pass --params with the path to your params.yaml") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise ranges.UserError(f"{path}: not valid YAML{f' at line {line + 1}' if line is not None else ''}; "
+        raise checks.UserError(f"{path}: not valid YAML{f' at line {line + 1}' if line is not None else ''}; "
                         "fix the syntax") from None
     if not isinstance(raw, dict):
-        raise ranges.UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+        raise checks.UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
     return raw
 
 
@@ -155,7 +160,7 @@ def override(raw: dict, item: str) -> None:
     parts = key.split(".")
     ok = sep and ((parts[0] != "variants" and len(parts) == 2) or (parts[0] == "variants" and len(parts) >= 2))
     if not ok:
-        raise ranges.UserError(f"override '{item}': expected section.key=value (e.g. finetune.lr=3e-5) or "
+        raise checks.UserError(f"override '{item}': expected section.key=value (e.g. finetune.lr=3e-5) or "
                                "variants.<name>.<section>.<key>=value")
     node = raw
     for part in parts[:-1]:

@@ -1,6 +1,6 @@
 """CPU latency of a classifier: median milliseconds per forward pass at fixed batch sizes and length.
 
-    python bench/compression.py        # one table, every variant, batch 1 and 8 at length 128
+    python -m bench.compression        # one table, every variant, batch 1 and 8 at length 128
 
 Inputs are synthetic token ids at full length (no padding), so every variant sees the same work; a few warm-up
 passes first (allocator, packed-weight caches, compiled kernels), then the median of `runs` timed passes. The

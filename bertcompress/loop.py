@@ -4,7 +4,7 @@
 
 AdamW without decay on biases and LayerNorm, linear warm-up then linear decay, shuffled batches that are a pure
 function of (seed, epoch) so a resumed run sees the same order, dynamic padding. Device, precision (bf16
-autocast, TF32 matmuls), whole-step CUDA graphs (bertcompress/fast.py) and DDP (bertcompress/distributed.py)
+autocast, TF32 matmuls), whole-step CUDA graphs (bertcompress/cuda_graphs.py) and DDP (bertcompress/distributed.py)
 are handled here and nowhere else. `predict` is the one evaluation loop.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import distributed, stop
-from .fast import GraphedTrainStep
+from .cuda_graphs import GraphedTrainStep
 from .params import Finetune, Runtime
 from .tokenize import Encoded
 
@@ -173,14 +173,16 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
             "epoch_seconds": epoch_seconds}
 
 
-STEPS_READ = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple")
+STEPS_READ = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple",
+              "precision")
 
 
 def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=None, desc: str = "recover",
           objective: Callable = plain, device: str = "cpu") -> float:
     """n steps of the seed recipe on a model already in memory (and on `device`: in finetune.precision on a GPU,
     fp32 on the CPU) for recovery after pruning and QAT; the mean training loss. Reads finetune.<STEPS_READ>."""
-    f = dataclasses.replace(f, precision=f.precision if device.startswith("cuda") else "fp32")
+    precision = f.precision  # keyed on every machine: it decides the result wherever a GPU runs the steps
+    f = dataclasses.replace(f, precision=precision if device.startswith("cuda") else "fp32")
     seed_everything(f.seed)
     optimizer, scheduler = optimizer_and_schedule(model, f, n, use_graphs(f, r, device))
     return train(model, Encoded.load(train_path).to(device), f, r, n, optimizer, scheduler, device,

@@ -16,7 +16,7 @@ import torch.nn.utils.prune as tprune
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from . import ranges
+from . import checks
 from .params import Prune, UserError
 from .sizes import SCOPES
 
@@ -54,7 +54,7 @@ def top_masks(scores: dict[str, torch.Tensor], sparsity: float, ranking: str = "
     """Masks keeping the highest scores: exactly round(sparsity * n) of the n groups (weights, RxC blocks) zeroed
     per tensor (layer) or over all tensors (global); N:M zeroes round(sparsity * M) of every M consecutive weights
     of a row, so at 1 - N/M sparsity each group of M keeps exactly N. Ties go to the lower index."""
-    pat = ranges.pattern(pattern)
+    pat = checks.pattern(pattern)
     if pat and pat[0] == "n:m":
         m, out = pat[2], {}
         for name, score in scores.items():
@@ -86,7 +86,7 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, ranking: 
 
 def check_pattern(modules: dict[str, nn.Linear], pattern: str) -> None:
     """Every layer's weight must split into the pattern's groups."""
-    if (pat := ranges.pattern(pattern)) is None:
+    if (pat := checks.pattern(pattern)) is None:
         return
     rows, cols = (1, pat[2]) if pat[0] == "n:m" else pat[1:]
     for name, m in modules.items():

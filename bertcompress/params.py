@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from . import io
-from .ranges import PRUNE_METHODS, QUANTIZE_MODES, UserError, check_type, unknown, validate, variant_table  # noqa: F401
+from .checks import PRUNE_METHODS, QUANTIZE_MODES, UserError, check_type, unknown, validate, variant_table  # noqa: F401
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "params.yaml"
 PRETRAINED = "pretrained"  # a variant's `from` when it is fine-tuned from model.name
@@ -158,11 +158,10 @@ class Params:
 
     def flat(self) -> dict:
         """{'finetune.lr': 2e-05, ...} over the recipe sections: the form of MLflow params and `-S` overrides."""
-        return {f"{s}.{f.name}": getattr(getattr(self, s), f.name)
-                for s in RECIPE for f in dataclasses.fields(SECTIONS[s])}
+        return {f"{s}.{k}": v for s in RECIPE for k, v in vars(getattr(self, s)).items()}
 
     def to_dict(self) -> dict:
-        out = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+        out = {s: copy.deepcopy(vars(getattr(self, s))) for s in SECTIONS}
         out["variants"] = {v.name: {"from": v.source, **copy.deepcopy(v.overrides), "quantize": list(v.quantize)}
                            for v in self.variants.values()}
         return out

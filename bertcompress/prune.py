@@ -38,7 +38,7 @@ def reads(p: Params) -> list[str]:
         keys += ["prune.power"] if p.prune.stages > 1 else []  # the stages' schedule
     if p.prune.recovery_steps:
         keys += [f"finetune.{k}" for k in loop.STEPS_READ]
-        keys += [f"distill.{k}" for k in distill.READS] if p.distill.teacher else []
+        keys += [f"distill.{k}" for k in distill.READS] if p.distill.teacher else ["distill.teacher"]
     return list(dict.fromkeys(keys))
 
 
@@ -56,7 +56,7 @@ def prune(model_dir: str, out_dir: str, params: Params, task: str, train_path: s
                         "pass train_path or set prune.recovery_steps=0")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     objective = loop.plain
-    if params.distill.teacher and params.prune.recovery_steps:
+    if params.prune.recovery_steps and params.distill.teacher:
         objective = distill.Distiller(variant.load_float(distill.teacher_of(params, teacher),
                                                          get_task(task).num_labels).to(device), params.distill)
     return (oneshot if method == "oneshot" else structured)(model_dir, out_dir, params, task, train_path, objective,
@@ -72,7 +72,8 @@ def oneshot(model_dir: str, out_dir: str, params: Params, task: str, train_path:
     model = variant.load_float(model_dir, get_task(task).num_labels).to(device)
     # the gradual pruner with a schedule that is at final_sparsity from its first (and only) mask update
     pruner = masks.GradualPruner(dataclasses.replace(p, initial_sparsity=p.final_sparsity, begin_step=0, end_step=1,
-                                                     hold_steps=None, criterion="magnitude"), 1)  # no gradients yet
+                                                     hold_steps=None, frequency=1, power=1, criterion="magnitude"),
+                                 1)  # no gradients yet
     pruner.attach(model)
     pruner.after_step(1)
     embeddings = _prune_embeddings(model, p.embedding_sparsity)

@@ -32,7 +32,7 @@ def reads(p: Params) -> list[str]:
         return ["quantize.mode", "quantize.calibration_size", "finetune.seed", "evaluate.batch_size"]
     if mode == "qat":
         steps = [f"finetune.{k}" for k in loop.STEPS_READ if k != "lr"] + ["evaluate.batch_size"]
-        distill = [f"distill.{k}" for k in ("temperature", "weight")] if p.quantize.qat_distill else []
+        distill = [f"distill.{k}" for k in ("temperature", "weight", "hidden_weight")] if p.quantize.qat_distill else []
         return [*(f"quantize.{k}" for k in ("mode", "qat_steps", "qat_lr", "qat_observers", "qat_distill")),
                 *(["quantize.calibration_size"] if p.quantize.qat_observers == "calibrate" else []), *steps, *distill]
     return ["quantize.mode"]

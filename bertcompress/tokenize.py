@@ -29,7 +29,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def reads(p: Params) -> list[str]:
-    return ["data.max_train_samples", "data.max_eval_samples", "model.name", "tokenize.max_length"]
+    return ["data.source", "data.max_train_samples", "data.max_eval_samples", "model.name", "tokenize.max_length"]
 
 
 def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str, max_length: int,

@@ -6,8 +6,9 @@ evaluate all → the report, built from MLflow (tasks/report.py) → the champio
     python -m flows.compress --task cola -S finetune.lr=3e-5 -S 'experiment.seeds=[1,2,3]'
     python -m flows.compress --task mrpc --workers 4         # independent runs on 4 Dask worker processes
 
-Every step is a Prefect task cached on its exact key (tasks/steps.py): a second run is all cache hits, and a
-changed param reruns only the steps that read it. Each (task, variant, mode, seed) is one MLflow run under one
+The steps are the plan's (tasks/plan.py: `runs(params, task)`, in dependency order); each is a Prefect task
+cached on its step record's key (tasks/steps.py): a second run is all cache hits, and a changed param reruns
+only the steps that read it (`bertcompress status --task mrpc` says which, and why). Each (task, variant, mode, seed) is one MLflow run under one
 parent run per flow run. Runs that do not depend on each other are submitted together; the task runner
 (tasks/runner.py) runs them one at a time by default.
 """
@@ -24,30 +25,38 @@ from bertcompress import io, stop
 from bertcompress import params as P
 from bertcompress.metrics import headline
 from bertcompress.model import preflight
-from tasks import tracking, variants
+from tasks import plan, steps, tracking
 from tasks.runner import task_runner
-from tasks.steps import download, evaluate, finetune, pretrained, prune, quantize, report, tokenize
+
+DATA = ("download", "tokenize")  # their results (folders, the tokenized splits) are needed as values
 
 
-def sweep(task: str, p: P.Params, base, data: dict, parent: str) -> P.Params:
+def run(r: plan.Run, p: P.Params, made: dict, parent: str):
+    """Submit one run of the plan, its inputs the results (or futures) of the runs before it."""
+    task, args = getattr(steps, r.step), plan.arguments(r, p, made)
+    if r.step in DATA:
+        return task(**args)
+    return task.submit(**args, **({} if r.step == "pretrained" else {"parent": parent}))
+
+
+def sweep(task: str, p: P.Params, made: dict, parent: str) -> P.Params:
     """The seed's lr sweep: the baseline (first seed) at each candidate; p with the best lr (its run is reused)."""
-    e, scores = p.experiment, {}
-    for lr in e.lr_candidates:
-        q = variants.with_lr(p, lr)
-        model = finetune.submit(task, e.baseline, e.seeds[0], q, base, data["train"], data["validation"], parent)
-        scores[lr] = evaluate.submit(task, e.baseline, "none", e.seeds[0], q, model, data["validation"], parent)
+    for r in plan.sweep(p, task):
+        made[r.id] = run(r, p, made, parent)
+    scores = {r.lr: headline(task, made[r.id].result()) for r in plan.sweep(p, task) if r.step == "evaluate"}
     if not scores:
         return p
-    scores = {lr: headline(task, row.result()) for lr, row in scores.items()}
-    chosen = variants.best_lr(scores)
-    print(f"lr sweep ({task}, {e.baseline}, seed {e.seeds[0]}): {scores}; chosen {chosen:g}")
+    chosen = plan.best_lr(scores)
+    print(f"lr sweep ({task}, {p.experiment.baseline}, seed {p.experiment.seeds[0]}): {scores}; chosen {chosen:g}")
     tracking.log_params(parent, {"lr_selected": chosen})
-    return variants.with_lr(p, chosen)
+    return plan.with_lr(p, chosen)
 
 
 def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
-    """The params, and every check that needs no data (task, ranges, model config, writable outputs)."""
+    """The params, and every check that needs no data (task, ranges, keys the experiment sets per run, model
+    config, writable outputs)."""
     p = P.load(params_file, overrides)
+    plan.refuse_per_run_keys(p)
     preflight(task, p)
     for where in ("data", "outputs", "results"):
         io.check_writable(where)
@@ -58,26 +67,15 @@ def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
 def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
     p = checked(task, params_file, overrides or [])  # before any work (a deployment's run starts here)
     with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id), entry="flows/compress.py") as parent, stop.everywhere():
-        data = tokenize(task, p, download(task, p, f"data/glue/{task}"), "data/tokenized")
-        base = pretrained.submit(p, f"data/pretrained/{p.model.name.replace('/', '--')}")
-        p = sweep(task, p, base, data, parent)
-        rows = []
-        for seed in p.experiment.seeds:
-            models = {}
-            for name, v in p.variants.items():  # a variant comes after the one it is made from (and its teacher)
-                start, teacher = base if v.finetuned else models[v.source], variants.teacher(p, name, seed)
-                teacher = models[teacher] if teacher else None
-                models[name] = (finetune.submit(task, name, seed, p, start, data["train"], data["validation"], parent,
-                                                teacher=teacher)
-                                if variants.make_step(p, name) == "finetune" else
-                                prune.submit(task, name, seed, p, start, data["train"], parent, teacher=teacher))
-                rows.append(evaluate.submit(task, name, "none", seed, p, models[name], data["validation"], parent))
-                for mode in v.quantize:
-                    q = quantize.submit(task, name, mode, seed, p, models[name], data["train"], parent)
-                    rows.append(evaluate.submit(task, name, mode, seed, p, q, data["validation"], parent))
-        wait(rows)
-        rows = [row.result() for row in rows]
-        report(task, p, parent, data["validation"])  # prints the summary, the champion and where they are
+        made: dict = {}
+        p = sweep(task, p, made, parent)
+        for r in plan.runs(p, task):  # every step of the experiment, each after what it needs
+            if r.id not in made:
+                made[r.id] = run(r, p, made, parent)
+        evaluations = [made[r.id] for r in plan.runs(p, task) if r.step == "evaluate"]
+        wait(evaluations)
+        rows = [e.result() for e in evaluations]
+        steps.report(task, p, parent, made[f"tokenize {task}"]["validation"])  # the summary, the champion
     return rows
 
 

@@ -6,7 +6,7 @@ sparsity, a metric vs size Pareto plot).
 
 params.yaml (with the same overrides as the run) says what to report: every variant of its table × its
 quantization modes × the experiment's seeds. Each variant's runs are found by their `config` tag, the digest
-of every leaf param its chain of steps reads (tasks/variants.py), so runs logged by the flow, by a rerun of it
+of every leaf param its chain of steps reads (tasks/plan.py), so runs logged by the flow, by a rerun of it
 whose steps came from the cache (a changed pruning param leaves the dense fine-tunes cached) or by DVC's stages
 are all found; a variant's metrics are merged from its FINISHED runs, the latest value of each metric winning.
 Writes
@@ -29,15 +29,15 @@ from bertcompress import io
 from bertcompress import params as P
 from bertcompress.glue import get_task
 
-from . import figures, tracking, variants
+from . import figures, plan, tracking
 from .tables import SIZES, epoch_keys, epoch_tables, markdown, quantization_table, summary_table, words
 
 
 def _runs(task: str, p: P.Params, name: str, mode: str, seed: int) -> list:
     """FINISHED runs of one (task, variant, mode, seed) configuration, oldest first."""
     c, exp = tracking.client()
-    where = (f"tags.task = '{task}' and tags.method = '{variants.method(name, mode)}' and tags.seed = '{seed}' "
-             f"and tags.config = '{variants.digest(task, p, name, seed, mode)}' and attributes.status = 'FINISHED'")
+    where = (f"tags.task = '{task}' and tags.method = '{plan.method(name, mode)}' and tags.seed = '{seed}' "
+             f"and tags.config = '{plan.digest(task, p, name, seed, mode)}' and attributes.status = 'FINISHED'")
     return list(reversed(c.search_runs([exp], where, order_by=["attributes.start_time DESC"], max_results=5000)))
 
 
@@ -46,7 +46,7 @@ def _variant(task: str, p: P.Params, name: str, mode: str, seed: int) -> dict:
     c, _ = tracking.client()
     runs, q = _runs(task, p, name, mode, seed), p.variant(name, seed)
     target = {"none": 0.0, "structured": np.nan}.get(q.prune.method, q.prune.final_sparsity)
-    record = {"task": task, "model": name, "mode": mode, "method": variants.method(name, mode), "seed": seed,
+    record = {"task": task, "model": name, "mode": mode, "method": plan.method(name, mode), "seed": seed,
               "lr": q.finetune.lr, "target": target, "scope": q.prune.scope, "run_ids": [r.info.run_id for r in runs],
               "metrics": {}, "history": None, "predictions": None}
     for run in runs:  # later runs override earlier ones
@@ -81,14 +81,14 @@ def lr_sweep(task: str, p: P.Params) -> pd.DataFrame:
     """The baseline (first seed) at each of experiment.lr_candidates, read from MLflow, the chosen one marked."""
     e, metric, rows = p.experiment, get_task(task).metric, []
     for lr in e.lr_candidates:
-        r = _variant(task, variants.with_lr(p, lr), e.baseline, "none", e.seeds[0])
+        r = _variant(task, plan.with_lr(p, lr), e.baseline, "none", e.seeds[0])
         if metric not in r["metrics"]:
             raise P.UserError(f"no finished MLflow run of the lr sweep's {task} {e.baseline} seed {e.seeds[0]} at "
                               f"lr {lr:g} in {tracking.tracking_uri()}; run `python -m flows.compress --task {task}` "
                               "first, or set experiment.lr_candidates=[]")
         rows.append({"lr": lr, **{f"{e.baseline} {m}": r["metrics"][m] for m in get_task(task).metrics}})
     table = pd.DataFrame(rows)
-    chosen = variants.best_lr(dict(zip(table["lr"], table[f"{e.baseline} {metric}"])))
+    chosen = plan.best_lr(dict(zip(table["lr"], table[f"{e.baseline} {metric}"])))
     table["chosen"] = np.where(table["lr"] == chosen, "yes", "")
     return table
 
@@ -120,7 +120,7 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
     e, metric = p.experiment, get_task(task).metric
     lrs = lr_sweep(task, p) if e.lr_candidates else None
     if lrs is not None:
-        p = variants.with_lr(p, float(lrs.loc[lrs["chosen"] == "yes", "lr"].iloc[0]))  # the sweep read once
+        p = plan.with_lr(p, float(lrs.loc[lrs["chosen"] == "yes", "lr"].iloc[0]))  # the sweep read once
     records = collect(task, p)
     methods = [e.baseline, *[n for n, v in p.variants.items() if v.finetuned and n != e.baseline]]
     summary = summary_table(task, records, e.bootstrap_samples, e.baseline)

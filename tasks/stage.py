@@ -2,12 +2,14 @@
 
     python -m tasks.stage variant --name gradual       # what `dvc repro variant@gradual` runs
 
-dvc.yaml expands the variant table with `foreach`: one stage per variant makes it (fine-tune or prune) for
-every task and seed, quantizes it in each of its modes and evaluates each. The `plan` stage writes, per
-variant, the leaf params its steps read (tasks/variants.py), so DVC skips a variant whose plan, inputs and code
-are unchanged; inside a stage, a (task, seed, step) whose output carries the same exact key as the Prefect
-cache's is skipped too (the stage's outputs persist). The same functions as the flow, so both drivers give
-the same metrics; every stage of one `dvc repro` or `dvc exp run` logs under one MLflow parent run.
+dvc.yaml expands the variant table with `foreach`: one stage per variant runs the plan's runs of that variant
+(tasks/plan.py `runs`, filtered: make it — fine-tune or prune — for every task and seed, quantize it in each of
+its modes, evaluate each) into outputs/<variant>/. The `plan` stage writes, per variant, the leaf params its
+steps read, so DVC skips a variant whose plan, inputs and code are unchanged; inside a stage, a run whose output
+already holds its step record (<out>.step.json, the Prefect cache's key) is skipped too (the stage's outputs
+persist). The same functions as the flow, so both drivers give the same metrics; every stage of one `dvc repro`
+or `dvc exp run` logs under one MLflow parent run. Keys the experiment sets per run (prune.method, ...) are
+refused here as in the flow.
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from bertcompress import io, stop
+from bertcompress import io, record, stop
 from bertcompress import params as P
 from bertcompress.metrics import headline
 from bertcompress.model import preflight
 
-from . import steps, tracking, variants
+from . import plan, steps, tracking
 
 TOKENIZED, PRETRAINED, SWEEP = "data/dvc/tokenized", "outputs/pretrained", "results/sweep.json"
 
@@ -46,103 +48,85 @@ def dvc_invocation() -> str:
     return f"{os.getpid()}-standalone"
 
 
-def key_of(folder: str | Path) -> str | None:
-    """The exact key a step's output was made with: <out>.key.json beside it (not in it: the folder's content
-    hash, the next step's input, stays the Prefect flow's)."""
-    path = Path(f"{folder}.key.json")
-    return io.read_json(path)["key"] if path.is_file() and Path(folder).exists() else None
+def where(r: plan.Run) -> str:
+    """A run's output in DVC's layout: outputs/<variant>/<task>-s<seed>[.<mode>] (evaluations: eval/*.json); the
+    sweep's in outputs/sweep/."""
+    if r.lr is not None:
+        return f"outputs/sweep/{r.task}-lr{r.lr:g}" + (".json" if r.step == "evaluate" else "")
+    folder = f"outputs/{r.name}/{r.task}-s{r.seed}" + (f".{r.mode}" if r.mode != "none" else "")
+    return f"outputs/{r.name}/eval/{Path(folder).name}.json" if r.step == "evaluate" else folder
 
 
-def made(step: str, args: dict, out: str, reuse: list[Path] = ()) -> str:
-    """Run one step into out unless out already holds its exact key (or a folder in reuse does: copied)."""
-    key = steps.step_key(step, args)
-    if key_of(out) == key:
-        print(f"{step} {args['task']} {Path(out).name}: up to date (key {key[:12]})", flush=True)
-        return out
-    Path(f"{out}.key.json").unlink(missing_ok=True)
-    if same := [d for d in reuse if key_of(d) == key]:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(same[0], out)
-        print(f"{step} {args['task']} {Path(out).name}: the same as {same[0]} (key {key[:12]})", flush=True)
-    else:
-        partial = Path(f"{out}.partial")  # an interrupted fine-tune resumes only under the same key
-        if partial.exists() and key_of(partial) != key:
-            shutil.rmtree(partial)
-        io.write_json(f"{partial}.key.json", {"key": key, "step": step})
-        getattr(steps, step).fn(**args, out=out)
-        Path(f"{partial}.key.json").unlink(missing_ok=True)
-    io.write_json(f"{out}.key.json", {"key": key, "step": step})
-    return out
+def made(r: plan.Run, p: P.Params, outs: dict, parent: str, reuse: list[Path] = (), out: str | None = None):
+    """Run one step of the plan into out (default: its DVC place) unless that already holds its record (or a
+    folder in reuse does: copied); outs: {run id: output} of the runs before it."""
+    args = plan.arguments(r, p, outs) | {"parent": parent, "out": out or where(r)}
+    rec = plan.step_record(r.step, args)
+    if record.done(args["out"], rec):
+        print(f"{r.step} {r.task} {r.label}: up to date (key {rec['key'][:12]})", flush=True)
+    elif same := [d for d in reuse if record.done(d, rec)]:
+        shutil.rmtree(args["out"], ignore_errors=True)
+        shutil.copytree(same[0], args["out"])
+        record.write(args["out"], record.read(same[0]) | {"result": args["out"]})
+        print(f"{r.step} {r.task} {r.label}: the same as {same[0]} (key {rec['key'][:12]})", flush=True)
+    return getattr(steps, r.step).fn(**args)  # returns what it holds when it is up to date
 
 
-def evaluated(args: dict, cache: Path) -> dict:
-    """The evaluation row of one model (cached in cache, a JSON file, by its exact key)."""
-    key = steps.step_key("evaluate", args)
-    if cache.is_file() and (saved := io.read_json(cache))["key"] == key:
-        return saved["row"]
-    row = steps.evaluate.fn(**args)
-    io.write_json(cache, {"key": key, "row": row})
-    return row
+def _outs(task: str) -> dict:
+    """The data runs' results in DVC's layout."""
+    return {f"download {task}": f"data/glue/{task}", f"tokenize {task}": tokenized(task),
+            f"pretrained {task}": PRETRAINED}
+
+
+def sweep(p: P.Params, parent: str) -> None:
+    """results/sweep.json: per task the lr every variant uses (the baseline's best candidate, first seed)."""
+    chosen = {}
+    for task in p.experiment.tasks:
+        outs, scores = _outs(task), {}
+        for r in plan.sweep(p, task):
+            if r.step in ("finetune", "evaluate"):
+                outs[r.id] = made(r, p, outs, parent)
+                scores |= {r.lr: headline(task, outs[r.id])} if r.step == "evaluate" else {}
+        chosen[task] = {"lr": plan.best_lr(scores) if scores else p.finetune.lr,
+                        "scores": {f"{lr:g}": s for lr, s in scores.items()}}
+    Path("outputs/sweep").mkdir(parents=True, exist_ok=True)  # the stage's out, also with no candidates
+    io.write_json(SWEEP, chosen)
 
 
 def numbers(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "seed"}
 
 
-def sweep(p: P.Params, parent: str) -> None:
-    """results/sweep.json: per task the lr every variant uses (the baseline's best candidate, first seed)."""
-    e, chosen = p.experiment, {}
-    for task in e.tasks:
-        data, scores = tokenized(task), {}
-        for lr in e.lr_candidates:
-            args = {"task": task, "name": e.baseline, "seed": e.seeds[0], "p": variants.with_lr(p, lr),
-                    "base": PRETRAINED, "train": data["train"], "validation": data["validation"], "parent": parent}
-            out = made("finetune", args, f"outputs/sweep/{task}-lr{lr:g}")
-            row = evaluated({k: args[k] for k in ("task", "name", "seed", "p", "validation", "parent")} |
-                            {"mode": "none", "model_dir": out}, Path(f"outputs/sweep/eval/{task}-lr{lr:g}.json"))
-            scores[lr] = headline(task, row)
-        chosen[task] = {"lr": variants.best_lr(scores) if scores else p.finetune.lr,
-                        "scores": {f"{lr:g}": s for lr, s in scores.items()}}
-    Path("outputs/sweep").mkdir(parents=True, exist_ok=True)  # the stage's out, also with no candidates
-    io.write_json(SWEEP, chosen)
-
-
 def variant(p: P.Params, name: str, parent: str) -> None:
     """Make, quantize and evaluate one variant for every task and seed; its metrics and learning curves."""
-    v, lrs, metrics, history = p.variants[name], io.read_json(SWEEP), {}, []
+    lrs, metrics, history = io.read_json(SWEEP), {}, []
     for task in p.experiment.tasks:
-        q, data = variants.with_lr(p, lrs[task]["lr"]), tokenized(task)
-        for seed in p.experiment.seeds:
-            out, common = f"outputs/{name}/{task}-s{seed}", {"task": task, "name": name, "seed": seed, "p": q,
-                                                              "parent": parent}
-            start = PRETRAINED if v.finetuned else f"outputs/{v.source}/{task}-s{seed}"
-            teacher = variants.teacher(p, name, seed)
-            if teacher and not Path(f"outputs/{teacher}/{task}-s{seed}").is_dir():  # dvc.yaml orders by `from`
-                raise P.UserError(f"variants.{name} distils from '{teacher}', whose outputs/{teacher}/{task}-s{seed} "
-                                  f"is not made yet; run `dvc repro variant@{teacher}` first, or make it `from` it")
-            teacher = f"outputs/{teacher}/{task}-s{seed}" if teacher else None
-            if variants.make_step(p, name) == "finetune":
-                reuse = sorted(Path("outputs/sweep").glob("*-lr*[0-9]")) if name == p.experiment.baseline else []
-                made("finetune", {**common, "base": start, "train": data["train"], "validation": data["validation"],
-                                  "teacher": teacher}, out, reuse)
-                history += [{"task": task, "seed": seed, **r} for r in io.read_json(f"{out}/metrics.json")["history"]]
-            else:
-                made("prune", {**common, "model_dir": start, "train": data["train"], "teacher": teacher}, out)
-            rows = {}
-            for mode in ["none", *v.quantize]:
-                model = out if mode == "none" else made("quantize", {**common, "mode": mode, "model_dir": out,
-                                                                     "train": data["train"]}, f"{out}.{mode}")
-                rows["fp32" if mode == "none" else mode] = numbers(evaluated(
-                    {**common, "mode": mode, "model_dir": model, "validation": data["validation"]},
-                    Path(f"outputs/{name}/eval/{task}-s{seed}-{mode}.json")))
-            metrics[f"{task}-s{seed}"] = rows
+        q, outs = plan.with_lr(p, lrs[task]["lr"]), _outs(task)
+        for r in plan.runs(q, task):
+            if r.step in ("download", "tokenize", "pretrained"):
+                continue
+            if r.name != name:  # what this variant is made from, or distilled from: another stage's output
+                outs[r.id] = where(r)
+                continue
+            if r.teacher and not Path(outs[r.teacher]).is_dir():  # dvc.yaml orders stages by `from` only
+                teacher = q.variant(name, r.seed).distill.teacher
+                raise P.UserError(f"variants.{name} distils from '{teacher}', whose {outs[r.teacher]} is not made "
+                                  f"yet; run `dvc repro variant@{teacher}` first, or make it `from` it")
+            reuse = sorted(Path("outputs/sweep").glob("*-lr*[0-9]")) if name == p.experiment.baseline else []
+            outs[r.id] = made(r, q, outs, parent, reuse if r.step == "finetune" else [])
+            if r.step == "finetune":
+                history += [{"task": task, "seed": r.seed, **row}
+                            for row in io.read_json(f"{outs[r.id]}/metrics.json")["history"]]
+            if r.step == "evaluate":
+                mode = "fp32" if r.mode == "none" else r.mode
+                metrics.setdefault(f"{task}-s{r.seed}", {})[mode] = numbers(outs[r.id])
     io.write_json(f"results/variants/{name}.json", metrics)  # `dvc metrics show`: one column group per mode
     io.write_json(f"results/history/{name}.json", history)  # `dvc plots show`: per-epoch curves
 
 
 def run(args, p: P.Params) -> None:
     if args.step == "plan":
-        for file, content in variants.plan(p).items():
+        for file, content in plan.dvc_plan(p).items():
             io.write_json(Path("plan") / file, content)
     elif args.step == "download":
         steps.download.fn(args.task, p, f"data/glue/{args.task}")
@@ -171,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()  # SIGINT/SIGTERM (dvc passes Ctrl-C on): the step stops, its MLflow run ends KILLED
     try:
         p = P.load(args.params)
+        plan.refuse_per_run_keys(p)  # `dvc exp run -S prune.method=...` would change nothing: refused
         for task in p.experiment.tasks:
             preflight(task, p)
         if args.step == "variant" and args.name not in p.variants:

@@ -3,18 +3,21 @@
     python -m flows.compress --task mrpc      # runs them as a cached Prefect flow (flows/compress.py)
     dvc repro                                 # runs the same functions stage by stage (tasks/stage.py)
 
-Tasks take the one Params object, names, seeds and paths, and return paths or small dicts, never models. A task
-is cached on its step's exact key (tasks/variants.py: the leaf params it reads, its inputs' contents, its code),
+Tasks take the one Params object, names, seeds and paths, and return paths or small dicts, never models. Each
+call has a step record (tasks/plan.py: the leaf params it reads, its inputs' contents, its code), written beside
+its output as <out>.step.json once the output is complete. The task is cached by Prefect on the record's key,
 persisted as JSON in $PREFECT_HOME/storage (.prefect/ in the project), so a second flow run with the same inputs
-takes every result from the cache and a changed pruning param reruns only what reads it. Outputs go to
-outputs/flow/<task>/<variant>-s<seed>[.<mode>]-<key>: a folder per key, never overwritten by other params.
-After deleting outputs/ or data/, run once with PREFECT_TASKS_REFRESH_CACHE=true.
+takes every result from the cache and a changed pruning param reruns only what reads it; a cache entry whose
+output is gone (outputs/ or data/ deleted) is a miss, and a call whose output already holds its record (made by
+an earlier run whose cache entry is gone) returns it without work. Outputs go to
+outputs/flow/<task>/<variant>-s<seed>[+<mode>]-<key>: a folder per key, never overwritten by other params.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
@@ -23,15 +26,14 @@ from prefect.runtime import task_run
 from bertcompress import evaluate as core_evaluate
 from bertcompress import finetune as core_finetune
 from bertcompress import export as core_export
-from bertcompress import glue, io, latency, model, prune as core_prune, quantize as core_quantize, tokenize as core_tokenize
-from bertcompress import variant
+from bertcompress import glue, io, latency, model, prune as core_prune, quantize as core_quantize, record
+from bertcompress import tokenize as core_tokenize, variant
 from bertcompress.params import QUANTIZE_MODES, Params, UserError
 
-from . import figures, tracking, variants
+from . import figures, plan, tracking
 from .report import build as build_report
 from .report import champion, summary_text
 
-FLOW_OUTPUTS = Path("outputs/flow")
 EXPORTS = Path("results/export")  # the champion's artifact, per task: what ships
 
 
@@ -49,71 +51,77 @@ for _name in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_name).addFilter(OneLine())
 
 
-def params_of(a: dict) -> Params:
-    """The params one task call runs with: the variant's, for its seed and mode, or the experiment's."""
-    p = a["p"]
-    return p.variant(a["name"], a["seed"], a.get("mode", "none")) if "name" in a else p
+def _forget(key: str) -> None:
+    """Drop Prefect's persisted result of key (the default local result storage): its output is gone."""
+    from prefect.results import get_result_store
+    from prefect.settings import get_current_settings
 
-
-def step_key(step: str, a: dict) -> str:
-    """The exact key of one task call (a: its arguments by name). The variant's name is part of it: each
-    variant's steps log its own MLflow runs, even where two variants' recipes coincide."""
-    extra = {k: a[k] for k in ("task", "name", "mode") if k in a}
-    inputs = {k: a[k] for k in variants.FILES if a.get(k)}
-    if step == "download":  # where `auto` points ($GLUE_DIR, the hub, ../shared/glue) and its files' contents
-        extra["source"] = where = glue.resolve_source(a["p"].data.source)
-        extra["source_files"] = glue.fingerprint(a["task"], where)
-    if step in ("pretrained", "tokenize") and Path(local := model.resolve(a["p"].model.name)).is_dir():
-        inputs["model"] = local  # a model folder (the packaged one too) is keyed by its files, not its name
-    return variants.key(step, params_of(a), inputs, extra)
+    store = get_result_store()
+    path = Path(get_current_settings().results.local_storage_path) / key
+    for k in (key, str(path), str(path.resolve())):
+        store.cache.pop(k, None)
+    path.unlink(missing_ok=True)
 
 
 @dataclass
 class StepKey(CachePolicy):
-    """The step's exact key: a task reruns exactly when what it reads changed."""
+    """The step record's key: a task reruns exactly when what it reads changed, or when its output is gone."""
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str:
-        return step_key(task_ctx.task.name, inputs)
+        step = task_ctx.task.name
+        rec = plan.step_record(step, inputs)
+        if not record.done(plan.out_dir(step, inputs, rec["key"]), rec):
+            _forget(rec["key"])
+        return rec["key"]
 
 
 CACHED = {"cache_policy": StepKey(), "persist_result": True, "result_serializer": "json"}
 
 
-def out_dir(step: str, a: dict, out: str | None) -> str:
-    if out:
-        return out
-    label = f"{a['name']}-s{a['seed']}" + (f".{a['mode']}" if a.get("mode", "none") != "none" else "")
-    return str(FLOW_OUTPUTS / a["task"] / f"{label}-{step_key(step, a)[:12]}")
+def made(step: str, a: dict, make: Callable[[str, dict], object]):
+    """The one way a step runs: make(out, record) unless out already holds this call's record; then the record is
+    written beside out with the result (a path, the tokenized splits, an evaluation row), which it returns."""
+    rec = plan.step_record(step, a)
+    out = plan.out_dir(step, a, rec["key"])
+    if record.done(out, rec):
+        return record.read(out).get("result", out)
+    result = make(out, rec)
+    record.write(out, rec | {"result": result})
+    return result
 
 
 def _run_name() -> str:
     """Readable task-run names: finetune-mrpc-gradual-s42, evaluate-mrpc-dense+dynamic-s42."""
     a = task_run.parameters
-    return f"{task_run.task_name}-{a['task']}-{variants.method(a['name'], a.get('mode', 'none'))}-s{a['seed']}"
+    return f"{task_run.task_name}-{a['task']}-{plan.method(a['name'], a.get('mode', 'none'))}-s{a['seed']}"
 
 
-def _data_tags(**splits: str) -> dict:
-    """{'data_hash.train': ..}: which tokenized data (content) the step read."""
-    return {f"data_hash.{split}": io.content_hash(path)[:16] for split, path in splits.items()}
+def _tags(rec: dict, **splits: str) -> dict:
+    """The step's record key and which tokenized data (content) it read: {'step_key.finetune': .., 'data_hash.train': ..}."""
+    return {f"step_key.{rec['step']}": rec["key"], **{f"data_hash.{split}": io.content_hash(path)[:16]
+                                                      for split, path in splits.items()}}
 
 
 @task(name="download", task_run_name="download-{task}", **CACHED)
 def download(task: str, p: Params, out: str) -> str:
     """GLUE train/validation parquet into out/ (bad data is a UserError: never retried)."""
-    glue.download(task, out, p.data.source)
-    return out
+    def make(out: str, rec: dict) -> str:
+        glue.download(task, out, p.data.source)
+        return out
+    return made("download", locals(), make)
 
 
 @task(name="tokenize", task_run_name="tokenize-{task}", **CACHED)
 def tokenize(task: str, p: Params, data_dir: str, cache_dir: str) -> dict:
     """{'train': npz, 'validation': npz} in cache_dir/<task>/, named by content."""
-    return core_tokenize.prepared(task, p, str(Path(data_dir).parent), cache_dir)
+    return made("tokenize", locals(), lambda out, rec: core_tokenize.prepared(task, p, str(Path(data_dir).parent),
+                                                                              cache_dir))
 
 
 @task(name="pretrained", task_run_name="pretrained", **CACHED)
 def pretrained(p: Params, out: str) -> str:
     """The pretrained model (model.name) and its tokenizer as a folder: every fine-tune's base."""
-    return model.pretrained(p.model.name, out)
+    return made("pretrained", locals(), lambda out, rec: model.pretrained(p.model.name, out))
 
 
 @task(name="finetune", task_run_name=_run_name, **CACHED)
@@ -122,14 +130,17 @@ def finetune(task: str, name: str, seed: int, p: Params, base: str, train: str, 
     """Fine-tune one variant from the base model or from another variant's (prune.method=gradual: under its
     schedule; distill.teacher: distilled from that variant's model, `teacher`); per-epoch metrics go to MLflow
     as they come."""
-    q, out = p.variant(name, seed), out_dir("finetune", locals(), out)
-    with tracking.variant_run(parent, task, p, name, seed, tags=_data_tags(train=train, validation=validation)) as run:
-        tracking.log_datasets(run, task, training=train, validation=validation)
-        result = core_finetune.finetune(q, task, train, validation, out, tracking.epoch_logger(run), base=base,
-                                        teacher=teacher)
-        tracking.log_result(run, "finetune", result)
-        tracking.log_figure(run, figures.history(result["history"]), "plots/history.png")
-    return out
+    q = p.variant(name, seed)
+
+    def make(out: str, rec: dict) -> str:
+        with tracking.variant_run(parent, task, p, name, seed, tags=_tags(rec, train=train, validation=validation)) as run:
+            tracking.log_datasets(run, task, training=train, validation=validation)
+            result = core_finetune.finetune(q, task, train, validation, out, tracking.epoch_logger(run), base=base,
+                                            teacher=teacher, step=rec)
+            tracking.log_result(run, "finetune", result)
+            tracking.log_figure(run, figures.history(result["history"]), "plots/history.png")
+        return out
+    return made("finetune", locals(), make)
 
 
 @task(name="prune", task_run_name=_run_name, **CACHED)
@@ -137,42 +148,51 @@ def prune(task: str, name: str, seed: int, p: Params, model_dir: str, train: str
           out: str | None = None, teacher: str | None = None) -> str:
     """Prune the model of the variant this one is made from (prune.method = oneshot | structured); its recovery
     steps distilled from `teacher` when the variant names one."""
-    q, out = p.variant(name, seed), out_dir("prune", locals(), out)
-    with tracking.variant_run(parent, task, p, name, seed, tags=_data_tags(train=train)) as run:
-        tracking.log_datasets(run, task, training=train)  # importance scores and recovery steps read it
-        tracking.log_result(run, "prune", core_prune.prune(model_dir, out, q, task, train, teacher))
-    return out
+    def make(out: str, rec: dict) -> str:
+        with tracking.variant_run(parent, task, p, name, seed, tags=_tags(rec, train=train)) as run:
+            tracking.log_datasets(run, task, training=train)  # importance scores and recovery steps read it
+            tracking.log_result(run, "prune", core_prune.prune(model_dir, out, p.variant(name, seed), task, train,
+                                                               teacher))
+        return out
+    return made("prune", locals(), make)
 
 
 @task(name="quantize", task_run_name=_run_name, **CACHED)
 def quantize(task: str, name: str, mode: str, seed: int, p: Params, model_dir: str, train: str,
              parent: str | None = None, out: str | None = None) -> str:
     """Quantize one variant's model in one mode; static calibration and QAT read the training split."""
-    q, out = p.variant(name, seed, mode), out_dir("quantize", locals(), out)
-    with tracking.variant_run(parent, task, p, name, seed, mode, _data_tags(train=train)) as run:
-        if mode in ("static", "qat"):  # calibration / QAT training read the training split
-            tracking.log_datasets(run, task, calibration=train)
-        tracking.log_result(run, "quantize", core_quantize.quantize(model_dir, out, q, task, train))
-    return out
+    def make(out: str, rec: dict) -> str:
+        with tracking.variant_run(parent, task, p, name, seed, mode, _tags(rec, train=train)) as run:
+            if mode in ("static", "qat"):  # calibration / QAT training read the training split
+                tracking.log_datasets(run, task, calibration=train)
+            tracking.log_result(run, "quantize", core_quantize.quantize(model_dir, out, p.variant(name, seed, mode),
+                                                                        task, train))
+        return out
+    return made("quantize", locals(), make)
 
 
 @task(name="evaluate", task_run_name=_run_name, **CACHED)
 def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: str, validation: str,
-             parent: str | None = None) -> dict:
-    """Metrics, sizes and CPU latency of one variant (and mode) on the validation split."""
+             parent: str | None = None, out: str | None = None) -> dict:
+    """Metrics, sizes and CPU latency of one variant (and mode) on the validation split; the row also in out."""
     q = p.variant(name, seed, mode)
-    with tracking.variant_run(parent, task, p, name, seed, mode, _data_tags(validation=validation)) as run:
-        result = core_evaluate.evaluate(model_dir, task, validation, q.evaluate.batch_size, q.evaluate.latency_runs,
-                                        keep_predictions=True, threads=q.evaluate.latency_threads)
-        tracking.log_datasets(run, task, validation=validation)
-        tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
-        tracking.log_result(run, "evaluate", result)
-        tracking.set_tags(run, {"collapsed": str(result["collapsed"]).lower(), "verdict": result["verdict"],
-                                "model_dir": model_dir})  # the champion is exported from it
-        # an MLflow model: mlflow.pyfunc.load_model(...).predict(df), encoded and batched as evaluated here
-        tracking.log_model(run, model_dir, task, q.tokenize.max_length, q.evaluate.batch_size)
-    return {"task": task, "variant": name, "mode": mode, "method": variants.method(name, mode), "seed": seed,
-            **result}
+
+    def make(out: str, rec: dict) -> dict:
+        with tracking.variant_run(parent, task, p, name, seed, mode, _tags(rec, validation=validation)) as run:
+            result = core_evaluate.evaluate(model_dir, task, validation, q.evaluate.batch_size,
+                                            q.evaluate.latency_runs, keep_predictions=True,
+                                            threads=q.evaluate.latency_threads)
+            tracking.log_datasets(run, task, validation=validation)
+            tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
+            tracking.log_result(run, "evaluate", result)
+            tracking.set_tags(run, {"collapsed": str(result["collapsed"]).lower(), "verdict": result["verdict"],
+                                    "model_dir": model_dir})  # the champion is exported from it
+            # an MLflow model: mlflow.pyfunc.load_model(...).predict(df), encoded and batched as evaluated here
+            tracking.log_model(run, model_dir, task, q.tokenize.max_length, q.evaluate.batch_size)
+        row = {"task": task, "variant": name, "mode": mode, "method": plan.method(name, mode), "seed": seed, **result}
+        io.write_json(out, row)
+        return row
+    return made("evaluate", locals(), make)
 
 
 @task(name="report", task_run_name="report-{task}")  # never cached: it reads the MLflow store as it is now

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 from bertcompress.params import Params
 
-from . import variants
+from . import plan
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "bertcompress"
@@ -117,17 +117,17 @@ def parent_run(driver: str, name: str, key: str, entry: str = "") -> Iterator[st
 def variant_run(parent: str | None, task: str, p: Params, name: str, seed: int, mode: str = "none",
                 tags: dict | None = None) -> Iterator[str]:
     """The run of one (task, variant, mode, seed) configuration: its first step creates it under the parent,
-    its later steps add to it. Tagged with the configuration digest (tasks/variants.py) the report finds it by."""
+    its later steps add to it. Tagged with the configuration digest (tasks/plan.py) the report finds it by."""
     from mlflow.entities import Param, RunTag
 
     c, exp = client()
-    label = variants.method(name, mode)
-    key = {"task": task, "method": label, "seed": str(seed), "config": variants.digest(task, p, name, seed, mode),
+    label = plan.method(name, mode)
+    key = {"task": task, "method": label, "seed": str(seed), "config": plan.digest(task, p, name, seed, mode),
            **({PARENT: parent} if parent else {})}
     entry = c.get_run(parent).data.tags.get("mlflow.source.name", "") if parent else "bertcompress"
     run_id = (_find(c, exp, key) if parent else None) or c.create_run(
         exp, run_name=f"{task}-{label}-s{seed}", tags={**key, **_source(entry)}).info.run_id
-    c.log_batch(run_id, params=[Param(k, v) for k, v in variants.logged(task, p, name, seed, mode).items()],
+    c.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged(task, p, name, seed, mode).items()],
                 tags=[RunTag(k, v) for k, v in (tags or {}).items()])
     with _running(run_id):
         yield run_id

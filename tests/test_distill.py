@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from pathlib import Path
 import re
 
 import pytest
@@ -86,8 +87,8 @@ def test_teacher_frozen_student_trained(teacher_dir, tiny_params, tiny_mrpc, tmp
     weights = [k for k in before if k.endswith(".weight") and "LayerNorm" not in k]
     changed = [k for k in weights if not torch.equal(student[k], before[k])]
     assert len(changed) == len(weights), set(weights) - set(changed)
-    identity = json.loads((out / "identity.json").read_text())
-    assert identity["distill.weight"] == 0.5 and "teacher" in identity
+    made = json.loads(Path(f"{out}.step.json").read_text())  # the step record beside the output
+    assert made["reads"]["distill.weight"] == 0.5 and "teacher" in made["inputs"]
 
 
 @pytest.mark.parametrize("criterion", ["movement", "first_order"])

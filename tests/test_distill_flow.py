@@ -4,6 +4,7 @@ step's inputs (its cache key and resume identity), and MLflow shows the recipe."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -27,10 +28,10 @@ def test_a_distilled_variant_trains_on_from_its_teacher(tmp_path_factory):
         outputs = run["root"] / "outputs" / "flow" / "mrpc"
         dense = next(d for d in outputs.glob("dense-s42-*") if d.is_dir())
         kd = next(d for d in outputs.glob("kd-s42-*") if d.is_dir())
-        identity = json.loads((kd / "identity.json").read_text())
+        made = json.loads(Path(f"{kd}.step.json").read_text())  # its step record
         # the student started from the dense variant's weights and was taught by that same folder
-        assert identity["teacher"] == identity["base"] == io.content_hash(dense)
-        assert identity["distill.teacher"] == "dense" and identity["prune.criterion"] == "first_order"
+        assert made["inputs"]["teacher"] == made["inputs"]["base"] == io.content_hash(dense)
+        assert made["reads"]["distill.teacher"] == "dense" and made["reads"]["prune.criterion"] == "first_order"
         metrics = json.loads((kd / "metrics.json").read_text())
         assert metrics["sparsity"]["overall"] == pytest.approx(0.8, abs=0.002)
         with pr.isolated(run["root"]):

@@ -111,8 +111,8 @@ def test_exp_run_with_a_set_param_reruns_only_what_reads_it(repo):
     assert running(out) == {"plan"}  # the plan's files come out the same: no stage after it runs
     out = dvc(root, "exp", "run", "-S", "evaluate.latency_runs=2").stdout  # inside the stage: evaluation only
     assert running(out) == {"plan", "variant@dense", "variant@oneshot", "report@mrpc"}
-    assert "finetune mrpc mrpc-s42: up to date" in out and "quantize mrpc mrpc-s42.dynamic: up to date" in out
-    assert "prune mrpc mrpc-s42: up to date" in out
+    assert "finetune mrpc dense-s42: up to date" in out and "quantize mrpc dense+dynamic-s42: up to date" in out
+    assert "prune mrpc oneshot-s42: up to date" in out
     exps = json.loads(dvc(root, "exp", "show", "--json").stdout)
     params = [e["data"]["params"]["params.yaml"]["data"]["quantize"]["calibration_size"]
               for b in exps for e in [b, *[x for run in b.get("experiments") or [] for x in run["revs"]]]
@@ -152,6 +152,20 @@ def test_bad_params_stop_repro_with_the_cli_message(repo, capsys):
     assert "Running stage 'plan'" in done.stdout
 
 
+@pytest.mark.parametrize("key", ["prune.method=oneshot", "finetune.seed=7"])
+def test_exp_run_refuses_a_key_the_experiment_sets_per_run(repo, key):
+    """`dvc exp run -S prune.method=oneshot` would change nothing (each variant's entry decides it): refused at
+    the plan stage with one line, before any variant stage runs."""
+    root = repo[0]
+    params = (root / "params.yaml").read_text()
+    try:
+        done = dvc(root, "exp", "run", "-S", key, check=False)
+    finally:
+        (root / "params.yaml").write_text(params)  # a failed `exp run` leaves its -S in the workspace
+    assert done.returncode != 0 and f"error: {key} is not read by the experiment" in done.stderr + done.stdout
+    assert "Running stage 'plan'" in done.stdout and "Running stage 'variant@" not in done.stdout
+
+
 def test_a_killed_stage_leaves_its_run_killed(repo, tmp_path):
     import shutil
 
@@ -172,7 +186,7 @@ def test_a_killed_stage_leaves_its_run_killed(repo, tmp_path):
     finally:
         stage.kill()
         shutil.rmtree(root / "outputs/dense/mrpc-s7.partial", ignore_errors=True)  # and the key it resumes under:
-        (root / "outputs/dense/mrpc-s7.partial.key.json").unlink(missing_ok=True)  # the stage's outs as they were
+        (root / "outputs/dense/mrpc-s7.partial.step.json").unlink(missing_ok=True)  # the stage's outs as they were
         (root / "outputs/dense/mrpc-s7.lock").unlink(missing_ok=True)
     with pr.env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"):
         client, experiment = tracking.client()

@@ -227,7 +227,8 @@ def runs(root: Path) -> dict[str, list[str]]:
 
 
 def finished_folders(root: Path) -> list[Path]:
-    return [p for p in (root / "outputs" / "flow" / "mrpc").glob("dense-*") if p.suffix not in (".partial", ".lock")]
+    return [p for p in (root / "outputs" / "flow" / "mrpc").glob("dense-*")
+            if p.is_dir() and p.suffix not in (".partial", ".lock")]
 
 
 def test_the_flow_killed_or_interrupted_in_a_finetune_never_finishes_its_runs(flow_ws):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,7 +92,7 @@ def test_a_partial_run_of_other_params_is_set_aside_not_resumed(tiny_run, tiny_p
     assert result["history"] == clean["history"] != at_default_lr["history"]
     assert json.loads((out / "params.json").read_text())["finetune"]["lr"] == 5e-5
     assert (tmp_path / "run.stale" / "checkpoints" / "epoch-1").is_dir() 
-    assert json.loads((out / "identity.json").read_text())["finetune.lr"] == 5e-5  # what out was made from
+    assert json.loads(Path(f"{out}.step.json").read_text())["reads"]["finetune.lr"] == 5e-5  # what out was made from
 
 
 def test_length_grouping_keeps_every_example_once_and_pads_less():

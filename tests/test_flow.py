@@ -96,3 +96,53 @@ def test_bad_params_fail_with_the_cli_message(flow, capsys, task, overrides, cli
                           *[arg for o in overrides for arg in ("-S", o)]]) == 2
         said = capsys.readouterr()
         assert said.err.strip() == f"error: {message}" and "Traceback" not in said.out + said.err  # before Prefect
+
+
+@pytest.mark.parametrize("key", ["prune.method=oneshot", "distill.teacher=dense", "quantize.mode=static",
+                                 "finetune.seed=7"])
+def test_keys_the_experiment_sets_per_run_are_refused(flow, capsys, key):
+    """Accepted, they would change nothing: each variant's entry and experiment.seeds decide them."""
+    from flows.compress import main as flow_main
+
+    with pr.isolated(flow["root"]):
+        assert flow_main(["--task", "mrpc", "--params", str(flow["params"]), "-S", key]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {key} is not read by the experiment") and len(err.splitlines()) == 1
+    assert ("experiment.seeds" if key.startswith("finetune.seed") else "variants.<name>.") in err
+
+
+def status(flow, *overrides: str) -> dict[str, tuple[str, str]]:
+    from bertcompress import params as P
+    from tasks.status import states
+
+    with pr.isolated(flow["root"]):
+        return {r.id: (s, why) for r, s, why in states(P.load(str(flow["params"]), list(overrides)), "mrpc")}
+
+
+def test_status_after_the_flow_says_every_step_is_done(flow):
+    said = status(flow)
+    assert len(said) == 3 + 3 + 3 + 6 and {s for s, _ in said.values()} == {"done"}  # data; made; int8; evaluated
+
+
+def test_status_names_exactly_the_chain_a_change_reruns_and_why(flow):
+    said = status(flow, "variants.gradual.finetune.precision=bf16")
+    again = {run for run, (s, _) in said.items() if s == "will run"}
+    assert again == {"finetune gradual-s42", "evaluate gradual-s42", "quantize gradual+dynamic-s42",
+                     "evaluate gradual+dynamic-s42"}
+    assert said["finetune gradual-s42"][1] == "finetune.precision fp32 -> bf16"
+    assert said["quantize gradual+dynamic-s42"][1] == "after finetune gradual-s42"
+    # one-shot pruning without recovery steps trains nothing: precision is not its read, so nothing reruns
+    assert not {run for run, (s, _) in status(flow, "variants.oneshot.finetune.precision=bf16").items()
+                if s == "will run"}
+
+
+def test_a_cache_entry_whose_output_is_gone_is_a_miss(flow):
+    import shutil
+
+    (folder,) = [d for d in (flow["root"] / "outputs/flow/mrpc").glob("oneshot-s42-*") if d.is_dir()]
+    shutil.rmtree(folder)
+    assert status(flow)["prune oneshot-s42"] == ("will run", "never made")  # its record went with it
+    runs = rerun(flow)
+    assert runs["prune-mrpc-oneshot-s42"] == "Completed" and folder.is_dir()
+    # the same weights again: what is made from them is still the cache's
+    assert {n for n, s in runs.items() if s != "Cached"} == {"prune-mrpc-oneshot-s42", "report-mrpc"}

@@ -54,13 +54,13 @@ def test_a_changed_source_file_is_read_again_not_reused(tmp_path, tiny_params, g
     import pandas as pd
 
     from bertcompress.tokenize import prepared
-    from tasks.steps import step_key
+    from tasks.plan import step_record
 
     src = tmp_path / "glue"
     shutil.copytree(glue_dir / "mrpc", src / "mrpc")
     p = tiny_params.replace({"data.source": str(src)})
     first = Encoded.load(prepared("mrpc", p, tmp_path / "data", tmp_path / "tok")["train"]).labels
-    key = step_key("download", {"task": "mrpc", "p": p, "out": "data/glue/mrpc"})
+    key = step_record("download", {"task": "mrpc", "p": p, "out": "data/glue/mrpc"})["key"]
     train = src / "mrpc" / "train-00000-of-00001.parquet"
     df = pd.read_parquet(train)
     df["label"] = 1 - df["label"]
@@ -68,4 +68,4 @@ def test_a_changed_source_file_is_read_again_not_reused(tmp_path, tiny_params, g
     second = Encoded.load(prepared("mrpc", p, tmp_path / "data", tmp_path / "tok")["train"]).labels
     assert (second == 1 - first).all()
     assert pd.read_parquet(tmp_path / "data" / "mrpc" / "train.parquet")["label"].tolist()[:64] == second.tolist()
-    assert step_key("download", {"task": "mrpc", "p": p, "out": "data/glue/mrpc"}) != key
+    assert step_record("download", {"task": "mrpc", "p": p, "out": "data/glue/mrpc"})["key"] != key
