@@ -30,7 +30,8 @@ from bertcompress import params as P
 from bertcompress.glue import get_task
 
 from . import figures, plan, tracking
-from .tables import SIZES, epoch_keys, epoch_tables, markdown, quantization_table, summary_table, words
+from .tables import (SIZES, aligned, brief, epoch_keys, epoch_tables, markdown, quantization_table, summary_table,
+                     words)
 
 
 def _runs(task: str, p: P.Params, name: str, mode: str, seed: int) -> list:
@@ -108,9 +109,22 @@ def champion(task: str, p: P.Params, folder: str | Path) -> tuple[str, str] | No
     return method, runs[(runs["method"] == method) & (runs["seed"] == e.seeds[0])]["run_id"].iloc[0]
 
 
-def summary_text(folder: str | Path) -> str:
-    """The summary as markdown, read back from summary.csv: what report.md shows and what the flow prints."""
+def summary_markdown(folder: str | Path) -> str:
+    """The whole summary as markdown, read back from summary.csv: what report.md shows."""
     return markdown(pd.read_csv(Path(folder) / "summary.csv", index_col="method"))
+
+
+def summary_text(folder: str | Path) -> str:
+    """The summary in 120 columns, read back from summary.csv, with what its columns mean: what the flow prints
+    (and the Prefect artifact and summary.md show); report.md has every column."""
+    s = pd.read_csv(Path(folder) / "summary.csv", index_col="method")
+    metric = next(c for c in s.columns if c.endswith(" mean")).removesuffix(" mean")  # the headline comes first
+    baseline = next(c for c in s.columns if c.startswith("Δ vs ")).removeprefix("Δ vs ")
+    return "\n".join([aligned(brief(s), left=("variant", "verdict")), "",
+                      f"Δ: {metric} − {baseline}'s in points (×100, as experiment.champion_budget), paired by "
+                      "seed; 95 % CI: paired bootstrap.",
+                      "MB: compact size; b1/b8 ms: CPU latency at batch 1/8; collapsed: no better than the constant "
+                      "predictor."])
 
 
 def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | None = None) -> Path:
@@ -147,7 +161,7 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
                  " of the split); a variant whose predictions are no better than it is marked collapsed. Sparsity: the "
                  "target the params ask for, the zeros reached in the pruned scope's Linear weights, the zeros over all "
                  "parameters.", "",
-                 f"## Summary: every variant ({split}, mean ± std over {n})", "", summary_text(tmp), "",
+                 f"## Summary: every variant ({split}, mean ± std over {n})", "", summary_markdown(tmp), "",
                  *words(task, summary, e.baseline), ""]
         for m, table in epochs.items():
             lines += [f"## Table 1/2: per epoch, {m} vs {e.baseline} ({split}, mean over {n})", "",

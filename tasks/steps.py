@@ -213,25 +213,25 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
     (evaluated there when the validation split is given): the flow's report task and DVC's report stage both
     end here. Writes results/report/<task>/summary.md, the summary and the champion's lines, as printed."""
     path = build_report(task, p, parent=parent)
+    e, metric = p.experiment, glue.get_task(task).metric
+    rule = f"within {e.champion_budget:g} point{'s' * (e.champion_budget != 1)} of {e.baseline}'s {metric}"
     blocks = [f"## {task}: compression summary", summary_text(path.parent)]
     if best := champion(task, p, path.parent):
         version = tracking.register_champion(best[1], f"{task}-compressed")
-        blocks.append(f"champion: {best[0]} (seed {p.experiment.seeds[0]}, run {best[1]}) -> "
-                      f"models:/{task}-compressed@champion (version {version}): the smallest variant within "
-                      f"{p.experiment.champion_budget:g} points of {p.experiment.baseline}")
+        blocks.append(f"champion: {best[0]}: the smallest variant (compressed_mb) {rule}, not collapsed\n"
+                      f"  registered as models:/{task}-compressed@champion (version {version}), run {best[1]} "
+                      f"(seed {e.seeds[0]})")
         blocks.append(ship(task, p, best[1], validation, parent))
     else:
-        blocks.append(f"champion: none — no variant within {p.experiment.champion_budget:g} points of "
-                      f"{p.experiment.baseline} that did not collapse; nothing registered or exported")
+        blocks.append(f"champion: none — no variant {rule} that did not collapse; nothing registered or exported")
     text = "\n\n".join(blocks)
     with io.atomic_file(path.with_name("summary.md")) as tmp:
         tmp.write_text(text + "\n")
     if parent:
         tracking.log_text(parent, text + "\n", "report/summary.md")
-    for block in blocks:  # one log line each in Prefect: the table alone is one message
-        print(block)
-    print(f"report: {path}\nMLflow: `mlflow ui --backend-store-uri {tracking.tracking_uri()}`, then "
-          f"{tracking.runs_url()}")
+    # one message: Prefect's log prefix goes on its first line only, and every line stays within 120 columns
+    print(f"{text}\n\nreport: {path}\nMLflow: mlflow ui --backend-store-uri {tracking.tracking_uri()}\n"
+          f"  then {tracking.runs_url()}")
     return str(path)
 
 
@@ -252,7 +252,7 @@ def ship(task: str, p: Params, run_id: str, validation: str | None, parent: str 
     if validation:
         e = p.evaluate
         m = core_evaluate.evaluate(str(out), task, validation, e.batch_size, e.latency_runs, threads=e.latency_threads)
-        line += "; on validation " + ", ".join(f"{k} {m[k]:.4f}" for k in glue.get_task(task).metrics)
+        line += "\n  on validation " + ", ".join(f"{k} {m[k]:.4f}" for k in glue.get_task(task).metrics)
         if e.latency_runs:
             line += (f"; latency batch 1 {m['latency_batch1_ms']:.1f} ms, batch 8 {m['latency_batch8_ms']:.1f} ms "
                      f"({m['threads']} threads, length {latency.LENGTH})")

@@ -197,3 +197,38 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
             assert logged["export_latency_batch1_ms"] > 0 and logged["export_compact_mb"] == pytest.approx(
                 manifest["sizes"]["compact_mb"], rel=1e-6)
             assert f"f1 {logged['export_f1']:.4f}" in summary
+
+
+def test_the_printed_summary_is_brief_and_in_points(grid):
+    """The flow's closing message (its Prefect log line) over 2 seeds: mean ± std, every line within 120 columns
+    beside Prefect's prefix on the first; Δ and CI are summary.csv's in points, so a variant is within
+    experiment.champion_budget of dense's F1 exactly when its printed Δ is; the champion's lines when there is one."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    from bertcompress import params as P
+
+    with pr.isolated(grid["root"]):
+        APILogWorker.drain_all()
+        with get_client(sync_client=True) as client:
+            this_run = LogFilterFlowRunId(any_=[grid["state"].state_details.flow_run_id])
+            logs = client.read_logs(LogFilter(flow_run_id=this_run))
+    (message,) = [log.message for log in logs if log.message.startswith("## mrpc: compression summary")]
+    lines = message.splitlines()
+    assert len(lines[0]) < 60 and max(map(len, lines)) <= 120, [line for line in lines if len(line) > 120]
+    summary = pd.read_csv(grid["report"] / "summary.csv", index_col="method")
+    budget = P.load(grid["params"]).experiment.champion_budget
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines if line[:2] == "| ")}
+    assert rows["variant"][1:4] == ["f1 (mean ± std)", "Δ f1 (pts)", "95 % CI (pts)"]
+    for method in METHODS[1:]:
+        row, s = rows[method], summary.loc[method]
+        assert row[1] == f"{s['f1 mean']:.4f} ± {s['f1 std']:.4f}"
+        assert row[2] == f"{100 * s['Δ vs dense']:+.2f}"
+        assert row[3] == f"[{100 * s['CI low']:+.2f}, {100 * s['CI high']:+.2f}]"
+        floor = summary.loc["dense", "f1 mean"] - budget / 100  # tasks/report.py champion()
+        if abs(100 * s["Δ vs dense"] + budget) > 0.01:  # not on the edge, where rounding decides
+            assert (s["f1 mean"] >= floor) == (float(row[2]) >= -budget), method
+    champion = [line for line in lines if line.startswith("champion: ")]
+    assert len(champion) == 1 and (champion[0].startswith("champion: none") or
+                                   "  registered as models:/mrpc-compressed@champion (version " in message)

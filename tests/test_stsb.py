@@ -89,9 +89,10 @@ def test_the_flow_prints_the_report_summary(stsb):
         APILogWorker.drain_all()
         with get_client(sync_client=True) as client:
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[stsb["state"].state_details.flow_run_id])))
-    tables = [log.message for log in logs if log.message.startswith("| method |")]
-    assert tables == [summary_text(stsb["report"])]  # one table, the report's, read back from its summary.csv
-    assert "mean score (constant)" in tables[0]
+    tables = [log.message for log in logs if summary_text(stsb["report"]) in log.message]
+    assert len(tables) == 1  # one summary, the report's, read back from its summary.csv
+    assert tables[0].startswith("## stsb: compression summary") and "| mean score (constant) |" in tables[0]
+    assert "| Δ pearson (pts) |" in tables[0]  # the headline metric: the task's first
 
 
 def test_an_stsb_model_exports_and_predicts_its_scores(stsb, tmp_path):
