@@ -5,12 +5,15 @@
 The store is $MLFLOW_TRACKING_URI when set (a real server), else SQLite in mlflow/mlflow.db with artifacts in
 mlflow/artifacts (never ./mlruns). The Prefect tasks (tasks/steps.py) log through this module, and the DVC
 stages run those same tasks, so both drivers record the same things. Each step opens its variant's run, logs,
-and closes it FINISHED; a step that raises (or is interrupted) closes it FAILED.
+and closes it FINISHED; a step that raises closes it FAILED, one interrupted KILLED. A process killed outright
+(kill -9, power loss) closes nothing: its runs stay RUNNING until the next parent run opened on the same host
+finds that process gone (tags host, pid, pid_started) and ends them FAILED, tagged killed=true.
 """
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import time
@@ -44,6 +47,10 @@ def _client(uri: str):
     from filelock import FileLock
     from mlflow import MlflowClient  # imported here: the download and tokenize stages never pay for it
 
+    # a bar per artifact read back (the report's predictions, a logged model's files: milliseconds each) and the
+    # store's "Creating initial MLflow database tables": nothing a user can act on
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     local = uri.startswith("sqlite:///")
     db = Path(uri.removeprefix("sqlite:///")) if local else None
     with FileLock(f"{db}.lock") if local else nullcontext():
@@ -55,6 +62,38 @@ def _client(uri: str):
             return client, exp.experiment_id
         artifacts = (db.parent / "artifacts").resolve().as_uri() if local else None
         return client, client.create_experiment(name, artifact_location=artifacts, tags=KIND)
+
+
+def _owner() -> dict:
+    """Which process holds a run open: its host, pid and start time (a later process may get the same pid)."""
+    import socket
+
+    import psutil
+
+    started = f"{psutil.Process().create_time():.2f}"
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_started": started}
+
+
+def _alive(tags: dict) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(int(tags["pid"]))
+        return (abs(proc.create_time() - float(tags["pid_started"])) < 0.05
+                and proc.status() != psutil.STATUS_ZOMBIE)  # killed, not yet reaped by its parent
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _end_killed(c, exp: str) -> None:
+    """Runs of this host left RUNNING by a process that is gone (kill -9, power loss: nothing could close them)
+    become FAILED, tagged killed=true, when the next parent run opens; runs of other hosts, and runs without an
+    owner, are left as they are."""
+    host = _owner()["host"]
+    for run in c.search_runs([exp], f"attributes.status = 'RUNNING' and tags.host = '{host}'", max_results=1000):
+        if "pid" in run.data.tags and "pid_started" in run.data.tags and not _alive(run.data.tags):
+            c.set_tag(run.info.run_id, "killed", "true")
+            c.set_terminated(run.info.run_id, "FAILED")
 
 
 def client():
@@ -77,10 +116,11 @@ def _git_commit() -> str:
 
 
 def _source(entry: str) -> dict:
-    """MLflow's source tags (the runs table's Source column): what ran, from which commit."""
+    """MLflow's source tags (the runs table's Source column): what ran, from which commit; and which process
+    holds the run (_owner)."""
     commit = _git_commit()
     return {"mlflow.source.type": "LOCAL", "mlflow.source.name": entry, "mlflow.source.git.commit": commit,
-            "git_commit": commit}
+            "git_commit": commit, **_owner()}
 
 
 def _find(c, exp: str, tags: dict) -> str | None:
@@ -91,7 +131,10 @@ def _find(c, exp: str, tags: dict) -> str | None:
 
 @contextmanager
 def _running(run_id: str) -> Iterator[str]:
+    from mlflow.entities import RunTag
+
     c, _ = client()
+    c.log_batch(run_id, tags=[RunTag(k, v) for k, v in _owner().items()])  # this process holds it now
     c.update_run(run_id, status="RUNNING")
     try:
         yield run_id
@@ -106,6 +149,7 @@ def parent_run(driver: str, name: str, key: str, entry: str = "") -> Iterator[st
     """The parent run of one flow run or one dvc repro, found by key (every DVC stage process reopens it); its
     name gets the start time (runs of one task stay apart in the runs table); entry: the command, for Source."""
     c, exp = client()
+    _end_killed(c, exp)
     tags = {"driver": driver, "invocation": key}
     run_id = _find(c, exp, tags) or c.create_run(exp, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags={
         **tags, **_source(entry or driver)}).info.run_id
@@ -217,28 +261,54 @@ def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: 
 
     import mlflow
     import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
 
     from bertcompress.glue import get_task
 
     mlflow.set_tracking_uri(tracking_uri())
-    example = pd.DataFrame({k: ["a short example text"] for k in get_task(task).keys})
+    spec = get_task(task)
+    example = pd.DataFrame({k: ["a short example text"] for k in spec.keys})
+    # the signature given, not inferred from a prediction: inference warns of the integer `label` column
+    outputs = [ColSpec("double", "score")] if spec.regression else [
+        ColSpec("long", "label"), ColSpec("string", "label_name"), ColSpec(Array("double"), "probabilities")]
+    signature = ModelSignature(Schema([ColSpec("string", k) for k in spec.keys]), Schema(outputs))
     requirements = [f"{m}=={version(m)}"
                     for m in ("torch", "transformers", "onnxruntime", "pandas", "scikit-learn", "scipy")]
-    with mlflow.start_run(run_id=run_id):  # resumes the variant's run; _running closes it as before
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(REPO / "tasks" / "mlflow_model.py"),
-                                       artifacts={"model": folder}, code_paths=[str(REPO / "bertcompress")],
-                                       model_config={"task": task, "max_length": max_length, "batch_size": batch_size},
-                                       pip_requirements=requirements, input_example=example)
+    quiet = logging.getLogger("mlflow.pyfunc")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "Validating input example against model signature", every time
+    try:
+        with mlflow.start_run(run_id=run_id):  # resumes the variant's run; _running closes it as before
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(REPO / "tasks" / "mlflow_model.py"),
+                                           artifacts={"model": folder}, code_paths=[str(REPO / "bertcompress")],
+                                           model_config={"task": task, "max_length": max_length,
+                                                         "batch_size": batch_size},
+                                           pip_requirements=requirements, input_example=example, signature=signature)
+    finally:
+        quiet.setLevel(level)
     return info.model_id
 
 
 def register_champion(run_id: str, name: str) -> str:
-    """The run's logged model as a new version of registered model `name`, alias `champion`; its version."""
-    import mlflow
+    """The run's logged model (its latest, models:/<model id>: an MLflow 3 model is no run artifact) as a new
+    version of registered model `name`, alias `champion`; its version. The client's calls, not
+    mlflow.register_model, which prints what the flow's champion line says."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-    mlflow.set_tracking_uri(tracking_uri())
-    version = mlflow.register_model(f"runs:/{run_id}/model", name).version
-    client()[0].set_registered_model_alias(name, "champion", version)
+    c, exp = client()
+    (model,) = c.search_logged_models([exp], f"source_run_id = '{run_id}' AND name = 'model'", max_results=1,
+                                      order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name)
+    version = c.create_model_version(name, f"models:/{model.model_id}", run_id, model_id=model.model_id).version
+    c.set_registered_model_alias(name, "champion", version)
+    linked = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS, "[]")) + [{"name": name, "version": version}]
+    c.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})  # as register_model does
     return str(version)
 
 

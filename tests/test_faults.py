@@ -232,8 +232,9 @@ def finished_folders(root: Path) -> list[Path]:
 
 
 def test_the_flow_killed_or_interrupted_in_a_finetune_never_finishes_its_runs(flow_ws):
-    """kill -9 after a random step: the step's MLflow run is left RUNNING (nothing can close it), never FINISHED;
-    Ctrl-C: it stops within a batch, the step's run and the parent run KILLED; no result folder either time."""
+    """kill -9 after a random step: the step's MLflow run is left RUNNING (nothing can close it), never FINISHED,
+    until the next flow finds its process gone and ends it FAILED, tagged killed=true; Ctrl-C: it stops within a
+    batch, the step's run and the parent run KILLED; no result folder either time."""
     root, total = flow_ws, 30 * 4
     with open(root / "killed.log", "w") as log:  # a file: the orphaned server would hold a pipe open
         killed = flow(root, fault=f"step:{RNG.randrange(1, total // 2)}", log=log)
@@ -262,7 +263,12 @@ def test_the_flow_killed_or_interrupted_in_a_finetune_never_finishes_its_runs(fl
     INJECTED["signals"] += 1
     assert "stopped by SIGINT" in out and "Traceback" not in out
     statuses = runs(root)
-    assert statuses["variant"] == ["RUNNING", "KILLED"] and statuses["compress"][-1] == "KILLED", statuses
+    assert statuses["variant"] == ["FAILED", "KILLED"] and statuses["compress"] == ["FAILED", "KILLED"], statuses
+    with pr.env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"):
+        from tasks import tracking
+
+        client, experiment = tracking.client()
+        assert len(client.search_runs([experiment], "tags.killed = 'true'")) == 2  # the killed flow's two runs
     assert not finished_folders(root)
 
 

@@ -92,6 +92,37 @@ def test_every_variant_is_an_mlflow_model_that_predicts_its_labels(flow):
             assert len(models) == 1 and models[0].name == "model"
 
 
+def test_the_champion_is_registered_from_its_logged_model_without_a_word(flow, capfd):
+    """register_champion makes a version of the run's MLflow 3 logged model (models:/<model id>: no "has no
+    artifacts at artifact path 'model'" warning, nothing printed: the flow's champion line says it), aliased
+    champion, linked from the logged model as mlflow.register_model links it, and loadable."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from tasks import tracking
+
+    with pr.isolated(flow["root"]):
+        client, experiment = tracking.client()
+        (parent,) = client.search_runs([experiment], f"tags.invocation = '{flow['first'].state_details.flow_run_id}'")
+        run_id = children(client, experiment, parent.info.run_id)["dense+dynamic"].info.run_id
+        capfd.readouterr()
+        versions = [tracking.register_champion(run_id, "test-champion") for _ in range(2)]
+        said = capfd.readouterr()
+        assert versions == ["1", "2"] and said.out == said.err == "", said
+        (model,) = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                               filter_string=f"source_run_id = '{run_id}'")
+        champion = client.get_model_version_by_alias("test-champion", "champion")
+        assert (str(champion.version), champion.run_id, champion.source) == ("2", run_id, f"models:/{model.model_id}")
+        assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "test-champion", "version": int(v)}
+                                                                  for v in versions]
+        mlflow.set_tracking_uri(tracking.tracking_uri())
+        got = mlflow.pyfunc.load_model("models:/test-champion@champion").predict(
+            pd.DataFrame({"sentence1": ["The cat sat."], "sentence2": ["A cat was sitting."]}))
+        assert got["label_name"].iloc[0] in ("not_equivalent", "equivalent")
+
+
 def test_per_epoch_metrics_and_plots_of_the_fine_tunes(flow):
     from tasks import tracking
 
@@ -159,3 +190,46 @@ def test_runs_started_together_on_a_fresh_store_share_one_experiment(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
     assert len({out.split()[0] for out, _ in outs}) == 1 and all(out.split()[1] == "bertcompress" for out, _ in outs)
+
+
+def test_a_run_killed_with_sigkill_is_failed_by_the_next_run(tmp_path):
+    """A process opens a run through tasks.tracking and is killed with SIGKILL: its run stays RUNNING (nothing
+    can close it) until the next process opens a parent run, which finds the pid gone and ends it FAILED with
+    killed=true; a live process's run, another host's, and one whose pid now belongs to a later process (the
+    start time differs) are judged by who holds them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tasks import tracking
+
+    def opens(key: str, then: str) -> subprocess.CompletedProcess:
+        """A process that opens a parent run, prints its id and its own pid, then does `then` inside it."""
+        code = ("import os, sys; sys.path[:0] = ['.', 'tests']; import faults; from tasks import tracking\n"
+                f"with tracking.parent_run('test', '{key}', key='{key}') as run:\n"
+                f"    print(run, os.getpid(), flush=True); {then}")
+        return subprocess.run([sys.executable, "-c", code], cwd=pr.REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    killed = opens("killed", "faults.kill()")  # SIGKILL, inside the run
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_id, pid = killed.stdout.split()
+    with pr.env_vars(MLFLOW_TRACKING_URI=env["MLFLOW_TRACKING_URI"]):
+        client, experiment = tracking.client()
+        first = client.get_run(run_id)
+        assert first.info.status == "RUNNING" and first.data.tags["pid"] == pid
+        me = tracking._owner()
+        others = {"alive": me, "other host": {**me, "pid": "1", "host": me["host"] + "-elsewhere"},
+                  "pid reused": {**me, "pid_started": f"{float(me['pid_started']) - 60:.2f}"}}
+        ids = {name: client.create_run(experiment, run_name=name, tags=t).info.run_id for name, t in others.items()}
+        again = opens("next", "pass")
+        assert again.returncode == 0, again.stderr[-2000:]
+        first = client.get_run(first.info.run_id)
+        assert first.info.status == "FAILED" and first.data.tags["killed"] == "true"
+        assert client.get_run(again.stdout.split()[0]).info.status == "FINISHED"
+        status = {name: client.get_run(i).info.status for name, i in ids.items()}
+        assert status == {"alive": "RUNNING", "other host": "RUNNING", "pid reused": "FAILED"}
+        assert client.get_run(ids["pid reused"]).data.tags["killed"] == "true"
+        assert "killed" not in client.get_run(ids["alive"]).data.tags
