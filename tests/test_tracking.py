@@ -144,8 +144,9 @@ def test_a_step_that_raises_leaves_its_run_failed(store, tmp_path):
 
     client, experiment = store
     params = pr.write_params(tmp_path / "params.yaml")
-    with pytest.raises(Exception), tracking.parent_run("test", "failing", key="k1") as parent:  # no model there
-        steps.evaluate.fn("mrpc", "dense", "none", 42, _params(params), str(tmp_path / "none"), str(params), parent)
+    (tmp_path / "empty").mkdir()  # an input that is there (its step record can be made) but holds no model
+    with pytest.raises(Exception), tracking.parent_run("test", "failing", key="k1") as parent:
+        steps.evaluate.fn("mrpc", "dense", "none", 42, _params(params), str(tmp_path / "empty"), str(params), parent)
     runs = client.search_runs([experiment])
     assert {r.info.run_name.split(" ")[0]: r.info.status for r in runs} == {"failing": "FAILED", "mrpc-dense-s42": "FAILED"}
 
