@@ -17,7 +17,6 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from . import io
 from .checks import PRUNE_METHODS, QUANTIZE_MODES, UserError, check_type, unknown, validate, variant_table  # noqa: F401

@@ -24,7 +24,7 @@ from bertcompress import params as P
 from bertcompress.metrics import headline
 from bertcompress.model import preflight
 
-from . import plan, steps, tracking
+from . import plan, ship, steps, tracking
 
 TOKENIZED, PRETRAINED, SWEEP = "data/dvc/tokenized", "outputs/pretrained", "results/sweep.json"
 
@@ -142,7 +142,7 @@ def run(args, p: P.Params) -> None:
             elif args.step == "variant":
                 variant(p, args.name, parent)
             else:
-                steps.publish(args.task, p, parent, tokenized(args.task)["validation"])
+                ship.publish(args.task, p, parent, tokenized(args.task)["validation"])
 
 
 def main(argv: list[str] | None = None) -> int:

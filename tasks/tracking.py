@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from bertcompress.params import Params
 
-from . import plan
+from . import owners, plan
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "bertcompress"
@@ -64,38 +64,6 @@ def _client(uri: str):
         return client, client.create_experiment(name, artifact_location=artifacts, tags=KIND)
 
 
-def _owner() -> dict:
-    """Which process holds a run open: its host, pid and start time (a later process may get the same pid)."""
-    import socket
-
-    import psutil
-
-    started = f"{psutil.Process().create_time():.2f}"
-    return {"host": socket.gethostname(), "pid": str(os.getpid()), "pid_started": started}
-
-
-def _alive(tags: dict) -> bool:
-    import psutil
-
-    try:
-        proc = psutil.Process(int(tags["pid"]))
-        return (abs(proc.create_time() - float(tags["pid_started"])) < 0.05
-                and proc.status() != psutil.STATUS_ZOMBIE)  # killed, not yet reaped by its parent
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _end_killed(c, exp: str) -> None:
-    """Runs of this host left RUNNING by a process that is gone (kill -9, power loss: nothing could close them)
-    become FAILED, tagged killed=true, when the next parent run opens; runs of other hosts, and runs without an
-    owner, are left as they are."""
-    host = _owner()["host"]
-    for run in c.search_runs([exp], f"attributes.status = 'RUNNING' and tags.host = '{host}'", max_results=1000):
-        if "pid" in run.data.tags and "pid_started" in run.data.tags and not _alive(run.data.tags):
-            c.set_tag(run.info.run_id, "killed", "true")
-            c.set_terminated(run.info.run_id, "FAILED")
-
-
 def client():
     return _client(tracking_uri())
 
@@ -117,10 +85,10 @@ def _git_commit() -> str:
 
 def _source(entry: str) -> dict:
     """MLflow's source tags (the runs table's Source column): what ran, from which commit; and which process
-    holds the run (_owner)."""
+    holds the run (tasks/owners.py)."""
     commit = _git_commit()
     return {"mlflow.source.type": "LOCAL", "mlflow.source.name": entry, "mlflow.source.git.commit": commit,
-            "git_commit": commit, **_owner()}
+            "git_commit": commit, **owners.holder()}
 
 
 def _find(c, exp: str, tags: dict) -> str | None:
@@ -134,7 +102,7 @@ def _running(run_id: str) -> Iterator[str]:
     from mlflow.entities import RunTag
 
     c, _ = client()
-    c.log_batch(run_id, tags=[RunTag(k, v) for k, v in _owner().items()])  # this process holds it now
+    c.log_batch(run_id, tags=[RunTag(k, v) for k, v in owners.holder().items()])  # this process holds it now
     c.update_run(run_id, status="RUNNING")
     try:
         yield run_id
@@ -149,7 +117,7 @@ def parent_run(driver: str, name: str, key: str, entry: str = "") -> Iterator[st
     """The parent run of one flow run or one dvc repro, found by key (every DVC stage process reopens it); its
     name gets the start time (runs of one task stay apart in the runs table); entry: the command, for Source."""
     c, exp = client()
-    _end_killed(c, exp)
+    owners.end_killed(c, exp)
     tags = {"driver": driver, "invocation": key}
     run_id = _find(c, exp, tags) or c.create_run(exp, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags={
         **tags, **_source(entry or driver)}).info.run_id

@@ -203,7 +203,7 @@ def test_a_run_killed_with_sigkill_is_failed_by_the_next_run(tmp_path):
     import subprocess
     import sys
 
-    from tasks import tracking
+    from tasks import owners, tracking
 
     def opens(key: str, then: str) -> subprocess.CompletedProcess:
         """A process that opens a parent run, prints its id and its own pid, then does `then` inside it."""
@@ -221,7 +221,7 @@ def test_a_run_killed_with_sigkill_is_failed_by_the_next_run(tmp_path):
         client, experiment = tracking.client()
         first = client.get_run(run_id)
         assert first.info.status == "RUNNING" and first.data.tags["pid"] == pid
-        me = tracking._owner()
+        me = owners.holder()
         others = {"alive": me, "other host": {**me, "pid": "1", "host": me["host"] + "-elsewhere"},
                   "pid reused": {**me, "pid_started": f"{float(me['pid_started']) - 60:.2f}"}}
         ids = {name: client.create_run(experiment, run_name=name, tags=t).info.run_id for name, t in others.items()}
