@@ -11,6 +11,7 @@ graphed 1-GPU run, the default, is listed too. "steady" = samples/s of the last 
 evaluation or checkpoint). efficiency = steady(N) / (N × steady(1 GPU, eager)). Needs only torch, transformers,
 pandas, pyarrow, scikit-learn (no Prefect, MLflow or datasets).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,32 @@ REPO = Path(__file__).resolve().parent.parent
 
 def finetune(args, task: str, gpus: int, graphs: bool) -> dict:
     out = Path(args.work) / f"{task}-g{gpus}-{'graphed' if graphs else 'eager'}"
-    overrides = [f"model.name={Path(args.model).resolve()}", f"data.source={Path(args.glue_dir).resolve()}",
-                 f"finetune.epochs={args.epochs}", f"runtime.cuda_graphs={str(graphs).lower()}", *args.set]
+    overrides = [
+        f"model.name={Path(args.model).resolve()}",
+        f"data.source={Path(args.glue_dir).resolve()}",
+        f"finetune.epochs={args.epochs}",
+        f"runtime.cuda_graphs={str(graphs).lower()}",
+        *args.set,
+    ]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
-    cmd = [*launcher, "-m", "bertcompress.cli", "finetune", "--task", task, "--out", str(out),
-           *[a for o in overrides for a in ("-S", o)]]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
-           **({"CUDA_VISIBLE_DEVICES": ""} if args.cpu else {})}
+    cmd = [
+        *launcher,
+        "-m",
+        "bertcompress.cli",
+        "finetune",
+        "--task",
+        task,
+        "--out",
+        str(out),
+        *[a for o in overrides for a in ("-S", o)],
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TQDM_DISABLE": "1",
+        "HF_HUB_OFFLINE": "1",
+        **({"CUDA_VISIBLE_DEVICES": ""} if args.cpu else {}),
+    }
     t0 = time.perf_counter()
     run = subprocess.run(cmd, cwd=args.work, env=env, capture_output=True, text=True)
     if run.returncode:
@@ -41,9 +61,17 @@ def finetune(args, task: str, gpus: int, graphs: bool) -> dict:
     m = json.loads((out / "metrics.json").read_text())
     per_epoch = m["train_samples_per_second"] * m["train_seconds"] / m["epochs"]
     headline = next(m[k] for k in ("val_f1", "val_matthews", "val_accuracy") if k in m)
-    return {"task": task, "gpus": gpus, "graphs": graphs, "wall_s": time.perf_counter() - t0,
-            "samples_per_s": m["train_samples_per_second"], "steady_samples_per_s": per_epoch / m["epoch_seconds"][-1],
-            "metric": headline, "val_accuracy": m["val_accuracy"], "history": m["history"]}
+    return {
+        "task": task,
+        "gpus": gpus,
+        "graphs": graphs,
+        "wall_s": time.perf_counter() - t0,
+        "samples_per_s": m["train_samples_per_second"],
+        "steady_samples_per_s": per_epoch / m["epoch_seconds"][-1],
+        "metric": headline,
+        "val_accuracy": m["val_accuracy"],
+        "history": m["history"],
+    }
 
 
 def main() -> None:
@@ -81,15 +109,19 @@ def main() -> None:
                 base = row["steady_samples_per_s"]
             row["efficiency"] = row["steady_samples_per_s"] / (gpus * base) if base and not graphs else None
             eff = f"{row['efficiency']:.2f}" if row["efficiency"] is not None else "-"
-            print(f"{task:5} {gpus} {'CPU' if args.cpu else 'GPU'} {'graphed' if graphs else 'eager  '} {row['samples_per_s']:8.0f} samples/s "
-                  f"(steady {row['steady_samples_per_s']:8.0f})  efficiency {eff:>4}  metric {row['metric']:.4f}  "
-                  f"run {row['wall_s']:.0f} s", flush=True)
+            print(
+                f"{task:5} {gpus} {'CPU' if args.cpu else 'GPU'} {'graphed' if graphs else 'eager  '} {row['samples_per_s']:8.0f} samples/s "
+                f"(steady {row['steady_samples_per_s']:8.0f})  efficiency {eff:>4}  metric {row['metric']:.4f}  "
+                f"run {row['wall_s']:.0f} s",
+                flush=True,
+            )
         skipped = [n for n in args.gpus if n > have]
         if skipped:
             print(f"{task}: skipped {skipped} GPUs (this machine has {have})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "epochs": args.epochs, "set": args.set,
-                                               "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"device": device, "epochs": args.epochs, "set": args.set, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

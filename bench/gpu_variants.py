@@ -15,6 +15,7 @@ that provenance, and bench/compression.py evaluates the restored fp32 model on t
 it †). `unpack` writes for each folder the step record of the same fine-tune here (tasks/plan.py), so the
 bench takes the carried model instead of training it again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,6 @@ import io
 import json
 import tarfile
 from pathlib import Path
-
 
 PART = 15 * 2**20
 
@@ -39,8 +39,9 @@ def pack(args) -> None:
         if name not in p.variants or not p.variants[name].finetuned:
             raise SystemExit(f"error: {name} is no fine-tuned variant of {args.params}; build pruned ones here")
         out = folders[name] = root / name
-        metrics = finetune(p.variant(name, p.experiment.seeds[0]), args.task, data["train"], data["validation"],
-                           str(out))
+        metrics = finetune(
+            p.variant(name, p.experiment.seeds[0]), args.task, data["train"], data["validation"], str(out)
+        )
         print(f"{name}: val acc {metrics['val_accuracy']:.4f} F1 {metrics.get('val_f1', 0):.4f}", flush=True)
     write(folders, Path(args.out))
 
@@ -64,15 +65,18 @@ def write(folders: dict, out_dir: Path) -> None:
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
             save_file(tensors, weights.with_suffix(".fp16.safetensors"))
             saved = json.loads((out / "metrics.json").read_text())
-            saved["provenance"] = {"trained_on": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                   "carried_as": "fp16"}
+            saved["provenance"] = {
+                "trained_on": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "carried_as": "fp16",
+            }
             (out / "metrics.json").write_text(json.dumps(saved, indent=1))
             for f in out.iterdir():
                 if f != weights:
                     tar.add(f, arcname=f"{name}/{f.name}")
     blob = buf.getvalue()
     for i in range(0, len(blob), PART):
-        (out_dir / f"variants.tgz.{i // PART:02d}").write_bytes(blob[i:i + PART])
+        (out_dir / f"variants.tgz.{i // PART:02d}").write_bytes(blob[i : i + PART])
     print(f"{len(blob) / 1e6:.1f} MB in {-(-len(blob) // PART)} parts")
 
 
@@ -93,8 +97,11 @@ def unpack(args) -> None:
     for name in names:
         out = bench.root / name
         for half in out.glob("*.fp16.safetensors"):
-            save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(half).items()},
-                      out / half.name.replace(".fp16", ""), metadata={"format": "pt"})
+            save_file(
+                {k: v.float() if v.is_floating_point() else v for k, v in load_file(half).items()},
+                out / half.name.replace(".fp16", ""),
+                metadata={"format": "pt"},
+            )
             half.unlink()
         if name not in p.variants or not p.variants[name].finetuned:
             print(f"{out}: restored fp32 from fp16 (not a fine-tune of {args.params}: no key)")

@@ -7,6 +7,7 @@
 Speed depends on the shapes only, so the variants are pruned by magnitude without recovery; what accuracy each
 keeps after distilled recovery is the pruning study's question (bench/RESULTS-pruning.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,11 +57,24 @@ def main() -> None:
     print(f"eager fp32, length 128, {args.threads} threads, median of {args.rounds} interleaved rounds x {args.runs}")
     print("| model | parameters | b1 ms | b8 ms | b1 × | b8 × |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['batch1_ms']:.1f} | {r['batch8_ms']:.1f} | "
-              f"{r['speedup_b1']:.2f}× | {r['speedup_b8']:.2f}× |")
+        print(
+            f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['batch1_ms']:.1f} | {r['batch8_ms']:.1f} | "
+            f"{r['speedup_b1']:.2f}× | {r['speedup_b8']:.2f}× |"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "length": 128, "rounds": args.rounds,
-                                               "runs": args.runs, "cpu": cpu(), "rows": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "threads": args.threads,
+                    "length": 128,
+                    "rounds": args.rounds,
+                    "runs": args.runs,
+                    "cpu": cpu(),
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
 
 
 def cpu() -> str:

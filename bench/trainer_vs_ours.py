@@ -11,6 +11,7 @@ memory and thread settings do not leak; the parent prints wall time, samples/s, 
 metric and the ratios. Needs torch, transformers, accelerate, pandas, scikit-learn (no datasets, Prefect or
 MLflow), so it runs on a bare GPU machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,14 @@ def prepare(args) -> tuple[object, dict]:
     from bertcompress import params as P
     from bertcompress.tokenize import prepared
 
-    overrides = [f"model.name={args.model}", f"finetune.epochs={args.epochs}", f"finetune.lr={args.lr}",
-                 f"tokenize.max_length={args.max_length}", f"finetune.seed={args.seed}",
-                 f"data.source={args.glue_dir or 'auto'}"]
+    overrides = [
+        f"model.name={args.model}",
+        f"finetune.epochs={args.epochs}",
+        f"finetune.lr={args.lr}",
+        f"tokenize.max_length={args.max_length}",
+        f"finetune.seed={args.seed}",
+        f"data.source={args.glue_dir or 'auto'}",
+    ]
     if args.max_train_samples:
         overrides.append(f"data.max_train_samples={args.max_train_samples}")
     p = P.load(None, overrides + args.set)
@@ -54,9 +60,15 @@ def run_ours(args) -> dict:
     t0 = time.perf_counter()
     m = finetune(p, args.task, paths["train"], paths["validation"], f"{args.work}/ours")
     steady = len(Encoded.load(paths["train"])) / m["epoch_seconds"][-1]
-    return {"wall_s": time.perf_counter() - t0, "train_s": m["train_seconds"], "steady_samples_per_s": steady,
-            "samples_per_s": m["train_samples_per_second"], "val_accuracy": m["val_accuracy"],
-            "val_metric": headline(args.task, m), "peak_mb": peak_memory_mb()}
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "train_s": m["train_seconds"],
+        "steady_samples_per_s": steady,
+        "samples_per_s": m["train_samples_per_second"],
+        "val_accuracy": m["val_accuracy"],
+        "val_metric": headline(args.task, m),
+        "peak_mb": peak_memory_mb(),
+    }
 
 
 class PaddedSplit:
@@ -91,11 +103,23 @@ def run_trainer(args) -> dict:
     train, val = PaddedSplit(paths["train"], args.max_length), PaddedSplit(paths["validation"], args.max_length)
     model = load_model(p.model.name, get_task(args.task).num_labels)
     targs = TrainingArguments(
-        output_dir=f"{args.work}/trainer", per_device_train_batch_size=f.batch_size,
-        per_device_eval_batch_size=p.evaluate.batch_size, num_train_epochs=f.epochs, learning_rate=f.lr,
-        weight_decay=f.weight_decay, warmup_steps=int(np.ceil(f.warmup_ratio * f.epochs * np.ceil(len(train) / 32))),
-        lr_scheduler_type="linear", seed=f.seed, eval_strategy="epoch", save_strategy="no", logging_strategy="no",
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0, tf32=True if args.trainer_tf32 else None)
+        output_dir=f"{args.work}/trainer",
+        per_device_train_batch_size=f.batch_size,
+        per_device_eval_batch_size=p.evaluate.batch_size,
+        num_train_epochs=f.epochs,
+        learning_rate=f.lr,
+        weight_decay=f.weight_decay,
+        warmup_steps=int(np.ceil(f.warmup_ratio * f.epochs * np.ceil(len(train) / 32))),
+        lr_scheduler_type="linear",
+        seed=f.seed,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        tf32=True if args.trainer_tf32 else None,
+    )
 
     def compute(pred):
         return metrics.compute(args.task, pred.label_ids, pred.predictions.argmax(-1))
@@ -110,17 +134,23 @@ def run_trainer(args) -> dict:
             self.seconds = time.perf_counter() - self.t
 
     timer = EpochTimer()
-    trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=val, compute_metrics=compute,
-                      callbacks=[timer])
+    trainer = Trainer(
+        model=model, args=targs, train_dataset=train, eval_dataset=val, compute_metrics=compute, callbacks=[timer]
+    )
     t0 = time.perf_counter()
     out = trainer.train()
     wall = time.perf_counter() - t0
     ev = trainer.evaluate()
     metric = f"eval_{get_task(args.task).metric}"
-    return {"wall_s": wall, "train_s": out.metrics["train_runtime"],
-            "samples_per_s": out.metrics["train_samples_per_second"], "val_accuracy": ev["eval_accuracy"],
-            "steady_samples_per_s": len(train) / timer.seconds,
-            "val_metric": ev[metric], "peak_mb": peak_memory_mb()}
+    return {
+        "wall_s": wall,
+        "train_s": out.metrics["train_runtime"],
+        "samples_per_s": out.metrics["train_samples_per_second"],
+        "val_accuracy": ev["eval_accuracy"],
+        "steady_samples_per_s": len(train) / timer.seconds,
+        "val_metric": ev[metric],
+        "peak_mb": peak_memory_mb(),
+    }
 
 
 def main() -> None:
@@ -133,8 +163,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--max-train-samples", type=int, default=None)
-    ap.add_argument("-S", "--set", action="append", default=[], help="extra override for our side "
-                    "(e.g. finetune.precision=tf32)")
+    ap.add_argument(
+        "-S", "--set", action="append", default=[], help="extra override for our side (e.g. finetune.precision=tf32)"
+    )
     ap.add_argument("--trainer-tf32", action="store_true", help="Trainer with tf32=True (TF32 matmuls on CUDA)")
     ap.add_argument("--side", choices=["ours", "trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -156,16 +187,22 @@ def main() -> None:
                 sys.exit(f"{side} failed:\n{done.stderr[-3000:]}")
             results[side] = json.loads(lines[-1][7:])
     t, o = results["trainer"], results["ours"]
-    print(f"{args.task}, {args.model}, {args.epochs} epochs, lr {args.lr}, seed {args.seed}, on {device}, "
-          f"torch threads {torch.get_num_threads()}, ours {' '.join(args.set) or 'defaults'}, Trainer "
-          f"{'tf32' if args.trainer_tf32 else 'fp32'}")
+    print(
+        f"{args.task}, {args.model}, {args.epochs} epochs, lr {args.lr}, seed {args.seed}, on {device}, "
+        f"torch threads {torch.get_num_threads()}, ours {' '.join(args.set) or 'defaults'}, Trainer "
+        f"{'tf32' if args.trainer_tf32 else 'fp32'}"
+    )
     print(f"{'':10} {'wall s':>8} {'samples/s':>10} {'steady/s':>9} {'peak MB':>9} {'val acc':>8} {'val metric':>10}")
     for side, r in results.items():
-        print(f"{side:10} {r['wall_s']:8.1f} {r['samples_per_s']:10.1f} {r['steady_samples_per_s']:9.1f} "
-              f"{r['peak_mb']:9.0f} {r['val_accuracy']:8.4f} {r['val_metric']:10.4f}")
-    print(f"ratio ours/trainer: samples/s {o['samples_per_s'] / t['samples_per_s']:.2f}x, steady "
-          f"{o['steady_samples_per_s'] / t['steady_samples_per_s']:.2f}x, "
-          f"wall {t['wall_s'] / o['wall_s']:.2f}x faster, val metric {o['val_metric'] - t['val_metric']:+.4f}")
+        print(
+            f"{side:10} {r['wall_s']:8.1f} {r['samples_per_s']:10.1f} {r['steady_samples_per_s']:9.1f} "
+            f"{r['peak_mb']:9.0f} {r['val_accuracy']:8.4f} {r['val_metric']:10.4f}"
+        )
+    print(
+        f"ratio ours/trainer: samples/s {o['samples_per_s'] / t['samples_per_s']:.2f}x, steady "
+        f"{o['steady_samples_per_s'] / t['steady_samples_per_s']:.2f}x, "
+        f"wall {t['wall_s'] / o['wall_s']:.2f}x faster, val metric {o['val_metric'] - t['val_metric']:+.4f}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "args": vars(args), **results}, indent=2))
 

@@ -2,6 +2,7 @@
 
 Knows nothing of Prefect or MLflow, so it runs anywhere torch and transformers do; flows/ and tasks/ drive it.
 """
+
 import logging as _logging
 
 # transformers imports torchao when it is installed: torchao logs its CUDA-only kernels as "Failed to load" on a

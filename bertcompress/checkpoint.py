@@ -3,6 +3,7 @@
 A checkpoint holds the weights (safetensors), the optimizer and scheduler state, the RNG states and the
 per-epoch history; it is written to a temp folder and renamed, and only the newest complete one is kept.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,13 +56,21 @@ class Checkpointer:
     def save(self, epoch: int, model, optimizer, scheduler, history: list) -> None:
         self.wait()  # the previous write is done with the buffers
         opt = optimizer.state_dict()
-        state = {"model": self._host(model.state_dict(), "model"), "epoch": epoch,
-                 # param groups stay where they are: a capturable AdamW's lr is a GPU tensor and loads back there
-                 "optimizer": {"state": self._host(opt["state"], "optimizer"),
-                               "param_groups": copy.deepcopy(opt["param_groups"])},
-                 "scheduler": copy.deepcopy(scheduler.state_dict()), "torch_rng": torch.get_rng_state(),
-                 "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "history": list(history),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        state = {
+            "model": self._host(model.state_dict(), "model"),
+            "epoch": epoch,
+            # param groups stay where they are: a capturable AdamW's lr is a GPU tensor and loads back there
+            "optimizer": {
+                "state": self._host(opt["state"], "optimizer"),
+                "param_groups": copy.deepcopy(opt["param_groups"]),
+            },
+            "scheduler": copy.deepcopy(scheduler.state_dict()),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "history": list(history),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
         if self.buffers:
             torch.cuda.synchronize()  # the non-blocking copies have landed
         self.pending: Future | None = self.pool.submit(_write, self.work, epoch, state)
@@ -81,8 +90,10 @@ class Checkpointer:
 
 def load(work: Path, model, optimizer, scheduler) -> tuple[int, list]:
     """(epochs done, history) of the newest complete checkpoint in work/, its states loaded; (0, []) if none."""
-    done = sorted((p for p in (work / "checkpoints").glob("epoch-*") if p.name.split("-")[1].isdigit()),
-                  key=lambda p: int(p.name.split("-")[1]))
+    done = sorted(
+        (p for p in (work / "checkpoints").glob("epoch-*") if p.name.split("-")[1].isdigit()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     if not done:
         return 0, []
     ckpt = done[-1]

@@ -3,6 +3,7 @@
 Each check raises UserError with one line naming the key, the value and the fix. bertcompress/params.py runs
 them whenever it builds a Params object.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,7 +49,11 @@ def check_type(where: str, value, annotation):
         if typing.get_origin(t) is list and isinstance(value, list):
             return [check_type(where, v, typing.get_args(t)[0]) for v in value]
     names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in hints)
-    quote = " (YAML 1.1 reads an unquoted 2:4 as the number 124: quote it)" if str in hints and isinstance(value, int) else ""
+    quote = (
+        " (YAML 1.1 reads an unquoted 2:4 as the number 124: quote it)"
+        if str in hints and isinstance(value, int)
+        else ""
+    )
     raise UserError(f"{where}: expected {names}, got {value!r}{quote}; fix the value in params.yaml or the override")
 
 
@@ -62,21 +67,26 @@ def variant_table(table, source: str, hints: dict, make) -> dict:
     """The `variants` table checked, as {name: make(name, source, overrides, modes)}, parents first; hints:
     {section: {key: type}} of the sections an entry may override."""
     if not isinstance(table, dict) or not table:
-        raise UserError(f"{source}: variants must be a mapping of at least one variant, e.g. "
-                        "{dense: {from: pretrained, quantize: [dynamic]}}")
+        raise UserError(
+            f"{source}: variants must be a mapping of at least one variant, e.g. "
+            "{dense: {from: pretrained, quantize: [dynamic]}}"
+        )
     out: dict = {}
     for name, entry in table.items():
         where = f"{source}: variants.{name}"
         if not re.fullmatch(r"[a-z][a-z0-9_]*", str(name)) or name in RESERVED:
-            raise UserError(f"{where}: a variant name is lower-case letters, digits and _ (it names folders, "
-                            f"DVC stages and MLflow runs), none of {', '.join(RESERVED)}; rename it")
+            raise UserError(
+                f"{where}: a variant name is lower-case letters, digits and _ (it names folders, "
+                f"DVC stages and MLflow runs), none of {', '.join(RESERVED)}; rename it"
+            )
         if not isinstance(entry, dict) or "from" not in entry:
             raise UserError(f"{where}: give at least `from: pretrained` (fine-tune) or `from: <variant>` (prune it)")
         entry = dict(entry)
         src, modes = entry.pop("from"), entry.pop("quantize", []) or []
         if src != "pretrained" and src not in out:
-            raise UserError(f"{where}: from '{src}' is not a variant listed above it; list '{src}' first, "
-                            f"or use from: pretrained")
+            raise UserError(
+                f"{where}: from '{src}' is not a variant listed above it; list '{src}' first, or use from: pretrained"
+            )
         if not isinstance(modes, list) or any(m not in QUANTIZE_MODES[1:] for m in modes):
             raise UserError(f"{where}.quantize: expected a list of {', '.join(QUANTIZE_MODES[1:])}, got {modes!r}")
         for section, values in entry.items():
@@ -87,8 +97,9 @@ def variant_table(table, source: str, hints: dict, make) -> dict:
             known = hints[section]
             for key, value in values.items():
                 if key not in known:
-                    raise UserError(f"{where}: " + str(unknown("key", f"{section}.{key}",
-                                                                [f"{section}.{k}" for k in known])))
+                    raise UserError(
+                        f"{where}: " + str(unknown("key", f"{section}.{key}", [f"{section}.{k}" for k in known]))
+                    )
                 values[key] = check_type(f"{where}.{section}.{key}", value, known[key])
         out[name] = make(name, src, copy.deepcopy(entry), tuple(modes))
     return out
@@ -138,27 +149,40 @@ def validate(p, table: bool = True) -> None:
 
 
 def _validate_prune(p) -> None:
-    for key, known in (("method", PRUNE_METHODS), ("scope", ("classifier", "encoder", "all_linear")),
-                       ("ranking", ("layer", "global")), ("criterion", CRITERIA)):
+    for key, known in (
+        ("method", PRUNE_METHODS),
+        ("scope", ("classifier", "encoder", "all_linear")),
+        ("ranking", ("layer", "global")),
+        ("criterion", CRITERIA),
+    ):
         if getattr(p, key) not in known:
             raise UserError(f"prune.{key} '{getattr(p, key)}' is unknown; choose one of: {', '.join(known)}")
     n_m = pattern(p.pattern)
-    if n_m and n_m[0] == "n:m" and p.method in ("gradual", "oneshot") and not math.isclose(
-            p.final_sparsity, 1 - n_m[1] / n_m[2]):
-        raise UserError(f"prune.pattern {p.pattern} keeps {n_m[1]} of every {n_m[2]} weights, so prune.final_sparsity "
-                        f"must be {1 - n_m[1] / n_m[2]:g}, got {p.final_sparsity}; set it or choose another pattern")
+    if (
+        n_m
+        and n_m[0] == "n:m"
+        and p.method in ("gradual", "oneshot")
+        and not math.isclose(p.final_sparsity, 1 - n_m[1] / n_m[2])
+    ):
+        raise UserError(
+            f"prune.pattern {p.pattern} keeps {n_m[1]} of every {n_m[2]} weights, so prune.final_sparsity "
+            f"must be {1 - n_m[1] / n_m[2]:g}, got {p.final_sparsity}; set it or choose another pattern"
+        )
     if not 0 <= p.momentum < 1:
         raise UserError(f"prune.momentum must be in [0, 1), got {p.momentum}; snip-momentum uses 0.9")
     if p.hold_steps is not None and p.hold_steps < 0:
         raise UserError(f"prune.hold_steps must be >= 0 or null, got {p.hold_steps}")
     if p.hold_steps is not None and p.end_step is not None:
-        raise UserError(f"prune.end_step ({p.end_step}) and prune.hold_steps ({p.hold_steps}) both place the "
-                        "schedule's end; set one of them to null")
+        raise UserError(
+            f"prune.end_step ({p.end_step}) and prune.hold_steps ({p.hold_steps}) both place the "
+            "schedule's end; set one of them to null"
+        )
     if not 0 <= p.final_sparsity < 1:
         raise UserError(f"prune.final_sparsity must be in [0, 1), got {p.final_sparsity}")
     if not 0 <= p.initial_sparsity <= p.final_sparsity:
-        raise UserError(f"prune.initial_sparsity must be in [0, final_sparsity={p.final_sparsity}], "
-                        f"got {p.initial_sparsity}")
+        raise UserError(
+            f"prune.initial_sparsity must be in [0, final_sparsity={p.final_sparsity}], got {p.initial_sparsity}"
+        )
     if p.frequency <= 0:
         raise UserError(f"prune.frequency must be > 0 steps, got {p.frequency}")
     for key in ("heads_fraction", "ffn_fraction", "embedding_sparsity"):
@@ -168,8 +192,10 @@ def _validate_prune(p) -> None:
         if getattr(p, key) < 0:
             raise UserError(f"prune.{key} must be >= 0, got {getattr(p, key)}")
     if not 1 <= p.stages <= max(1, p.recovery_steps):
-        raise UserError(f"prune.stages must be in [1, prune.recovery_steps={p.recovery_steps}] (each stage removes "
-                        f"more heads and neurons, then recovers), got {p.stages}")
+        raise UserError(
+            f"prune.stages must be in [1, prune.recovery_steps={p.recovery_steps}] (each stage removes "
+            f"more heads and neurons, then recovers), got {p.stages}"
+        )
     if p.end_step is not None and p.end_step <= p.begin_step:
         raise UserError(f"prune.end_step ({p.end_step}) must be > prune.begin_step ({p.begin_step})")
 
@@ -181,16 +207,18 @@ def pattern(name: str) -> tuple | None:
     if m := re.fullmatch(r"([1-9]\d*)(x|:)([1-9]\d*)", name):
         if m[2] == "x" or int(m[1]) < int(m[3]):
             return "block" if m[2] == "x" else "n:m", int(m[1]), int(m[3])
-    raise UserError(f"prune.pattern '{name}' is unknown; choose unstructured, blocks RxC (e.g. 4x1) or N:M with "
-                    "N < M (e.g. 2:4)")
+    raise UserError(
+        f"prune.pattern '{name}' is unknown; choose unstructured, blocks RxC (e.g. 4x1) or N:M with N < M (e.g. 2:4)"
+    )
 
 
 def _validate_distill(d) -> None:  # which teacher: _validate_experiment (a variant) or finetune (a folder)
     if d.temperature <= 0:
         raise UserError(f"distill.temperature must be > 0, got {d.temperature}; 2.0 is usual")
     if not 0 <= d.weight <= 1:
-        raise UserError(f"distill.weight must be in [0, 1] (loss = weight * KL + (1 - weight) * label loss), "
-                        f"got {d.weight}")
+        raise UserError(
+            f"distill.weight must be in [0, 1] (loss = weight * KL + (1 - weight) * label loss), got {d.weight}"
+        )
     if d.hidden_weight < 0:
         raise UserError(f"distill.hidden_weight must be >= 0, got {d.hidden_weight}")
 
@@ -201,8 +229,10 @@ def _validate_quantize(q) -> None:
     if q.calibration_size <= 0:
         raise UserError(f"quantize.calibration_size must be > 0 examples, got {q.calibration_size}")
     if q.qat_steps <= 0 or not 0 < q.qat_lr < 1 or q.qat_observers not in ("calibrate", "train"):
-        raise UserError(f"quantize.qat_steps must be > 0, qat_lr in (0, 1), qat_observers calibrate or train; got "
-                        f"{q.qat_steps}, {q.qat_lr}, {q.qat_observers!r}")
+        raise UserError(
+            f"quantize.qat_steps must be > 0, qat_lr in (0, 1), qat_observers calibrate or train; got "
+            f"{q.qat_steps}, {q.qat_lr}, {q.qat_observers!r}"
+        )
 
 
 def _validate_experiment(p) -> None:
@@ -212,15 +242,17 @@ def _validate_experiment(p) -> None:
     if len(set(e.seeds)) != len(e.seeds):
         raise UserError(f"experiment.seeds repeats a seed: {e.seeds}; list each seed once")
     if any(not 0 < lr < 1 for lr in e.lr_candidates):
-        raise UserError(f"experiment.lr_candidates must all be in (0, 1), got {e.lr_candidates}; "
-                        "e.g. [2e-5, 3e-5, 5e-5]")
+        raise UserError(
+            f"experiment.lr_candidates must all be in (0, 1), got {e.lr_candidates}; e.g. [2e-5, 3e-5, 5e-5]"
+        )
     if not 0 <= e.champion_budget <= 100:
         raise UserError(f"experiment.champion_budget must be in [0, 100] metric points, got {e.champion_budget}")
     if e.bootstrap_samples < 100:
         raise UserError(f"experiment.bootstrap_samples must be >= 100, got {e.bootstrap_samples}; 2000 is usual")
     if e.baseline not in p.variants:
-        raise UserError(f"experiment.baseline '{e.baseline}' is not in the variant table; "
-                        f"choose one of: {', '.join(p.variants)}")
+        raise UserError(
+            f"experiment.baseline '{e.baseline}' is not in the variant table; choose one of: {', '.join(p.variants)}"
+        )
     for v in p.variants.values():
         if "seed" in v.overrides.get("finetune", {}):
             raise UserError(f"variants.{v.name} sets finetune.seed, which experiment.seeds decides; remove it")
@@ -232,19 +264,29 @@ def _validate_experiment(p) -> None:
         allowed = ("none", "gradual") if v.finetuned else ("gradual", "oneshot", "structured")
         if method not in allowed:
             made = "fine-tuned from pretrained" if v.finetuned else f"made from variant '{v.source}'"
-            raise UserError(f"variants.{v.name} is {made}, so its prune.method must be {' or '.join(allowed)}, "
-                            f"got '{method}'; set variants.{v.name}.prune.method")
-        above, q = list(p.variants)[:list(p.variants).index(v.name)], p.variant(v.name, e.seeds[0])
+            raise UserError(
+                f"variants.{v.name} is {made}, so its prune.method must be {' or '.join(allowed)}, "
+                f"got '{method}'; set variants.{v.name}.prune.method"
+            )
+        above, q = list(p.variants)[: list(p.variants).index(v.name)], p.variant(v.name, e.seeds[0])
         if (teacher := q.distill.teacher) is not None and teacher not in above:
-            raise UserError(f"variants.{v.name}: distill.teacher '{teacher}' is not a variant listed above it; "
-                            f"name one of: {', '.join(above) or 'none (list the teacher first)'}")
+            raise UserError(
+                f"variants.{v.name}: distill.teacher '{teacher}' is not a variant listed above it; "
+                f"name one of: {', '.join(above) or 'none (list the teacher first)'}"
+            )
         if teacher is not None and method in ("oneshot", "structured") and not q.prune.recovery_steps:
-            raise UserError(f"variants.{v.name}: distillation trains the model, and a {method} pruning trains only "
-                            "in its recovery steps; set prune.recovery_steps > 0 or remove distill.teacher")
+            raise UserError(
+                f"variants.{v.name}: distillation trains the model, and a {method} pruning trains only "
+                "in its recovery steps; set prune.recovery_steps > 0 or remove distill.teacher"
+            )
     base = p.variants[e.baseline]
     if e.lr_candidates and "lr" in base.overrides.get("finetune", {}):
-        raise UserError(f"variants.{e.baseline} sets finetune.lr, but the lr sweep (experiment.lr_candidates) "
-                        "chooses the baseline's lr; remove one of them")
+        raise UserError(
+            f"variants.{e.baseline} sets finetune.lr, but the lr sweep (experiment.lr_candidates) "
+            "chooses the baseline's lr; remove one of them"
+        )
     if base.source != "pretrained" or p.variant(e.baseline, e.seeds[0]).prune.method != "none":
-        raise UserError(f"experiment.baseline '{e.baseline}' must be a plain fine-tune (from: pretrained, "
-                        "prune.method none): every variant is compared with it")
+        raise UserError(
+            f"experiment.baseline '{e.baseline}' must be a plain fine-tune (from: pretrained, "
+            "prune.method none): every variant is compared with it"
+        )

@@ -9,6 +9,7 @@
 
 Bad input prints one line `error: ...` and exits with status 2 before any heavy work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,33 +23,50 @@ from . import params as P
 from .model import preflight
 from .params import QUANTIZE_MODES
 
-HELP = {"download": "validate a GLUE task and write data/glue/<task>/*.parquet",
-        "tokenize": "tokenize train and validation into the cache",
-        "finetune": "fine-tune (and prune, if prune.method=gradual) with the seed recipe",
-        "evaluate": "evaluate a saved model on a split",
-        "prune": "one-shot or structured pruning of a saved model (prune.method)",
-        "quantize": "quantize a saved model (quantize.mode)",
-        "export": "export a saved model as an artifact to ship (int8 ONNX + tokenizer + manifest)",
-        "predict": "classify new texts with a saved model or an exported artifact (JSON lines)",
-        "status": "for each step of the experiment (the flow's plan): done, or will run and why"}
+HELP = {
+    "download": "validate a GLUE task and write data/glue/<task>/*.parquet",
+    "tokenize": "tokenize train and validation into the cache",
+    "finetune": "fine-tune (and prune, if prune.method=gradual) with the seed recipe",
+    "evaluate": "evaluate a saved model on a split",
+    "prune": "one-shot or structured pruning of a saved model (prune.method)",
+    "quantize": "quantize a saved model (quantize.mode)",
+    "export": "export a saved model as an artifact to ship (int8 ONNX + tokenizer + manifest)",
+    "predict": "classify new texts with a saved model or an exported artifact (JSON lines)",
+    "status": "for each step of the experiment (the flow's plan): done, or will run and why",
+}
 
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    common.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)")
+    common.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)",
+    )
     top = argparse.ArgumentParser(prog="bertcompress", description=__doc__.split("\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
     for name, help_ in HELP.items():
         cmd = sub.add_parser(name, help=help_, description=help_, parents=[common])
-        cmd.add_argument("--task", required=name not in ("predict", "status"), help=f"GLUE task: {', '.join(glue.TASKS)}"
-                         + (" (default: the one the model records)" if name == "predict" else ""))
+        cmd.add_argument(
+            "--task",
+            required=name not in ("predict", "status"),
+            help=f"GLUE task: {', '.join(glue.TASKS)}"
+            + (" (default: the one the model records)" if name == "predict" else ""),
+        )
         if name in ("evaluate", "prune", "quantize", "export"):
             cmd.add_argument("--model-dir", required=True, help="a saved model folder")
         if name == "export":
-            cmd.add_argument("--format", default="onnx_int8", help="onnx_int8 (default), onnx (fp32), or pt2e_int8 (of a "
-                                 "static/qat variant: its PT2E program, compiled by Inductor when loaded)")
+            cmd.add_argument(
+                "--format",
+                default="onnx_int8",
+                help="onnx_int8 (default), onnx (fp32), or pt2e_int8 (of a "
+                "static/qat variant: its PT2E program, compiled by Inductor when loaded)",
+            )
         if name == "predict":
             cmd.add_argument("--model", required=True, help="a saved model folder or an exported artifact")
             cmd.add_argument("texts", nargs="*", help="texts to classify (a pair task takes them two by two)")
@@ -57,9 +75,13 @@ def parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             cmd.add_argument("--split", default="validation", choices=glue.SPLITS)
         if name in ("finetune", "prune", "quantize", "evaluate", "export"):
-            cmd.add_argument("--out", help={"finetune": "output folder (default: outputs/<task>/finetune-s<seed>)",
-                                            "evaluate": "write the metrics JSON here too"}.get(
-                name, "output folder (default: <model-dir>-<method or mode>)"))
+            cmd.add_argument(
+                "--out",
+                help={
+                    "finetune": "output folder (default: outputs/<task>/finetune-s<seed>)",
+                    "evaluate": "write the metrics JSON here too",
+                }.get(name, "output folder (default: <model-dir>-<method or mode>)"),
+            )
     return top
 
 
@@ -88,8 +110,10 @@ def run(args, p: P.Params) -> int:
     if args.command == "predict":
         return _predict(args, p)
     if args.command == "status":  # the plan is the pipeline's (tasks/), which this package never imports
-        raise P.UserError("status reads the experiment's plan: run the installed `bertcompress status`, or "
-                          "`python -m tasks.status` from the project root")
+        raise P.UserError(
+            "status reads the experiment's plan: run the installed `bertcompress status`, or "
+            "`python -m tasks.status` from the project root"
+        )
     task = args.task
     glue.get_task(task)
     if args.command == "download":
@@ -106,8 +130,10 @@ def run(args, p: P.Params) -> int:
 
         check_head(args.model_dir, glue.get_task(task).num_labels)
     if args.command == "prune" and p.prune.method not in ("oneshot", "structured"):
-        raise P.UserError(f"prune needs -S prune.method=oneshot or structured, got '{p.prune.method}' "
-                          "(gradual pruning runs in `bertcompress finetune`)")
+        raise P.UserError(
+            f"prune needs -S prune.method=oneshot or structured, got '{p.prune.method}' "
+            "(gradual pruning runs in `bertcompress finetune`)"
+        )
     if args.command == "quantize" and p.quantize.mode == "none":
         raise P.UserError(f"quantize needs -S quantize.mode=<one of {', '.join(QUANTIZE_MODES[1:])}>")
     preflight(task, p)
@@ -140,8 +166,11 @@ def run(args, p: P.Params) -> int:
         from . import prune, quantize
 
         out = _out(args, p)
-        result = (prune.prune(args.model_dir, out, p, task, paths["train"]) if args.command == "prune"
-                  else quantize.quantize(args.model_dir, out, p, task, paths["train"]))
+        result = (
+            prune.prune(args.model_dir, out, p, task, paths["train"])
+            if args.command == "prune"
+            else quantize.quantize(args.model_dir, out, p, task, paths["train"])
+        )
     if distributed.is_main():
         print(json.dumps(result, indent=2))
     return 0
@@ -170,8 +199,10 @@ def _predict(args, p: P.Params) -> int:
 
 def _check_model_dir(model_dir: str) -> None:
     if not any((Path(model_dir) / f).is_file() for f in ("config.json", "manifest.json")):
-        raise P.UserError(f"--model-dir {model_dir} holds no saved model (config.json) or artifact "
-                          "(manifest.json); pass the folder `bertcompress finetune` (or export) wrote")
+        raise P.UserError(
+            f"--model-dir {model_dir} holds no saved model (config.json) or artifact "
+            "(manifest.json); pass the folder `bertcompress finetune` (or export) wrote"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Inductor specialises on input shapes, so inputs are padded up to a few buckets (
 64, max length) and each bucket compiles once, on first use (seconds to a minute on a small CPU; the padded
 positions carry attention mask 0 and padded rows are dropped, so the logits of the real inputs are unchanged).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,9 @@ class CompiledModel(InferenceOnly):
         import transformers.modeling_outputs  # noqa: F401  registers SequenceClassifierOutput with pytree
 
         self.folder, self.lengths = Path(folder), tuple(sorted({min(32, max_length), min(64, max_length), max_length}))
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
-                                                   2 * len(BATCHES) * len(self.lengths))
+        torch._dynamo.config.recompile_limit = max(
+            torch._dynamo.config.recompile_limit, 2 * len(BATCHES) * len(self.lengths)
+        )
         module = torch.export.load(self.folder / PROGRAM).module()
         self.compiled = torch.compile(module, dynamic=False)  # compiled per shape on first use, frozen (__call__)
         self.threads = threads
@@ -43,8 +45,9 @@ class CompiledModel(InferenceOnly):
     def __call__(self, **batch: torch.Tensor) -> SimpleNamespace:
         n, length = batch["input_ids"].shape
         if n > BATCHES[-1]:
-            parts = [self(**{k: v[i:i + BATCHES[-1]] for k, v in batch.items()}).logits
-                     for i in range(0, n, BATCHES[-1])]
+            parts = [
+                self(**{k: v[i : i + BATCHES[-1]] for k, v in batch.items()}).logits for i in range(0, n, BATCHES[-1])
+            ]
             return SimpleNamespace(logits=torch.cat(parts))
         rows, width = _bucket(n, BATCHES), _bucket(length, self.lengths)
         padded = {}
@@ -65,10 +68,17 @@ class CompiledModel(InferenceOnly):
 
         blob = (self.folder / PROGRAM).read_bytes()
         program = torch.export.load(self.folder / PROGRAM)
-        values = [t for t in [*program.state_dict.values(), *program.constants.values()]
-                  if isinstance(t, torch.Tensor) and t.numel() > 1]
-        return {"state_dict_mb": len(blob) / 1e6, "compact_mb": len(blob) / 1e6,
-                "compressed_mb": len(zstandard.ZstdCompressor(level=9).compress(blob)) / 1e6,
-                "parameters": int(sum(t.numel() for t in values)),
-                "nonzero_parameters": int(sum(int(torch.count_nonzero(t.int_repr() if t.is_quantized else t))
-                                              for t in values))}
+        values = [
+            t
+            for t in [*program.state_dict.values(), *program.constants.values()]
+            if isinstance(t, torch.Tensor) and t.numel() > 1
+        ]
+        return {
+            "state_dict_mb": len(blob) / 1e6,
+            "compact_mb": len(blob) / 1e6,
+            "compressed_mb": len(zstandard.ZstdCompressor(level=9).compress(blob)) / 1e6,
+            "parameters": int(sum(t.numel() for t in values)),
+            "nonzero_parameters": int(
+                sum(int(torch.count_nonzero(t.int_repr() if t.is_quantized else t)) for t in values)
+            ),
+        }

@@ -9,9 +9,10 @@ needs AdamW(capturable=True) with a tensor learning rate that the scheduler fill
 in .grad after a replay (the pruning scores read them). The attention mask goes in as a ready 4-D mask, so
 transformers makes no data-dependent check (a host sync, which capture forbids).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -44,8 +45,11 @@ class GraphedTrainStep:
     def _step(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._release_autograd()
         self.optimizer.zero_grad(set_to_none=False)
-        inputs = {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
-                  "attention_mask": mask_4d(batch["attention_mask"])}
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "token_type_ids": batch["token_type_ids"],
+            "attention_mask": mask_4d(batch["attention_mask"]),
+        }
         loss, logits = self.objective(self.model, inputs, labels)
         loss.backward()
         self.optimizer.step()

@@ -9,6 +9,7 @@ loss = weight * T² * KL(softmax(teacher / T) || softmax(student / T)) + (1 - we
 the outputs). The teacher's forward runs inside the training step: under CUDA graphs it is captured with the
 student's forward and backward (bertcompress/cuda_graphs.py). Rows labelled -100 (fill's repeats) count nowhere.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,14 @@ from .params import Distill, Params, UserError
 READS = ("teacher", "temperature", "weight", "hidden_weight")  # the distill.* keys a distilled step's result reads
 
 
-def loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, d: Distill,
-         hidden: tuple[tuple, tuple] | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+def loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    d: Distill,
+    hidden: tuple[tuple, tuple] | None = None,
+    tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The distillation loss of one batch. hidden: (student's, teacher's) hidden states of every layer;
     tokens: (batch, length) mask of the real tokens."""
     keep = (labels != -100).float()
@@ -32,14 +39,20 @@ def loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, d: 
         soft = ((student.float() - teacher.float()).squeeze(-1).square() * keep).sum() / keep.sum().clamp(min=1)
     else:
         t = d.temperature
-        kl = F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
-                      reduction="none", log_target=True).sum(-1)
+        kl = F.kl_div(
+            F.log_softmax(student.float() / t, -1),
+            F.log_softmax(teacher.float() / t, -1),
+            reduction="none",
+            log_target=True,
+        ).sum(-1)
         soft = (kl * keep).sum() / keep.sum().clamp(min=1) * t * t
     total = d.weight * soft + (1 - d.weight) * loss_of(student, labels) if d.weight < 1 else soft
     if d.hidden_weight and hidden is not None:
         where = tokens.float() * keep[:, None]
-        mse = [((s.float() - h.float()).square().mean(-1) * where).sum() / where.sum().clamp(min=1)
-               for s, h in zip(*hidden)]
+        mse = [
+            ((s.float() - h.float()).square().mean(-1) * where).sum() / where.sum().clamp(min=1)
+            for s, h in zip(*hidden)
+        ]
         total = total + d.hidden_weight * torch.stack(mse).mean()
     return total
 
@@ -51,8 +64,10 @@ def teacher_of(params: Params, teacher: str | None = None) -> str | None:
         return None
     teacher = teacher or name
     if not (Path(teacher) / "config.json").is_file():
-        raise UserError(f"distill.teacher '{name}' is no saved model folder here; give the folder a fine-tune wrote "
-                        "(in the experiment, name a variant listed above), or set distill.teacher=null")
+        raise UserError(
+            f"distill.teacher '{name}' is no saved model folder here; give the folder a fine-tune wrote "
+            "(in the experiment, name a variant listed above), or set distill.teacher=null"
+        )
     return teacher
 
 
@@ -66,9 +81,11 @@ class Distiller:
         """Hidden-state distillation needs the teacher's layer count and width."""
         s, t = student.config, self.teacher.config
         if self.d.hidden_weight and (s.num_hidden_layers, s.hidden_size) != (t.num_hidden_layers, t.hidden_size):
-            raise UserError(f"distill.hidden_weight={self.d.hidden_weight} matches hidden states layer by layer, but "
-                            f"the student has {s.num_hidden_layers} x {s.hidden_size} and the teacher "
-                            f"{t.num_hidden_layers} x {t.hidden_size}; set distill.hidden_weight=0")
+            raise UserError(
+                f"distill.hidden_weight={self.d.hidden_weight} matches hidden states layer by layer, but "
+                f"the student has {s.num_hidden_layers} x {s.hidden_size} and the teacher "
+                f"{t.num_hidden_layers} x {t.hidden_size}; set distill.hidden_weight=0"
+            )
 
     def __call__(self, model: nn.Module, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = bool(self.d.hidden_weight)

@@ -7,6 +7,7 @@ Every rank walks the same global batches (`epoch_batches` is a pure function of 
 contiguous slice of each, so the global batch, the number of steps and the lr schedule stay the protocol's.
 Without a launcher's environment (WORLD_SIZE unset or 1) every function here is a no-op.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -40,16 +41,21 @@ def check(batch_size: int, device: str | None = None) -> str | None:
     import torch
 
     if batch_size % world:
-        raise UserError(f"finetune.batch_size={batch_size} does not split evenly over {world} processes; "
-                        f"launch a number of processes that divides it, or set finetune.batch_size to a "
-                        f"multiple of {world}")
+        raise UserError(
+            f"finetune.batch_size={batch_size} does not split evenly over {world} processes; "
+            f"launch a number of processes that divides it, or set finetune.batch_size to a "
+            f"multiple of {world}"
+        )
     kind = (device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    have, what = ((torch.cuda.device_count(), "CUDA devices") if kind == "cuda"
-                  else (len(os.sched_getaffinity(0)), "CPU cores"))
+    have, what = (
+        (torch.cuda.device_count(), "CUDA devices") if kind == "cuda" else (len(os.sched_getaffinity(0)), "CPU cores")
+    )
     if per_node > have:
-        raise UserError(f"{per_node} processes per node but this machine has {have} {what}; "
-                        f"launch with --nproc_per_node {have} (or --num_processes {have}) or fewer")
+        raise UserError(
+            f"{per_node} processes per node but this machine has {have} {what}; "
+            f"launch with --nproc_per_node {have} (or --num_processes {have}) or fewer"
+        )
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if kind == "cuda" else "cpu"
 
 
@@ -107,8 +113,9 @@ def wrap(model, device: str):
 
     known = inspect.signature(DistributedDataParallel).parameters
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"  # torch 2.13 name
-    return DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None,
-                                   **{no_sync: False})
+    return DistributedDataParallel(
+        model, device_ids=[device] if device.startswith("cuda") else None, **{no_sync: False}
+    )
 
 
 def shard(idx: np.ndarray) -> tuple[np.ndarray, int]:
@@ -130,8 +137,7 @@ def total(*values) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64,
-                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t)
     return t.tolist()
 

@@ -5,6 +5,7 @@
 
 The evaluation loop itself is loop.predict, the one fine-tuning calls every epoch.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,32 +23,47 @@ def reads(p: Params) -> list[str]:
     return ["evaluate.batch_size", *timing, "tokenize.max_length"]  # + the MLflow model logged with it encodes at it
 
 
-def evaluate_model(model, data: Encoded, task: str, batch_size: int = 128, device: str = "cpu",
-                   keep_predictions: bool = False) -> dict:
+def evaluate_model(
+    model, data: Encoded, task: str, batch_size: int = 128, device: str = "cpu", keep_predictions: bool = False
+) -> dict:
     """Loss, the task's metrics, the constant predictor's ('baseline_<metric>') and the collapse verdict
     (stats.collapse), parameter counts, state_dict size; with keep_predictions also the per-example
     'predictions' and 'labels' (lists, in split order: what the report's paired bootstrap needs)."""
     loss, preds = loop.predict(model, data, batch_size, device)
     params, nonzero = sizes.parameter_counts(model) if hasattr(model, "state_dict") else (None, None)
     baseline = metrics.compute(task, data.labels, metrics.constant(task, data.labels))
-    out = {"loss": loss, **metrics.compute(task, data.labels, preds),
-           **{f"baseline_{k}": v for k, v in baseline.items()}, **stats.collapse(task, data.labels, preds),
-           "parameters": params, "nonzero_parameters": nonzero,
-           "size_mb": sizes.state_dict_bytes(model) / 1e6 if hasattr(model, "state_dict") else None}
+    out = {
+        "loss": loss,
+        **metrics.compute(task, data.labels, preds),
+        **{f"baseline_{k}": v for k, v in baseline.items()},
+        **stats.collapse(task, data.labels, preds),
+        "parameters": params,
+        "nonzero_parameters": nonzero,
+        "size_mb": sizes.state_dict_bytes(model) / 1e6 if hasattr(model, "state_dict") else None,
+    }
     if keep_predictions:
         out |= {"predictions": preds.tolist(), "labels": np.asarray(data.labels).tolist()}
     return out
 
 
-def evaluate(model_dir: str, task: str, tokenized_path: str, batch_size: int = 128, latency_runs: int = 0,
-             keep_predictions: bool = False, threads: int | None = None) -> dict:
+def evaluate(
+    model_dir: str,
+    task: str,
+    tokenized_path: str,
+    batch_size: int = 128,
+    latency_runs: int = 0,
+    keep_predictions: bool = False,
+    threads: int | None = None,
+) -> dict:
     """Load a saved model, any variant (fine-tuned, pruned, quantized), and evaluate it on one tokenized split:
     the metrics, sizes three ways and, with latency_runs, CPU latency (ms) at batch 1 and 8 on `threads` torch
     threads (None: torch's default), reported beside it."""
     model = load_variant(model_dir, get_task(task).num_labels)
     data = Encoded.load(tokenized_path)
-    result = {**evaluate_model(model, data, task, batch_size, keep_predictions=keep_predictions),
-              **(sizes.measure(model) if hasattr(model, "state_dict") else model.sizes())}  # an artifact: its file
+    result = {
+        **evaluate_model(model, data, task, batch_size, keep_predictions=keep_predictions),
+        **(sizes.measure(model) if hasattr(model, "state_dict") else model.sizes()),
+    }  # an artifact: its file
     if latency_runs:
         from .latency import measure
 

@@ -11,6 +11,7 @@ Takes a float variant (fine-tuned, gradual or one-shot pruned, structured) and q
 exported by torch.onnx (dynamo) with dynamic batch and length. The artifact reloads as an OnnxModel
 (bertcompress/onnx_model.py) wherever a model folder is accepted (evaluate, predict).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,10 @@ from torch import nn
 from transformers import AutoConfig
 
 from . import io, variant
+from .compiled import PROGRAM, CompiledModel
 from .glue import get_task
 from .model import load_tokenizer
 from .onnx_model import INPUTS, MODEL, SPARSE_AT, WEIGHTS, OnnxModel, pack
-from .compiled import PROGRAM, CompiledModel
 from .params import QUANTIZE_MODES, UserError
 
 FORMATS = ("onnx_int8", "onnx", "pt2e_int8")
@@ -68,9 +69,17 @@ def _onnx(model: nn.Module, tokenizer, path: Path, max_length: int) -> None:
     example = tokenizer(["a first example sentence", "two"], ["and its pair", "b"], padding=True, return_tensors="pt")
     args = tuple(example[k] for k in INPUTS)
     batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=2, max=max_length)
-    torch.onnx.export(_Logits(model.eval()), args, str(path), input_names=list(INPUTS), output_names=["logits"],
-                      dynamo=True, external_data=False, verbose=False,
-                      dynamic_shapes={k: {0: batch, 1: length} for k in INPUTS})
+    torch.onnx.export(
+        _Logits(model.eval()),
+        args,
+        str(path),
+        input_names=list(INPUTS),
+        output_names=["logits"],
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        dynamic_shapes={k: {0: batch, 1: length} for k in INPUTS},
+    )
 
 
 def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_length: int = 128) -> dict:
@@ -80,13 +89,17 @@ def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_
         raise UserError(f"export format '{fmt}' is unknown; choose one of: {', '.join(FORMATS)}")
     info = variant.read(model_dir) or {}
     if fmt == "pt2e_int8" and info.get("mode") not in PT2E:
-        raise UserError(f"--format pt2e_int8 takes a PT2E int8 variant and {model_dir} is "
-                        f"{info.get('mode', 'a fine-tuned model')}; quantize it first (bertcompress quantize "
-                        "-S quantize.mode=static), then export that folder")
+        raise UserError(
+            f"--format pt2e_int8 takes a PT2E int8 variant and {model_dir} is "
+            f"{info.get('mode', 'a fine-tuned model')}; quantize it first (bertcompress quantize "
+            "-S quantize.mode=static), then export that folder"
+        )
     if fmt != "pt2e_int8" and info.get("mode") in QUANTIZE_MODES:
-        raise UserError(f"{model_dir} is already quantized ({info['mode']}); export its float source "
-                        f"({info.get('base', 'the fine-tuned folder')}): export makes the int8 model itself"
-                        + (", or pass --format pt2e_int8" if info["mode"] in PT2E else ""))
+        raise UserError(
+            f"{model_dir} is already quantized ({info['mode']}); export its float source "
+            f"({info.get('base', 'the fine-tuned folder')}): export makes the int8 model itself"
+            + (", or pass --format pt2e_int8" if info["mode"] in PT2E else "")
+        )
     tokenizer = load_tokenizer(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     with io.atomic_dir(out_dir) as tmp, _quiet():
@@ -113,12 +126,21 @@ def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_
         source = Path(model_dir)
         metrics = json.loads((source / "metrics.json").read_text()) if (source / "metrics.json").is_file() else {}
         params = json.loads((source / "params.json").read_text()) if (source / "params.json").is_file() else None
-        manifest = {"task": task, "format": fmt, "labels": list(spec.names) or None, "regression": spec.regression,
-                    "text_columns": list(spec.keys), "max_length": max_length, "source": str(source.resolve()),
-                    "source_variant": info or {"mode": "finetune"}, "source_params": params,
-                    "source_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
-                    "storage": storage, "sizes": artifact_model(tmp, fmt, max_length, threads=1).sizes(),
-                    "built_with": {"torch": torch.__version__, "python": platform.python_version()}}
+        manifest = {
+            "task": task,
+            "format": fmt,
+            "labels": list(spec.names) or None,
+            "regression": spec.regression,
+            "text_columns": list(spec.keys),
+            "max_length": max_length,
+            "source": str(source.resolve()),
+            "source_variant": info or {"mode": "finetune"},
+            "source_params": params,
+            "source_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
+            "storage": storage,
+            "sizes": artifact_model(tmp, fmt, max_length, threads=1).sizes(),
+            "built_with": {"torch": torch.__version__, "python": platform.python_version()},
+        }
         manifest["files"] = {f.name: io.content_hash(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         io.write_json(tmp / MANIFEST, manifest)
     return manifest

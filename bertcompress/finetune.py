@@ -13,29 +13,52 @@ were the same. The finished folder
 `<out>/` (save_pretrained + tokenizer + metrics.json + params.json) appears atomically. Under torchrun each rank
 trains on its slice of every global batch (DDP); rank 0 evaluates, checkpoints and writes the folder.
 """
+
 from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from filelock import FileLock, Timeout
 
 from . import checkpoint, distributed, io, loop, masks, metrics, record
-from .glue import get_task
 from .distill import READS as distill_reads
 from .distill import Distiller, teacher_of
+from .glue import get_task
 from .model import load_model, load_tokenizer
 from .params import Params, UserError
 from .tokenize import Encoded
 
-RECIPE = ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "seed", "max_steps", "group_by_length",
-          "pad_to_multiple", "precision")
-GRADUAL = ("method", "scope", "ranking", "criterion", "pattern", "initial_sparsity", "final_sparsity", "begin_step",
-           "end_step", "hold_steps", "frequency", "power")
+RECIPE = (
+    "lr",
+    "batch_size",
+    "epochs",
+    "warmup_ratio",
+    "weight_decay",
+    "seed",
+    "max_steps",
+    "group_by_length",
+    "pad_to_multiple",
+    "precision",
+)
+GRADUAL = (
+    "method",
+    "scope",
+    "ranking",
+    "criterion",
+    "pattern",
+    "initial_sparsity",
+    "final_sparsity",
+    "begin_step",
+    "end_step",
+    "hold_steps",
+    "frequency",
+    "power",
+)
 
 
 def reads(p: Params) -> list[str]:
@@ -46,14 +69,23 @@ def reads(p: Params) -> list[str]:
     return [f"finetune.{k}" for k in RECIPE] + pruning + distill + ["evaluate.batch_size"]  # + per-epoch validation
 
 
-def identity(params: Params, task: str, train_path: str, val_path: str, base: str, teacher: str | None = None,
-             extra: dict | None = None) -> dict:
+def identity(
+    params: Params,
+    task: str,
+    train_path: str,
+    val_path: str,
+    base: str,
+    teacher: str | None = None,
+    extra: dict | None = None,
+) -> dict:
     """The fine-tune's step record: the params it reads, its data, base model and teacher by content, its code."""
     flat = params.flat()
     inputs = {"train": train_path, "validation": val_path, "base": base, **({"teacher": teacher} if teacher else {})}
     if not Path(base).is_dir():  # a hub name: keyed by the name (model.name is read), not by content
         inputs.pop("base")
-    return record.make("finetune", {k: flat[k] for k in reads(params)}, inputs, "finetune", {"task": task, **(extra or {})})
+    return record.make(
+        "finetune", {k: flat[k] for k in reads(params)}, inputs, "finetune", {"task": task, **(extra or {})}
+    )
 
 
 def _resumable(work: Path, wanted: dict) -> None:
@@ -62,8 +94,11 @@ def _resumable(work: Path, wanted: dict) -> None:
         stale = work.with_name(work.name.removesuffix(".partial") + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
         work.rename(stale)
-        print(f"{work} was started with other inputs ({record.why(record.read(work), wanted)}): set aside as "
-              f"{stale}; starting over", flush=True)
+        print(
+            f"{work} was started with other inputs ({record.why(record.read(work), wanted)}): set aside as "
+            f"{stale}; starting over",
+            flush=True,
+        )
     work.mkdir(parents=True, exist_ok=True)
     record.write(work, wanted)
 
@@ -84,9 +119,18 @@ def _exclusive(out: Path) -> Iterator[bool]:
         lock.release()
 
 
-def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir: str,
-             on_epoch_end: Callable[[int, dict], None] | None = None, device: str | None = None,
-             base: str | None = None, teacher: str | None = None, step: dict | None = None) -> dict:
+def finetune(
+    params: Params,
+    task: str,
+    train_path: str,
+    val_path: str,
+    out_dir: str,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    device: str | None = None,
+    base: str | None = None,
+    teacher: str | None = None,
+    step: dict | None = None,
+) -> dict:
     """Train `base` (default model.name; or another variant's folder), distilled from `teacher` when
     distill.teacher is set, evaluate every epoch, save to out_dir; the metrics in metrics.json, the step record
     (`step`, the caller's, else `identity`) beside it. One run at a time per out_dir: a second waits, then reuses
@@ -101,8 +145,18 @@ def finetune(params: Params, task: str, train_path: str, val_path: str, out_dir:
         return _train(params, task, train_path, val_path, out, wanted, on_epoch_end, device, base, teacher)
 
 
-def _train(params: Params, task: str, train_path: str, val_path: str, out: Path, wanted: dict,
-           on_epoch_end: Callable[[int, dict], None] | None, device: str, base: str, teacher: str | None) -> dict:
+def _train(
+    params: Params,
+    task: str,
+    train_path: str,
+    val_path: str,
+    out: Path,
+    wanted: dict,
+    on_epoch_end: Callable[[int, dict], None] | None,
+    device: str,
+    base: str,
+    teacher: str | None,
+) -> dict:
     f, r, spec = params.finetune, params.runtime, get_task(task)
     main = distributed.is_main()
     if r.threads:
@@ -132,28 +186,54 @@ def _train(params: Params, task: str, train_path: str, val_path: str, out: Path,
         if main:
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 val_loss, preds = loop.predict(model, val, params.evaluate.batch_size, device)
-            row = {"epoch": epoch, "step": step, **stats, "val_loss": val_loss,
-                   **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, preds).items()}}
+            row = {
+                "epoch": epoch,
+                "step": step,
+                **stats,
+                "val_loss": val_loss,
+                **{f"val_{k}": v for k, v in metrics.compute(task, val.labels, preds).items()},
+            }
         history.append(row := distributed.from_main(row))
         if not all(math.isfinite(row[k]) for k in ("train_loss", "val_loss")):
-            raise UserError(f"training diverged: epoch {epoch} has train loss {row['train_loss']:.4g}, validation "
-                            f"loss {row['val_loss']:.4g}; lower finetune.lr (now {f.lr:g}) or use precision fp32")
+            raise UserError(
+                f"training diverged: epoch {epoch} has train loss {row['train_loss']:.4g}, validation "
+                f"loss {row['val_loss']:.4g}; lower finetune.lr (now {f.lr:g}) or use precision fp32"
+            )
         if main:
             saver.save(epoch, model, optimizer, scheduler, history)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
             if on_epoch_end:
                 on_epoch_end(epoch, row)
 
     with checkpoint.Checkpointer(work) as saver:
-        run = loop.train(model, train, f, r, total_steps, optimizer, scheduler, device, start_epoch,
-                         pruner.after_step if pruner else None, end_of_epoch, desc=task, objective=objective)
+        run = loop.train(
+            model,
+            train,
+            f,
+            r,
+            total_steps,
+            optimizer,
+            scheduler,
+            device,
+            start_epoch,
+            pruner.after_step if pruner else None,
+            end_of_epoch,
+            desc=task,
+            objective=objective,
+        )
     sparsity = pruner.finish(model) if pruner else None
-    result = {"task": task, **{k: v for k, v in history[-1].items() if k.startswith("val_")},
-              "epochs": len(history), "steps": run["steps"], "train_seconds": run["seconds"],
-              "train_samples_per_second": run["seen"] / run["seconds"] if run["seconds"] else 0.0,
-              "epoch_seconds": run["epoch_seconds"], "history": history,
-              **({"sparsity": sparsity} if sparsity else {}), **({"teacher": teacher} if teacher else {})}
+    result = {
+        "task": task,
+        **{k: v for k, v in history[-1].items() if k.startswith("val_")},
+        "epochs": len(history),
+        "steps": run["steps"],
+        "train_seconds": run["seconds"],
+        "train_samples_per_second": run["seen"] / run["seconds"] if run["seconds"] else 0.0,
+        "epoch_seconds": run["epoch_seconds"],
+        "history": history,
+        **({"sparsity": sparsity} if sparsity else {}),
+        **({"teacher": teacher} if teacher else {}),
+    }
     if main:
         model.save_pretrained(work, safe_serialization=True)
         load_tokenizer(base).save_pretrained(work)

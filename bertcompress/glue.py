@@ -6,6 +6,7 @@ Sources: `data.source` = hub (datasets.load_dataset("nyu-mll/glue", task)), a di
 `<dir>/<task>/<split>-00000-of-00001.parquet` (like ../shared/glue), or auto: $GLUE_DIR if set, else the hub,
 falling back to ../shared/glue when the hub is offline.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,13 +79,17 @@ def resolve_source(source: str) -> str:
         elif (REPO_ROOT.parent / "shared" / "glue").is_dir():
             return str(REPO_ROOT.parent / "shared" / "glue")
         else:
-            raise UserError(f"{reason} and no local GLUE was found; set GLUE_DIR to a directory holding "
-                            "<task>/<split>-00000-of-00001.parquet, or data.source=<dir>")
+            raise UserError(
+                f"{reason} and no local GLUE was found; set GLUE_DIR to a directory holding "
+                "<task>/<split>-00000-of-00001.parquet, or data.source=<dir>"
+            )
     if source == "hub":
         return source
     if not Path(source).is_dir():
-        raise UserError(f"GLUE directory '{source}' does not exist; set GLUE_DIR or data.source to a directory "
-                        "holding <task>/<split>-00000-of-00001.parquet")
+        raise UserError(
+            f"GLUE directory '{source}' does not exist; set GLUE_DIR or data.source to a directory "
+            "holding <task>/<split>-00000-of-00001.parquet"
+        )
     return str(Path(source).resolve())
 
 
@@ -95,34 +100,42 @@ def _read_local(directory: str, task: str, split: str) -> pd.DataFrame:
     try:
         return pq.read_table(path).to_pandas()
     except Exception as e:  # pyarrow raises several types for a damaged file
-        raise UserError(f"cannot read {path} as parquet ({type(e).__name__}); replace the file with a good copy") \
-            from None
+        raise UserError(
+            f"cannot read {path} as parquet ({type(e).__name__}); replace the file with a good copy"
+        ) from None
 
 
 def _read_hub(task: str, split: str) -> pd.DataFrame:
     if reason := hub.unreachable_reason():
-        raise UserError(f"{reason} and {HUB_ID}/{task} is needed; set GLUE_DIR or data.source to a local "
-                        "GLUE directory")
+        raise UserError(
+            f"{reason} and {HUB_ID}/{task} is needed; set GLUE_DIR or data.source to a local GLUE directory"
+        )
     import datasets  # heavy import, only on this path
 
     try:
         return datasets.load_dataset(HUB_ID, task, split=split).to_pandas()
     except Exception as e:
-        raise UserError(f"cannot load {HUB_ID}/{task} from the hub ({type(e).__name__}: {str(e)[:120]}); "
-                        "check the network or set GLUE_DIR to a local copy") from None
+        raise UserError(
+            f"cannot load {HUB_ID}/{task} from the hub ({type(e).__name__}: {str(e)[:120]}); "
+            "check the network or set GLUE_DIR to a local copy"
+        ) from None
 
 
 def validate(df: pd.DataFrame, task: str, split: str, where: str) -> None:
     spec = get_task(task)
     missing = [c for c in (*spec.keys, "label", "idx") if c not in df.columns]
     if missing:
-        raise UserError(f"{where}: {task}/{split} lacks column(s) {', '.join(missing)} "
-                        f"(has {', '.join(map(str, df.columns))}); it is not GLUE {task} in the hub's layout")
+        raise UserError(
+            f"{where}: {task}/{split} lacks column(s) {', '.join(missing)} "
+            f"(has {', '.join(map(str, df.columns))}); it is not GLUE {task} in the hub's layout"
+        )
     low, high = spec.score_range or (0, spec.num_labels - 1)
     bad = df[~df["label"].between(low, high)]  # NaN too
     if len(bad):
-        raise UserError(f"{where}: {task}/{split} has {len(bad)} label(s) outside {low:g}..{high:g} "
-                        f"(first: {bad['label'].iloc[0]} at idx {bad['idx'].iloc[0]}); use a labelled split")
+        raise UserError(
+            f"{where}: {task}/{split} has {len(bad)} label(s) outside {low:g}..{high:g} "
+            f"(first: {bad['label'].iloc[0]} at idx {bad['idx'].iloc[0]}); use a labelled split"
+        )
     for key in spec.keys:
         if df[key].isna().any():
             raise UserError(f"{where}: {task}/{split} column '{key}' has empty values; fix the data file")
@@ -154,8 +167,11 @@ def fingerprint(task: str, where: str) -> dict | None:
     dataset revision is the datasets cache's business)."""
     if where == "hub":
         return None
-    return {s: io.content_hash(Path(where) / task / f"{s}-00000-of-00001.parquet") for s in SPLITS
-            if (Path(where) / task / f"{s}-00000-of-00001.parquet").is_file()}
+    return {
+        s: io.content_hash(Path(where) / task / f"{s}-00000-of-00001.parquet")
+        for s in SPLITS
+        if (Path(where) / task / f"{s}-00000-of-00001.parquet").is_file()
+    }
 
 
 def download(task: str, out_dir: str | os.PathLike, source: str = "auto") -> dict:
@@ -167,10 +183,14 @@ def download(task: str, out_dir: str | os.PathLike, source: str = "auto") -> dic
     for split, df in frames.items():
         with io.atomic_file(out / f"{split}.parquet") as tmp:
             df.to_parquet(tmp, index=False)
-    info = {"task": task, "source": where, "source_files": fingerprint(task, where),
-            "files": {s: io.content_hash(out / f"{s}.parquet") for s in SPLITS},  # the copy, as written
-            "rows": {s: len(df) for s, df in frames.items()},
-            "content_sha256": {s: content_hash(df, task) for s, df in frames.items()}}
+    info = {
+        "task": task,
+        "source": where,
+        "source_files": fingerprint(task, where),
+        "files": {s: io.content_hash(out / f"{s}.parquet") for s in SPLITS},  # the copy, as written
+        "rows": {s: len(df) for s, df in frames.items()},
+        "content_sha256": {s: content_hash(df, task) for s, df in frames.items()},
+    }
     io.write_json(out / "source.json", info)
     return info
 
@@ -191,7 +211,8 @@ def is_current(out_dir: str | os.PathLike, task: str, source: str = "auto") -> b
         return False
     info = json.loads((Path(out_dir) / "source.json").read_text())
     return info.get("source_files") == fingerprint(task, where) and info.get("files") == {
-        s: io.content_hash(Path(out_dir) / f"{s}.parquet") for s in SPLITS}
+        s: io.content_hash(Path(out_dir) / f"{s}.parquet") for s in SPLITS
+    }
 
 
 def read_prepared(data_dir: str | os.PathLike, split: str) -> pd.DataFrame:

@@ -1,4 +1,5 @@
 """Is the Hugging Face Hub usable? Answered at once, so offline runs fail fast instead of retrying for 30 s."""
+
 from __future__ import annotations
 
 import functools
@@ -9,8 +10,9 @@ from urllib.parse import urlparse
 
 def offline() -> bool:
     """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set to a true value."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 @functools.cache

@@ -3,6 +3,7 @@
 Every result the pipeline writes appears whole or not at all: it is written under a temporary name beside its
 final place and renamed into it, so a failed or killed run never leaves a half-written result.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,9 +12,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
@@ -48,12 +49,15 @@ def check_writable(path: str | os.PathLike, folder: bool = True, need_mb: int = 
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise checks.UserError(f"output {path}: cannot write in {parent} ({e.strerror}); choose a writable "
-                               "location or fix its permissions") from None
+        raise checks.UserError(
+            f"output {path}: cannot write in {parent} ({e.strerror}); choose a writable location or fix its permissions"
+        ) from None
     free = shutil.disk_usage(parent).free / 1e6
     if free < need_mb:
-        raise checks.UserError(f"output {path}: only {free:.0f} MB free on its filesystem, {need_mb} MB needed; "
-                               "free some space or choose another location")
+        raise checks.UserError(
+            f"output {path}: only {free:.0f} MB free on its filesystem, {need_mb} MB needed; "
+            "free some space or choose another location"
+        )
 
 
 def _plain(value):
@@ -76,7 +80,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for old in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed run (its pid in the name) of this out
-        if (pid := old.name[len(out.name) + 2:-4]).isdigit() and not _alive(int(pid)):
+        if (pid := old.name[len(out.name) + 2 : -4]).isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -136,8 +140,9 @@ def read_yaml(path: Path) -> dict:
         raise checks.UserError(f"{path}: file not found; pass --params with the path to your params.yaml") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise checks.UserError(f"{path}: not valid YAML{f' at line {line + 1}' if line is not None else ''}; "
-                        "fix the syntax") from None
+        raise checks.UserError(
+            f"{path}: not valid YAML{f' at line {line + 1}' if line is not None else ''}; fix the syntax"
+        ) from None
     if not isinstance(raw, dict):
         raise checks.UserError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
     return raw
@@ -160,8 +165,10 @@ def override(raw: dict, item: str) -> None:
     parts = key.split(".")
     ok = sep and ((parts[0] != "variants" and len(parts) == 2) or (parts[0] == "variants" and len(parts) >= 2))
     if not ok:
-        raise checks.UserError(f"override '{item}': expected section.key=value (e.g. finetune.lr=3e-5) or "
-                               "variants.<name>.<section>.<key>=value")
+        raise checks.UserError(
+            f"override '{item}': expected section.key=value (e.g. finetune.lr=3e-5) or "
+            "variants.<name>.<section>.<key>=value"
+        )
     node = raw
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):

@@ -6,6 +6,7 @@ Inputs are synthetic token ids at full length (no padding), so every variant see
 passes first (allocator, packed-weight caches, compiled kernels), then the median of `runs` timed passes. The
 thread count is set and reported, since it decides the numbers as much as the model does.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -19,7 +20,7 @@ def inputs(batch_size: int, length: int, seed: int = 0) -> dict[str, torch.Tenso
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, 28000, (batch_size, length), generator=g)
     types = torch.zeros_like(ids)
-    types[:, length // 2:] = 1
+    types[:, length // 2 :] = 1
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids)}
 
 
@@ -27,8 +28,9 @@ LENGTH = 128  # synthetic full-length inputs: the seed recipe's max length
 
 
 @torch.inference_mode()
-def measure(model, batch_sizes=(1, 8), length: int = LENGTH, warmup: int = 3, runs: int = 20,
-            threads: int | None = None) -> dict:
+def measure(
+    model, batch_sizes=(1, 8), length: int = LENGTH, warmup: int = 3, runs: int = 20, threads: int | None = None
+) -> dict:
     """{'batch1_ms': ..., 'batch8_ms': ..., 'threads': n, 'length': 128, 'runs': runs}."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)

@@ -7,14 +7,15 @@ function of (seed, epoch) so a resumed run sees the same order, dynamic padding.
 autocast, TF32 matmuls), whole-step CUDA graphs (bertcompress/cuda_graphs.py) and DDP (bertcompress/distributed.py)
 are handled here and nowhere else. `predict` is the one evaluation loop.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import numpy as np
 import torch
@@ -71,13 +72,16 @@ def optimizer_and_schedule(model, f: Finetune, total_steps: int, capturable: boo
     extra = {"fused": True} if device.type == "cuda" else {}
     if capturable:
         extra.update(capturable=True, lr=torch.tensor(f.lr, device=device))
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": f.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], **{"lr": f.lr, **extra})
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": f.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        **{"lr": f.lr, **extra},
+    )
     return optimizer, get_linear_schedule_with_warmup(optimizer, math.ceil(f.warmup_ratio * total_steps), total_steps)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None,
-                  group: int = 0) -> list[np.ndarray]:
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None, group: int = 0
+) -> list[np.ndarray]:
     """The epoch's shuffled batches, a pure function of (seed, epoch).
 
     With group > 0 each window of group × batch_size shuffled examples is sorted by length before it is cut
@@ -88,11 +92,12 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.nd
     order = torch.randperm(n, generator=g).numpy()
     if group and lengths is not None:
         window = group * batch_size
-        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")]
-                                for w in np.split(order, range(window, n, window))])
-        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        order = np.concatenate(
+            [w[np.argsort(-lengths[w], kind="stable")] for w in np.split(order, range(window, n, window))]
+        )
+        batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
         return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def fill(idx: np.ndarray, size: int) -> np.ndarray:
@@ -114,10 +119,21 @@ def matmul_precision(precision: str, device: str):
         torch.set_float32_matmul_precision(before)
 
 
-def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, scheduler, device: str = "cpu",
-          start_epoch: int = 0, after_step: Callable[[int], None] | None = None,
-          end_of_epoch: Callable[[int, int, dict], None] | None = None, desc: str = "train",
-          objective: Callable = plain) -> dict:
+def train(
+    model,
+    data,
+    f: Finetune,
+    r: Runtime,
+    total_steps: int,
+    optimizer,
+    scheduler,
+    device: str = "cpu",
+    start_epoch: int = 0,
+    after_step: Callable[[int], None] | None = None,
+    end_of_epoch: Callable[[int, int, dict], None] | None = None,
+    desc: str = "train",
+    objective: Callable = plain,
+) -> dict:
     """Train from start_epoch until total_steps on objective(model, inputs, labels) -> (loss, logits) (plain, or
     distillation). after_step(step) runs after every optimizer step, the step's gradients still in .grad (pruning
     masks and scores); end_of_epoch(epoch, step, stats) after every epoch, stats = training loss and accuracy over it
@@ -134,8 +150,12 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
             loss_sum = correct = count = 0
             t_epoch = time.perf_counter()
             batches = epoch_batches(len(data), f.batch_size, f.seed, epoch, data.lengths, f.group_by_length)
-            bar = tqdm(batches[:total_steps - step], desc=f"{desc} epoch {epoch + 1}", leave=False,
-                       disable=None if distributed.is_main() else True)
+            bar = tqdm(
+                batches[: total_steps - step],
+                desc=f"{desc} epoch {epoch + 1}",
+                leave=False,
+                disable=None if distributed.is_main() else True,
+            )
             for idx in bar:
                 stop.check()  # Ctrl-C / SIGTERM, also when this runs in a worker thread
                 local, real = distributed.shard(idx)  # (idx, len(idx)) in one process
@@ -169,24 +189,57 @@ def train(model, data, f: Finetune, r: Runtime, total_steps: int, optimizer, sch
                     stats["train_accuracy"] = correct / count
                 end_of_epoch(epoch + 1, step, stats)
     model.eval()
-    return {"steps": step, "loss": loss_all / max(seen, 1), "seen": seen, "seconds": time.perf_counter() - t0,
-            "epoch_seconds": epoch_seconds}
+    return {
+        "steps": step,
+        "loss": loss_all / max(seen, 1),
+        "seen": seen,
+        "seconds": time.perf_counter() - t0,
+        "epoch_seconds": epoch_seconds,
+    }
 
 
-STEPS_READ = ("lr", "batch_size", "warmup_ratio", "weight_decay", "seed", "group_by_length", "pad_to_multiple",
-              "precision")
+STEPS_READ = (
+    "lr",
+    "batch_size",
+    "warmup_ratio",
+    "weight_decay",
+    "seed",
+    "group_by_length",
+    "pad_to_multiple",
+    "precision",
+)
 
 
-def steps(model, train_path: str, f: Finetune, r: Runtime, n: int, after_step=None, desc: str = "recover",
-          objective: Callable = plain, device: str = "cpu") -> float:
+def steps(
+    model,
+    train_path: str,
+    f: Finetune,
+    r: Runtime,
+    n: int,
+    after_step=None,
+    desc: str = "recover",
+    objective: Callable = plain,
+    device: str = "cpu",
+) -> float:
     """n steps of the seed recipe on a model already in memory (and on `device`: in finetune.precision on a GPU,
     fp32 on the CPU) for recovery after pruning and QAT; the mean training loss. Reads finetune.<STEPS_READ>."""
     precision = f.precision  # keyed on every machine: it decides the result wherever a GPU runs the steps
     f = dataclasses.replace(f, precision=precision if device.startswith("cuda") else "fp32")
     seed_everything(f.seed)
     optimizer, scheduler = optimizer_and_schedule(model, f, n, use_graphs(f, r, device))
-    return train(model, Encoded.load(train_path).to(device), f, r, n, optimizer, scheduler, device,
-                 after_step=after_step, desc=desc, objective=objective)["loss"]
+    return train(
+        model,
+        Encoded.load(train_path).to(device),
+        f,
+        r,
+        n,
+        optimizer,
+        scheduler,
+        device,
+        after_step=after_step,
+        desc=desc,
+        objective=objective,
+    )["loss"]
 
 
 @torch.inference_mode()
@@ -198,7 +251,7 @@ def logits(model, data, batch_size: int = 128, device: str = "cpu") -> tuple[flo
     out, loss_sum = None, 0.0
     for start in range(0, len(order), batch_size):
         stop.check()
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(idx, 8).items()}
         labels = batch.pop("labels")
         z = model(**batch).logits.float()

@@ -9,6 +9,7 @@ buffers or _orig copies are saved. Structured pruning keeps whole attention head
 (transformers' prune_linear_layer), so a model is physically smaller; `apply_structure` re-applies recorded
 shapes to a freshly built model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,8 +50,9 @@ def _expand(keep: torch.Tensor, shape: torch.Size, pat: tuple | None) -> torch.T
     return keep.view(shape[0] // r, shape[1] // c).repeat_interleave(r, 0).repeat_interleave(c, 1)
 
 
-def top_masks(scores: dict[str, torch.Tensor], sparsity: float, ranking: str = "layer",
-              pattern: str = "unstructured") -> dict[str, torch.Tensor]:
+def top_masks(
+    scores: dict[str, torch.Tensor], sparsity: float, ranking: str = "layer", pattern: str = "unstructured"
+) -> dict[str, torch.Tensor]:
     """Masks keeping the highest scores: exactly round(sparsity * n) of the n groups (weights, RxC blocks) zeroed
     per tensor (layer) or over all tensors (global); N:M zeroes round(sparsity * M) of every M consecutive weights
     of a row, so at 1 - N/M sparsity each group of M keeps exactly N. Ties go to the lower index."""
@@ -78,8 +80,9 @@ def top_masks(scores: dict[str, torch.Tensor], sparsity: float, ranking: str = "
     return masks
 
 
-def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, ranking: str,
-                    pattern: str = "unstructured") -> dict[str, torch.Tensor]:
+def magnitude_masks(
+    weights: dict[str, torch.Tensor], sparsity: float, ranking: str, pattern: str = "unstructured"
+) -> dict[str, torch.Tensor]:
     """Masks zeroing exactly round(sparsity * n) smallest-magnitude entries (or groups), per tensor or overall."""
     return top_masks({n: w.detach().abs() for n, w in weights.items()}, sparsity, ranking, pattern)
 
@@ -91,8 +94,10 @@ def check_pattern(modules: dict[str, nn.Linear], pattern: str) -> None:
     rows, cols = (1, pat[2]) if pat[0] == "n:m" else pat[1:]
     for name, m in modules.items():
         if m.weight.shape[0] % rows or m.weight.shape[1] % cols:
-            raise UserError(f"prune.pattern {pattern}: layer {name} ({tuple(m.weight.shape)}) does not split into "
-                            f"{rows}x{cols} groups; choose a pattern that divides it, or prune.scope encoder")
+            raise UserError(
+                f"prune.pattern {pattern}: layer {name} ({tuple(m.weight.shape)}) does not split into "
+                f"{rows}x{cols} groups; choose a pattern that divides it, or prune.scope encoder"
+            )
 
 
 def sparsity_report(model: nn.Module, scope: str) -> dict:
@@ -152,8 +157,9 @@ class GradualPruner:
         due = p.begin_step <= step <= self.end and ((step - p.begin_step) % p.frequency == 0 or step == self.end)
         if due:
             if self.scores:  # the pruned stay pruned: their score is the lowest there is
-                scores = {n: torch.where(self.modules[n].weight_mask.bool(), s, -torch.inf)
-                          for n, s in self.scores.items()}
+                scores = {
+                    n: torch.where(self.modules[n].weight_mask.bool(), s, -torch.inf) for n, s in self.scores.items()
+                }
             else:
                 scores = {n: (m.weight_orig * m.weight_mask).abs() for n, m in self.modules.items()}
             for n, mask in top_masks(scores, self.sparsity_at(step), p.ranking, p.pattern).items():
@@ -174,14 +180,20 @@ def gradual(p: Prune, total_steps: int) -> GradualPruner | None:
     if p.method != "gradual":
         return None
     if p.begin_step >= total_steps:
-        raise UserError(f"prune.begin_step ({p.begin_step}) is at or beyond the run's {total_steps} steps, so the "
-                        f"schedule would never prune; set prune.begin_step < {total_steps}")
+        raise UserError(
+            f"prune.begin_step ({p.begin_step}) is at or beyond the run's {total_steps} steps, so the "
+            f"schedule would never prune; set prune.begin_step < {total_steps}"
+        )
     if p.end_step is not None and p.end_step > total_steps:
-        raise UserError(f"prune.end_step ({p.end_step}) is beyond the run's {total_steps} steps; "
-                        f"set prune.end_step <= {total_steps} or null")
+        raise UserError(
+            f"prune.end_step ({p.end_step}) is beyond the run's {total_steps} steps; "
+            f"set prune.end_step <= {total_steps} or null"
+        )
     if p.hold_steps is not None and p.hold_steps >= total_steps - p.begin_step:
-        raise UserError(f"prune.hold_steps ({p.hold_steps}) leaves no step to prune in the run's {total_steps} steps "
-                        f"(from prune.begin_step {p.begin_step}); set prune.hold_steps < {total_steps - p.begin_step}")
+        raise UserError(
+            f"prune.hold_steps ({p.hold_steps}) leaves no step to prune in the run's {total_steps} steps "
+            f"(from prune.begin_step {p.begin_step}); set prune.hold_steps < {total_steps - p.begin_step}"
+        )
     return GradualPruner(p, total_steps)
 
 
@@ -200,8 +212,10 @@ def keep(layer: nn.Module, heads: torch.Tensor, neurons: torch.Tensor) -> None:
 
 def structure(model: nn.Module) -> dict:
     layers = model.base_model.encoder.layer
-    return {"heads": [l.attention.self.num_attention_heads for l in layers],
-            "intermediate": [l.intermediate.dense.out_features for l in layers]}
+    return {
+        "heads": [l.attention.self.num_attention_heads for l in layers],
+        "intermediate": [l.intermediate.dense.out_features for l in layers],
+    }
 
 
 def apply_structure(model: nn.Module, shapes: dict) -> None:

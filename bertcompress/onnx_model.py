@@ -10,6 +10,7 @@ mostly zeros (a pruned int8 matrix) is kept as a bitmask of its nonzeros and the
 file really is smaller; `pack` writes that form and the loader puts the weights back before ONNX Runtime
 builds its session.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -112,7 +113,6 @@ class InferenceOnly:
 
 
 class OnnxModel(InferenceOnly):
-
     def __init__(self, folder: str | Path, threads: int | None = None):
         self.folder = Path(folder)
         self.graph = unpacked(folder).SerializeToString()
@@ -144,6 +144,10 @@ class OnnxModel(InferenceOnly):
         squeezed = sum(len(zstandard.ZstdCompressor(level=9).compress(f.read_bytes())) for f in files)
         weights = [numpy_helper.to_array(t) for t in onnx.load_from_string(self.graph).graph.initializer]
         values = [w for w in weights if w.dtype in (np.float32, np.float16, np.int8, np.uint8) and w.size > 1]
-        return {"state_dict_mb": on_disk / 1e6, "compact_mb": on_disk / 1e6, "compressed_mb": squeezed / 1e6,
-                "parameters": int(sum(w.size for w in values)),
-                "nonzero_parameters": int(sum(np.count_nonzero(w != _fill(w)) for w in values))}
+        return {
+            "state_dict_mb": on_disk / 1e6,
+            "compact_mb": on_disk / 1e6,
+            "compressed_mb": squeezed / 1e6,
+            "parameters": int(sum(w.size for w in values)),
+            "nonzero_parameters": int(sum(np.count_nonzero(w != _fill(w)) for w in values)),
+        }

@@ -8,6 +8,7 @@ it, key by key (a `variants` table given replaces the default table whole). Ever
 model is here, per section; an unknown key, a wrong type or an out-of-range value is one line naming it and
 the fix. A Params object is immutable: `replace` and `variant` return new, checked ones.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,7 +17,6 @@ import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-
 
 from . import io
 from .checks import PRUNE_METHODS, QUANTIZE_MODES, UserError, check_type, unknown, validate, variant_table  # noqa: F401
@@ -106,6 +106,7 @@ class Evaluate:
 @dataclass(frozen=True)
 class Runtime:
     """How a run executes, not what it computes: no cache key reads these."""
+
     threads: int | None
     log_every: int
     cuda_graphs: bool
@@ -125,6 +126,7 @@ class Experiment:
 class Variant:
     """One entry of the variant table: made from `source` (pretrained, or another variant) with the params
     overrides `overrides` ({section: {key: value}}), then quantized in each of `quantize`."""
+
     name: str
     source: str
     overrides: dict
@@ -137,8 +139,18 @@ class Variant:
 
 RECIPE = ("data", "model", "tokenize", "finetune", "prune", "distill", "quantize", "evaluate", "runtime")
 VARIANT_SECTIONS = ("finetune", "prune", "distill")  # what a variant entry may override
-SECTIONS = {"data": Data, "model": Model, "tokenize": Tokenize, "finetune": Finetune, "prune": Prune,
-            "distill": Distill, "quantize": Quantize, "evaluate": Evaluate, "runtime": Runtime, "experiment": Experiment}
+SECTIONS = {
+    "data": Data,
+    "model": Model,
+    "tokenize": Tokenize,
+    "finetune": Finetune,
+    "prune": Prune,
+    "distill": Distill,
+    "quantize": Quantize,
+    "evaluate": Evaluate,
+    "runtime": Runtime,
+    "experiment": Experiment,
+}
 
 
 @dataclass(frozen=True)
@@ -161,11 +173,13 @@ class Params:
 
     def to_dict(self) -> dict:
         out = {s: copy.deepcopy(vars(getattr(self, s))) for s in SECTIONS}
-        out["variants"] = {v.name: {"from": v.source, **copy.deepcopy(v.overrides), "quantize": list(v.quantize)}
-                           for v in self.variants.values()}
+        out["variants"] = {
+            v.name: {"from": v.source, **copy.deepcopy(v.overrides), "quantize": list(v.quantize)}
+            for v in self.variants.values()
+        }
         return out
 
-    def replace(self, changes: dict) -> "Params":
+    def replace(self, changes: dict) -> Params:
         """A checked copy with {'section.key': value} changes (typed and range-checked like params.yaml)."""
         by: dict[str, dict] = {}
         for key, value in changes.items():
@@ -178,7 +192,7 @@ class Params:
         validate(p, table=False)
         return p
 
-    def variant(self, name: str, seed: int, mode: str = "none") -> "Params":
+    def variant(self, name: str, seed: int, mode: str = "none") -> Params:
         """The params one (variant, seed, quantization mode) runs with: the variant's overrides, then the seed
         and the mode. A variant's prune.method and distill.teacher are its entry's (none when it names none), not
         the section's, which are the CLI's."""
@@ -211,10 +225,15 @@ def _section(name: str, values: dict, source: str, given: dict | None = None):
 def _build(raw: dict, source: str, table: bool = True, given: dict | None = None) -> Params:
     for name in raw:
         if name not in SECTIONS and name != "variants":
-            raise UserError(f"{(given or {}).get(name, source)}: " + str(unknown("section", name, [*SECTIONS, "variants"])))
-    p = Params(**{s: _section(s, raw.get(s) or {}, source, given) for s in SECTIONS},
-               variants=variant_table(raw.get("variants"), source, {s: _types(SECTIONS[s]) for s in VARIANT_SECTIONS},
-                                      Variant))
+            raise UserError(
+                f"{(given or {}).get(name, source)}: " + str(unknown("section", name, [*SECTIONS, "variants"]))
+            )
+    p = Params(
+        **{s: _section(s, raw.get(s) or {}, source, given) for s in SECTIONS},
+        variants=variant_table(
+            raw.get("variants"), source, {s: _types(SECTIONS[s]) for s in VARIANT_SECTIONS}, Variant
+        ),
+    )
     validate(p, table)
     return p
 

@@ -10,6 +10,7 @@ list). Each output line: {"label", "label_name", "probabilities"} (STS-B: {"scor
 and run exactly as `evaluate` runs the validation split (tokenize.encode, loop.logits), so on the same texts
 the labels are evaluate's. Bad input is one line naming the line and the fix, before any model work.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ FORMATS = ("tsv", "jsonl")
 def task_of(model: str, task: str | None) -> str:
     """The task: --task, else the artifact's manifest or the variant's metrics.json."""
     if not (Path(model).is_dir() and ((Path(model) / "config.json").is_file() or read_manifest(model))):
-        raise UserError(f"--model {model} is no model folder (no config.json or manifest.json); pass a variant "
-                        "folder or an exported artifact")
+        raise UserError(
+            f"--model {model} is no model folder (no config.json or manifest.json); pass a variant "
+            "folder or an exported artifact"
+        )
     recorded = (read_manifest(model) or {}).get("task")
     if recorded is None and (Path(model) / "metrics.json").is_file():
         recorded = json.loads((Path(model) / "metrics.json").read_text()).get("task")
@@ -66,9 +69,11 @@ def read_inputs(task: str, texts: list[str], source: str | None, fmt: str, stdin
         raise UserError("give texts as arguments or --input, not both")
     if texts:
         if len(texts) % len(keys):
-            raise UserError(f"{task} takes {len(keys)} texts per input ({', '.join(keys)}), got {len(texts)} "
-                            "arguments; give them in pairs")
-        return [texts[i:i + len(keys)] for i in range(0, len(texts), len(keys))]
+            raise UserError(
+                f"{task} takes {len(keys)} texts per input ({', '.join(keys)}), got {len(texts)} "
+                "arguments; give them in pairs"
+            )
+        return [texts[i : i + len(keys)] for i in range(0, len(texts), len(keys))]
     if not source:
         raise UserError("nothing to predict; give texts as arguments, or --input FILE (- for stdin)")
     where = "stdin" if source == "-" else source
@@ -81,20 +86,22 @@ def read_inputs(task: str, texts: list[str], source: str | None, fmt: str, stdin
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                raise UserError(f"{where} line {n} is not JSON; one object or list per line, or --format tsv") \
-                    from None
+                raise UserError(f"{where} line {n} is not JSON; one object or list per line, or --format tsv") from None
             row = [obj.get(k) for k in keys] if isinstance(obj, dict) else obj
         else:
             row = line.split("\t")
         if not isinstance(row, list) or len(row) != len(keys) or not all(isinstance(t, str) for t in row):
-            raise UserError(f"{where} line {n} has {len(row) if isinstance(row, list) else 'no'} text(s); {task} "
-                            f"needs {len(keys)} ({', '.join(keys)}){' tab-separated' if fmt == 'tsv' else ''}")
+            raise UserError(
+                f"{where} line {n} has {len(row) if isinstance(row, list) else 'no'} text(s); {task} "
+                f"needs {len(keys)} ({', '.join(keys)}){' tab-separated' if fmt == 'tsv' else ''}"
+            )
         rows.append(row)
     return rows
 
 
-def predict(model_dir: str, task: str, rows: list[list[str]], max_length: int = 128,
-            batch_size: int = 128) -> list[dict]:
+def predict(
+    model_dir: str, task: str, rows: list[list[str]], max_length: int = 128, batch_size: int = 128
+) -> list[dict]:
     """One dict per row: the label, its name and the class probabilities (regression: the score)."""
     spec = get_task(task)
     manifest = read_manifest(model_dir)
@@ -107,5 +114,7 @@ def predict(model_dir: str, task: str, rows: list[list[str]], max_length: int = 
         return [{"score": float(s)} for s in z[:, 0]]
     labels, probs = loop.outputs(torch.from_numpy(z)).numpy(), torch.softmax(torch.from_numpy(z), -1).numpy()
     names = spec.names or tuple(map(str, range(spec.num_labels)))
-    return [{"label": int(y), "label_name": names[int(y)], "probabilities": [round(float(x), 6) for x in p]}
-            for y, p in zip(labels, probs)]
+    return [
+        {"label": int(y), "label_name": names[int(y)], "probabilities": [round(float(x), 6) for x in p]}
+        for y, p in zip(labels, probs)
+    ]

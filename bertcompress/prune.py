@@ -13,6 +13,7 @@ through bertcompress/variant.py, which re-applies the recorded shapes. With prun
 gradually: each stage scores what is left again, removes more along the cubic schedule (prune.power) and
 trains its share of the recovery steps. (Gradual unstructured pruning runs inside fine-tuning.)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,10 @@ from .glue import get_task
 from .params import Finetune, Params, UserError
 from .tokenize import Encoded
 
-READS = {"oneshot": ("method", "scope", "ranking", "pattern", "final_sparsity", "recovery_steps",
-                    "embedding_sparsity"),
-         "structured": ("method", "heads_fraction", "ffn_fraction", "recovery_steps", "stages", "embedding_sparsity")}
+READS = {
+    "oneshot": ("method", "scope", "ranking", "pattern", "final_sparsity", "recovery_steps", "embedding_sparsity"),
+    "structured": ("method", "heads_fraction", "ffn_fraction", "recovery_steps", "stages", "embedding_sparsity"),
+}
 
 
 def reads(p: Params) -> list[str]:
@@ -42,49 +44,95 @@ def reads(p: Params) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def prune(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None,
-          teacher: str | None = None, device: str | None = None) -> dict:
+def prune(
+    model_dir: str,
+    out_dir: str,
+    params: Params,
+    task: str,
+    train_path: str | None = None,
+    teacher: str | None = None,
+    device: str | None = None,
+) -> dict:
     """prune.method = oneshot | structured of the model in model_dir, saved to out_dir; its metrics. With
     distill.teacher (and recovery steps), the recovery is distilled from `teacher` (a folder). Recovery runs on
     `device` (default: the GPU if there is one)."""
     method = params.prune.method
     if method not in READS:
-        raise UserError(f"prune needs prune.method oneshot or structured, got '{method}' "
-                        "(gradual pruning runs in `bertcompress finetune`)")
+        raise UserError(
+            f"prune needs prune.method oneshot or structured, got '{method}' "
+            "(gradual pruning runs in `bertcompress finetune`)"
+        )
     if params.prune.recovery_steps and not train_path:
-        raise UserError(f"prune.recovery_steps={params.prune.recovery_steps} needs training data; "
-                        "pass train_path or set prune.recovery_steps=0")
+        raise UserError(
+            f"prune.recovery_steps={params.prune.recovery_steps} needs training data; "
+            "pass train_path or set prune.recovery_steps=0"
+        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     objective = loop.plain
     if params.prune.recovery_steps and params.distill.teacher:
-        objective = distill.Distiller(variant.load_float(distill.teacher_of(params, teacher),
-                                                         get_task(task).num_labels).to(device), params.distill)
-    return (oneshot if method == "oneshot" else structured)(model_dir, out_dir, params, task, train_path, objective,
-                                                            device)
+        objective = distill.Distiller(
+            variant.load_float(distill.teacher_of(params, teacher), get_task(task).num_labels).to(device),
+            params.distill,
+        )
+    return (oneshot if method == "oneshot" else structured)(
+        model_dir, out_dir, params, task, train_path, objective, device
+    )
 
 
-def oneshot(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None,
-            objective=loop.plain, device: str = "cpu") -> dict:
+def oneshot(
+    model_dir: str,
+    out_dir: str,
+    params: Params,
+    task: str,
+    train_path: str | None = None,
+    objective=loop.plain,
+    device: str = "cpu",
+) -> dict:
     """Magnitude-prune a fine-tuned model to final_sparsity at once, optionally recover; save it to out_dir."""
     p = params.prune
     if "structure" in (variant.read(model_dir) or {}):
         raise UserError(f"{model_dir} is structured-pruned; one-shot pruning takes a fine-tuned folder")
     model = variant.load_float(model_dir, get_task(task).num_labels).to(device)
     # the gradual pruner with a schedule that is at final_sparsity from its first (and only) mask update
-    pruner = masks.GradualPruner(dataclasses.replace(p, initial_sparsity=p.final_sparsity, begin_step=0, end_step=1,
-                                                     hold_steps=None, frequency=1, power=1, criterion="magnitude"),
-                                 1)  # no gradients yet
+    pruner = masks.GradualPruner(
+        dataclasses.replace(
+            p,
+            initial_sparsity=p.final_sparsity,
+            begin_step=0,
+            end_step=1,
+            hold_steps=None,
+            frequency=1,
+            power=1,
+            criterion="magnitude",
+        ),
+        1,
+    )  # no gradients yet
     pruner.attach(model)
     pruner.after_step(1)
     embeddings = _prune_embeddings(model, p.embedding_sparsity)
     loss = None
     if p.recovery_steps:  # steps past the schedule's end only re-apply the masks
-        loss = loop.steps(model, train_path, params.finetune, params.runtime, p.recovery_steps,
-                          lambda s: pruner.after_step(1 + s), objective=objective, device=device)
+        loss = loop.steps(
+            model,
+            train_path,
+            params.finetune,
+            params.runtime,
+            p.recovery_steps,
+            lambda s: pruner.after_step(1 + s),
+            objective=objective,
+            device=device,
+        )
     embeddings()
     model.cpu()
-    result = {"task": task, "method": "oneshot", "base": str(model_dir), "recovery_steps": p.recovery_steps,
-              "recovery_loss": loss, "sparsity": pruner.finish(model), **sizes.measure(model)}
+    result = {
+        "task": task,
+        "method": "oneshot",
+        "base": str(model_dir),
+        "recovery_steps": p.recovery_steps,
+        "recovery_loss": loss,
+        "sparsity": pruner.finish(model),
+        **sizes.measure(model),
+    }
     info = {"mode": "oneshot", "base": str(model_dir), "weights": "model.safetensors"}
     variant.save(out_dir, model_dir, info, result, lambda tmp: model.save_pretrained(tmp))
     return result
@@ -103,8 +151,9 @@ def _prune_embeddings(model: nn.Module, sparsity: float):
     return lambda: torch_prune.remove(table, "weight")
 
 
-def _scores(model: nn.Module, train_path: str | None, f: Finetune, epoch: int = 0,
-            device: str = "cpu") -> tuple[dict[int, torch.Tensor], str]:
+def _scores(
+    model: nn.Module, train_path: str | None, f: Finetune, epoch: int = 0, device: str = "cpu"
+) -> tuple[dict[int, torch.Tensor], str]:
     """Per-weight scores by parameter id: |w|, or |w * dL/dw| summed over the epoch's first 8 training batches."""
     if train_path is None:
         return {id(w): w.detach().abs() for w in model.parameters()}, "magnitude"
@@ -127,8 +176,15 @@ def _top(scores: torch.Tensor, fraction: float, n: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, keep).indices).values
 
 
-def structured(model_dir: str, out_dir: str, params: Params, task: str, train_path: str | None = None,
-               objective=loop.plain, device: str = "cpu") -> dict:
+def structured(
+    model_dir: str,
+    out_dir: str,
+    params: Params,
+    task: str,
+    train_path: str | None = None,
+    objective=loop.plain,
+    device: str = "cpu",
+) -> dict:
     """Remove heads_fraction of the heads and ffn_fraction of the FFN neurons of every layer, in prune.stages
     stages (each: score, remove up to the schedule's share, recover); save to out_dir."""
     p = params.prune
@@ -154,9 +210,18 @@ def structured(model_dir: str, out_dir: str, params: Params, task: str, train_pa
     embeddings()
     model.cpu()
     shapes = masks.structure(model)
-    result = {"task": task, "method": "structured", "base": str(model_dir), "criterion": criterion, "stages": p.stages,
-              "structure": shapes, "parameters_before": before, "recovery_steps": p.recovery_steps,
-              "recovery_loss": loss, **sizes.measure(model)}
+    result = {
+        "task": task,
+        "method": "structured",
+        "base": str(model_dir),
+        "criterion": criterion,
+        "stages": p.stages,
+        "structure": shapes,
+        "parameters_before": before,
+        "recovery_steps": p.recovery_steps,
+        "recovery_loss": loss,
+        **sizes.measure(model),
+    }
     # not model.safetensors: transformers would load these shrunken tensors into full-size layers
     info = {"mode": "structured", "base": str(model_dir), "weights": "weights.safetensors", "structure": shapes}
     variant.save(out_dir, model_dir, info, result, lambda tmp: variant.save_weights(model, tmp / "weights.safetensors"))

@@ -9,6 +9,7 @@ with PTQ's observers calibrated the same way and then frozen, trained qat_steps 
 loop, distilled from the float model; the graph is exported in eval mode, so QAT trains without dropout).
 Saved and loaded back by bertcompress/variant.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,12 @@ def reads(p: Params) -> list[str]:
     if mode == "qat":
         steps = [f"finetune.{k}" for k in loop.STEPS_READ if k != "lr"] + ["evaluate.batch_size"]
         distill = [f"distill.{k}" for k in ("temperature", "weight", "hidden_weight")] if p.quantize.qat_distill else []
-        return [*(f"quantize.{k}" for k in ("mode", "qat_steps", "qat_lr", "qat_observers", "qat_distill")),
-                *(["quantize.calibration_size"] if p.quantize.qat_observers == "calibrate" else []), *steps, *distill]
+        return [
+            *(f"quantize.{k}" for k in ("mode", "qat_steps", "qat_lr", "qat_observers", "qat_distill")),
+            *(["quantize.calibration_size"] if p.quantize.qat_observers == "calibrate" else []),
+            *steps,
+            *distill,
+        ]
     return ["quantize.mode"]
 
 
@@ -54,9 +59,12 @@ def _export(model: nn.Module, example: dict, max_length: int):
 def _subset(data: Encoded, n: int, seed: int) -> Encoded:
     idx = np.sort(np.random.default_rng(seed).permutation(len(data))[:n])
     spans = [slice(data.offsets[i], data.offsets[i + 1]) for i in idx]
-    return Encoded(np.concatenate([data.input_ids[s] for s in spans]),
-                   np.concatenate([data.token_type_ids[s] for s in spans]),
-                   np.concatenate([[0], np.cumsum(data.lengths[idx])]), data.labels[idx])
+    return Encoded(
+        np.concatenate([data.input_ids[s] for s in spans]),
+        np.concatenate([data.token_type_ids[s] for s in spans]),
+        np.concatenate([[0], np.cumsum(data.lengths[idx])]),
+        data.labels[idx],
+    )
 
 
 def _drop_unused(gm: torch.fx.GraphModule) -> None:
@@ -73,6 +81,7 @@ def _fixed_mode(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     eval() only set the flag the loops read. torchao's allow_exported_model_train_eval would rewrite every dropout
     node to p=0.5 in train mode, whatever the model's p (torchao 0.18 export_utils._replace_dropout), and that
     was why QAT lost 3-7 points to PTQ (bench/RESULTS-qat.md)."""
+
     def train(self, mode: bool = True):
         for m in self.modules():
             m.training = mode
@@ -90,8 +99,12 @@ def _calibrated_qat(xiq):
     from torchao.quantization.pt2e import FakeQuantize
 
     static = xiq.get_default_x86_inductor_quantization_config(is_qat=False)
-    act, weight = (dataclasses.replace(spec, observer_or_fake_quant_ctr=FakeQuantize.with_args(
-        observer=spec.observer_or_fake_quant_ctr)) for spec in (static.input_activation, static.weight))
+    act, weight = (
+        dataclasses.replace(
+            spec, observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=spec.observer_or_fake_quant_ctr)
+        )
+        for spec in (static.input_activation, static.weight)
+    )
     return dataclasses.replace(static, input_activation=act, output_activation=act, weight=weight, is_qat=True)
 
 
@@ -118,8 +131,9 @@ def prepare(model: nn.Module, params: Params, data: Encoded, qat: bool, device: 
     return prepared, example, min(q.calibration_size, len(data))
 
 
-def pt2e(model: nn.Module, params: Params, train_path: str, qat: bool, teacher: nn.Module | None = None,
-         device: str = "cpu"):
+def pt2e(
+    model: nn.Module, params: Params, train_path: str, qat: bool, teacher: nn.Module | None = None, device: str = "cpu"
+):
     """Static int8 by PT2E: prepare, (QAT) train qat_steps at quantize.qat_lr, distilled from `teacher` (the float
     model) when given, convert, re-export. On `device`: the program holds that device's tensors."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -130,8 +144,16 @@ def pt2e(model: nn.Module, params: Params, train_path: str, qat: bool, teacher: 
     info = {"calibration_size": calibrated} if calibrated else {}
     if qat:
         objective = Distiller(teacher.to(device), params.distill) if teacher is not None else loop.plain
-        loss = loop.steps(prepared, train_path, dataclasses.replace(f, lr=q.qat_lr), params.runtime, q.qat_steps,
-                          desc="qat", objective=objective, device=device)
+        loss = loop.steps(
+            prepared,
+            train_path,
+            dataclasses.replace(f, lr=q.qat_lr),
+            params.runtime,
+            q.qat_steps,
+            desc="qat",
+            objective=objective,
+            device=device,
+        )
         info |= {"qat_steps": q.qat_steps, "qat_loss": loss}
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)

@@ -9,6 +9,7 @@ mode); its key is the sha256 of all of that. It is the one answer to "will this 
 policy, the DVC stages, an interrupted fine-tune's resume check and the MLflow tags all read it, and an output
 counts as done only when its record is there with the same key.
 """
+
 from __future__ import annotations
 
 import ast
@@ -52,9 +53,13 @@ def _hash(value) -> str:
 
 def make(step: str, reads: dict, inputs: dict[str, str], module: str, extra: dict | None = None) -> dict:
     """The record of one step call: reads {leaf param: value}, inputs {role: path}, the step's module."""
-    record = {"step": step, "reads": dict(sorted(reads.items())), "extra": extra or {},
-              "inputs": {role: io.content_hash(path) for role, path in sorted(inputs.items())},
-              "code": {f: io.content_hash(PACKAGE.parent / f) for f in code_files(module)}}
+    record = {
+        "step": step,
+        "reads": dict(sorted(reads.items())),
+        "extra": extra or {},
+        "inputs": {role: io.content_hash(path) for role, path in sorted(inputs.items())},
+        "code": {f: io.content_hash(PACKAGE.parent / f) for f in code_files(module)},
+    }
     return {"key": _hash(record), **record}
 
 
@@ -87,7 +92,8 @@ def why(old: dict | None, new: dict) -> str:
         if a != b:
             changes.append(f"{k} {a} -> {b}")
     changes += [f"input {k} changed" for k in sorted(new["inputs"]) if old["inputs"].get(k) != new["inputs"][k]]
-    changes += [f"{k} {old['extra'].get(k)} -> {v}" for k, v in sorted(new["extra"].items())
-                if old["extra"].get(k) != v]
+    changes += [
+        f"{k} {old['extra'].get(k)} -> {v}" for k, v in sorted(new["extra"].items()) if old["extra"].get(k) != v
+    ]
     changes += [f"code {f} changed" for f in sorted(new["code"]) if old["code"].get(f) != new["code"][f]]
     return "; ".join(changes) or "the record differs"

@@ -5,6 +5,7 @@
 A step's cache key lists the params it reads by hand (each step module's `reads(params)`); this is how a test
 finds a key read but missing from that list.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,13 +36,19 @@ def recording(p: Params, quiet: tuple[str, ...] = ()) -> typing.Iterator[tuple[P
         names = {f.name for f in dataclasses.fields(cls)}
 
         def __getattribute__(self, name):
-            if (name in names and name not in object.__getattribute__(self, "_set")
-                    and f"{section}.{name}" not in seen and not _called_from(quiet)):
+            if (
+                name in names
+                and name not in object.__getattribute__(self, "_set")
+                and f"{section}.{name}" not in seen
+                and not _called_from(quiet)
+            ):
                 caller = sys._getframe(1)
                 seen[f"{section}.{name}"] = f"{caller.f_globals.get('__name__')}:{caller.f_code.co_name}"
             return object.__getattribute__(self, name)
-        return type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "_section": section,
-                                           "_set": frozenset()})
+
+        return type(
+            cls.__name__, (cls,), {"__getattribute__": __getattribute__, "_section": section, "_set": frozenset()}
+        )
 
     kinds = {s: noting(s, cls) for s, cls in SECTIONS.items()}
     sections = {s: kinds[s](**vars(getattr(p, s))) for s in SECTIONS}

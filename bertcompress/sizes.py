@@ -9,6 +9,7 @@
 Sparsity two ways: zeros over all parameters (embeddings, norms and biases included), and zeros over the Linear
 weights of each pruning scope (what prune.final_sparsity targets).
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,11 @@ import io
 import torch
 
 _QPARAM_NAMES = ("scale", "zero_point")  # quantization parameters: stored, but not model parameters
-SCOPES = {"classifier": lambda name: name.split(".")[0] == "classifier",  # which Linear layers a scope covers
-          "encoder": lambda name: ".encoder.layer." in f".{name}", "all_linear": lambda name: True}
+SCOPES = {
+    "classifier": lambda name: name.split(".")[0] == "classifier",  # which Linear layers a scope covers
+    "encoder": lambda name: ".encoder.layer." in f".{name}",
+    "all_linear": lambda name: True,
+}
 
 
 def _serialized(model: torch.nn.Module) -> bytes:
@@ -84,8 +88,11 @@ def scope_sparsity(model: torch.nn.Module) -> dict[str, float]:
     from torch.ao.nn.quantized import Linear as QuantizedLinear  # dynamic int8 Linear derives from it
 
     stored = tensors(model)
-    weights = {n: stored[f"{n}.weight"] for n, m in model.named_modules()
-               if isinstance(m, (torch.nn.Linear, QuantizedLinear)) and f"{n}.weight" in stored}
+    weights = {
+        n: stored[f"{n}.weight"]
+        for n, m in model.named_modules()
+        if isinstance(m, (torch.nn.Linear, QuantizedLinear)) and f"{n}.weight" in stored
+    }
     out = {}
     for scope, covers in SCOPES.items():
         chosen = [w for n, w in weights.items() if covers(n)]
@@ -109,10 +116,14 @@ def measure(model: torch.nn.Module) -> dict:
     and the zeros over each scope's Linear weights, for one model in memory."""
     blob = _serialized(model)
     params, nonzero = parameter_counts(model)
-    return {"state_dict_mb": len(blob) / 1e6, "compact_mb": compact_bytes(model) / 1e6,
-            "compressed_mb": len(_zstd().ZstdCompressor(level=9).compress(blob)) / 1e6,
-            "parameters": params, "nonzero_parameters": nonzero,
-            **{f"zeros_{scope}": v for scope, v in scope_sparsity(model).items()}}
+    return {
+        "state_dict_mb": len(blob) / 1e6,
+        "compact_mb": compact_bytes(model) / 1e6,
+        "compressed_mb": len(_zstd().ZstdCompressor(level=9).compress(blob)) / 1e6,
+        "parameters": params,
+        "nonzero_parameters": nonzero,
+        **{f"zeros_{scope}": v for scope, v in scope_sparsity(model).items()},
+    }
 
 
 def _zstd():

@@ -5,6 +5,7 @@ Single runs lie: a variant is compared with the dense model seed by seed on the 
 bootstrap resamples examples (the same indices for both models and every seed pair) with scipy.stats.bootstrap
 (paired, percentile method), and the statistic is the task metric's difference averaged over the seed pairs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,16 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def paired_bootstrap(task: str, labels, dense, variant, n_resamples: int = 2000, confidence: float = 0.95,
-                     seed: int = 0, metric: str | None = None) -> dict:
+def paired_bootstrap(
+    task: str,
+    labels,
+    dense,
+    variant,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    metric: str | None = None,
+) -> dict:
     """(variant − dense) of the task metric (or `metric`), averaged over seed pairs, with a paired bootstrap CI.
 
     labels: (n,); dense, variant: (seeds, n) predictions of the same examples (row i of both = seed i).
@@ -59,8 +68,9 @@ def paired_bootstrap(task: str, labels, dense, variant, n_resamples: int = 2000,
     labels = np.asarray(labels)
     dense, variant = np.atleast_2d(dense), np.atleast_2d(variant)
     if dense.shape != variant.shape or dense.shape[-1] != labels.shape[-1]:
-        raise ValueError(f"paired samples differ in shape: labels {labels.shape}, dense {dense.shape}, "
-                         f"variant {variant.shape}")
+        raise ValueError(
+            f"paired samples differ in shape: labels {labels.shape}, dense {dense.shape}, variant {variant.shape}"
+        )
 
     seeds = len(dense)
 
@@ -74,9 +84,16 @@ def paired_bootstrap(task: str, labels, dense, variant, n_resamples: int = 2000,
     if (dense == variant).all():  # no example differs: every resample gives 0
         low = high = observed
     else:
-        ci = stats.bootstrap(samples, delta, paired=True, vectorized=True, n_resamples=n_resamples,
-                             confidence_level=confidence, method="percentile",
-                             rng=np.random.default_rng(seed)).confidence_interval
+        ci = stats.bootstrap(
+            samples,
+            delta,
+            paired=True,
+            vectorized=True,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
         low, high = float(ci.low), float(ci.high)
     verdict = "within noise" if low <= 0 <= high else ("better" if low > 0 else "worse")
     return {"delta": observed, "low": low, "high": high, "verdict": verdict}

@@ -7,12 +7,13 @@ between batches, so a step running in a worker thread (the flow's task runner) s
 Stopped is a KeyboardInterrupt: the step's MLflow run ends KILLED, a fine-tune's `.partial/` keeps its last
 complete checkpoint (the same command resumes it) and no result folder appears half-written.
 """
+
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 STOP = threading.Event()
 
@@ -22,8 +23,10 @@ class Stopped(KeyboardInterrupt):
 
     def __init__(self, signum: int = signal.SIGINT):
         self.code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}: nothing is half-written; the same command "
-                         "starts again (a fine-tune from its last complete epoch)")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}: nothing is half-written; the same command "
+            "starts again (a fine-tune from its last complete epoch)"
+        )
 
 
 SIGNUM = {"received": signal.SIGINT}

@@ -7,6 +7,7 @@ Single sentences and pairs ([CLS] A [SEP] B [SEP] with token types), truncated t
 tokenizer's full definition and max_length, so a second run, or another run on the same data, reads it back
 instead of tokenizing again. The format is plain numpy (ragged arrays + offsets): it loads without `datasets`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,33 +33,49 @@ def reads(p: Params) -> list[str]:
     return ["data.source", "data.max_train_samples", "data.max_eval_samples", "model.name", "tokenize.max_length"]
 
 
-def tokenize(data_dir: str | os.PathLike, task: str, split: str, model_name: str, max_length: int,
-             cache_dir: str | os.PathLike = "data/tokenized", limit: int | None = None) -> tuple[Path, bool]:
+def tokenize(
+    data_dir: str | os.PathLike,
+    task: str,
+    split: str,
+    model_name: str,
+    max_length: int,
+    cache_dir: str | os.PathLike = "data/tokenized",
+    limit: int | None = None,
+) -> tuple[Path, bool]:
     """Return (path of the tokenized split, True if it came from the cache); limit keeps the first rows."""
     spec = glue.get_task(task)
     check_max_length(model_name, max_length)
     df = glue.read_prepared(data_dir, split).iloc[:limit]
     tokenizer = load_tokenizer(model_name)
-    key = hashlib.sha256("|".join([glue.content_hash(df, task), tokenizer_fingerprint(tokenizer),
-                                   str(max_length)]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        "|".join([glue.content_hash(df, task), tokenizer_fingerprint(tokenizer), str(max_length)]).encode()
+    ).hexdigest()[:20]
     path = Path(cache_dir) / task / f"{split}-{key}.npz"
     if path.is_file():
         return path, True
-    enc = encode(tokenizer, [df[k].tolist() for k in spec.keys], max_length,
-                 df["label"].to_numpy(np.float32 if spec.regression else np.int64))
+    enc = encode(
+        tokenizer,
+        [df[k].tolist() for k in spec.keys],
+        max_length,
+        df["label"].to_numpy(np.float32 if spec.regression else np.int64),
+    )
     with io.atomic_file(path, ".npz") as tmp:
-        np.savez(tmp, input_ids=enc.input_ids, token_type_ids=enc.token_type_ids, offsets=enc.offsets,
-                 labels=enc.labels)
+        np.savez(
+            tmp, input_ids=enc.input_ids, token_type_ids=enc.token_type_ids, offsets=enc.offsets, labels=enc.labels
+        )
     return path, False
 
 
-def encode(tokenizer, columns: list[list[str]], max_length: int, labels: np.ndarray) -> "Encoded":
+def encode(tokenizer, columns: list[list[str]], max_length: int, labels: np.ndarray) -> Encoded:
     """Sentences (one column) or pairs (two) as an Encoded split: what is cached, and what predict runs."""
     enc = tokenizer(*columns, truncation=True, max_length=max_length, return_token_type_ids=True)
     lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(labels))
-    return Encoded(np.concatenate(enc["input_ids"]).astype(np.int32),
-                   np.concatenate(enc["token_type_ids"]).astype(np.int8),
-                   np.concatenate([[0], np.cumsum(lengths)]), labels)
+    return Encoded(
+        np.concatenate(enc["input_ids"]).astype(np.int32),
+        np.concatenate(enc["token_type_ids"]).astype(np.int8),
+        np.concatenate([[0], np.cumsum(lengths)]),
+        labels,
+    )
 
 
 def prepared(task: str, p: Params, data_root: str = "data/glue", cache_dir: str = "data/tokenized") -> dict:
@@ -67,20 +84,23 @@ def prepared(task: str, p: Params, data_root: str = "data/glue", cache_dir: str 
     if not glue.is_current(data_dir, task, p.data.source):  # another source, or its files changed since
         glue.download(task, data_dir, p.data.source)
     limits = {"train": p.data.max_train_samples, "validation": p.data.max_eval_samples}
-    return {s: str(tokenize(data_dir, task, s, p.model.name, p.tokenize.max_length, cache_dir, limits[s])[0])
-            for s in glue.SPLITS}
+    return {
+        s: str(tokenize(data_dir, task, s, p.model.name, p.tokenize.max_length, cache_dir, limits[s])[0])
+        for s in glue.SPLITS
+    }
 
 
 @dataclass
 class Encoded:
     """A tokenized split in memory: ragged token ids, with per-example slices and dynamic-padding batches."""
+
     input_ids: np.ndarray
     token_type_ids: np.ndarray
     offsets: np.ndarray
     labels: np.ndarray
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Encoded":
+    def load(cls, path: str | os.PathLike) -> Encoded:
         with np.load(path) as z:
             return cls(**{k: z[k] for k in ("input_ids", "token_type_ids", "offsets", "labels")})
 
@@ -91,7 +111,7 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def to(self, device: str) -> "Encoded | OnDevice":
+    def to(self, device: str) -> Encoded | OnDevice:
         return self if device == "cpu" else OnDevice(self, device)
 
     def batch(self, indices, pad_to_multiple: int = 1, pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -103,11 +123,15 @@ class Encoded:
         mask = np.zeros((len(indices), width), dtype=np.int64)
         for row, (i, n) in enumerate(zip(indices, lens)):
             start = self.offsets[i]
-            ids[row, :n] = self.input_ids[start:start + n]
-            types[row, :n] = self.token_type_ids[start:start + n]
+            ids[row, :n] = self.input_ids[start : start + n]
+            types[row, :n] = self.token_type_ids[start : start + n]
             mask[row, :n] = 1
-        return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
-                "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(self.labels[indices])}
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "token_type_ids": torch.from_numpy(types),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(self.labels[indices]),
+        }
 
 
 class OnDevice:

@@ -6,6 +6,7 @@ then loads the weights, so an int8 model comes back int8 with identical predicti
 from_pretrained would silently give fp32 (or random weights), so quantized weights never use its file names.
 A plain fine-tuned or magnitude-pruned model is a save_pretrained folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,10 @@ def check_head(model_dir: str, num_labels: int) -> None:
     config = AutoConfig.from_pretrained(model_dir)
     tuned = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     if (tuned or read(model_dir)) and config.num_labels != num_labels:
-        raise UserError(f"{model_dir} has {_head(config.num_labels)} and the task needs {_head(num_labels)}; "
-                        "check --task, or fine-tune a model for this task first")
+        raise UserError(
+            f"{model_dir} has {_head(config.num_labels)} and the task needs {_head(num_labels)}; "
+            "check --task, or fine-tune a model for this task first"
+        )
 
 
 def load_variant(model_dir: str, num_labels: int, **kwargs) -> nn.Module:

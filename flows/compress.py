@@ -12,6 +12,7 @@ only the steps that read it (`bertcompress status --task mrpc` says which, and w
 parent run per flow run. Runs that do not depend on each other are submitted together; the task runner
 (tasks/runner.py) runs them one at a time by default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,10 @@ def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
 @flow(name="compress", log_prints=True, task_runner=task_runner())  # main() picks another with --workers
 def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file: str = "params.yaml") -> list[dict]:
     p = checked(task, params_file, overrides or [])  # before any work (a deployment's run starts here)
-    with tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id), entry="flows/compress.py") as parent, stop.everywhere():
+    with (
+        tracking.parent_run("prefect", f"compress-{task}", key=str(flow_run.id), entry="flows/compress.py") as parent,
+        stop.everywhere(),
+    ):
         made: dict = {}
         p = sweep(task, p, made, parent)
         for r in plan.runs(p, task):  # every step of the experiment, each after what it needs
@@ -83,10 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.compress", description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="mrpc", help="GLUE task (default: mrpc)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="Dask worker processes for the independent runs (default 1: one at a time, here)")
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Dask worker processes for the independent runs (default 1: one at a time, here)",
+    )
     parser.add_argument("--dask-address", help="run them on this Dask scheduler instead, e.g. tcp://host:8786")
     args = parser.parse_args(argv)
     stop.install()  # Ctrl-C / SIGTERM: the running step stops within a batch, its MLflow run ends KILLED

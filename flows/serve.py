@@ -9,6 +9,7 @@ rte, wnli; the task preset).
 Any other flow parameter is overridable per run with --param: overrides (a list of section.key=value, as -S)
 and params_file. Runs execute in subprocesses of this process, from the project root.
 """
+
 from __future__ import annotations
 
 from prefect import serve

@@ -1,8 +1,9 @@
 """The `bertcompress` command: the core's step commands (bertcompress/cli.py) plus `status`, which reads the plan.
 
-    bertcompress status --task mrpc            # each step of the experiment: done, or will run and why
-    bertcompress finetune --task mrpc          # ... every other command as bertcompress/cli.py documents
+bertcompress status --task mrpc            # each step of the experiment: done, or will run and why
+bertcompress finetune --task mrpc          # ... every other command as bertcompress/cli.py documents
 """
+
 from __future__ import annotations
 
 import sys

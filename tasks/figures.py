@@ -3,6 +3,7 @@ variant), the task metric vs the achieved sparsity, and the metric vs compressed
 the constant predictor's score (majority class; STS-B: mean score) is a dashed line on each. Drawn by
 tasks/report.py.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,19 +36,29 @@ def draw(task: str, records: list[dict], summary: pd.DataFrame, methods: list[st
         ax.set(title=key.replace("_", " "), xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    fig.suptitle(f"{task}: per-epoch loss and {'correlation' if get_task(task).regression else 'accuracy'} "
-                 "(mean over seeds, band = min–max)")
+    fig.suptitle(
+        f"{task}: per-epoch loss and {'correlation' if get_task(task).regression else 'accuracy'} "
+        "(mean over seeds, band = min–max)"
+    )
     names.append(_save(fig, folder / f"{task}-epochs.png"))
 
     s = summary.drop(constant_name(task)).reset_index()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.errorbar(s["achieved (scope)"], s[f"{metric} mean"], yerr=s[f"{metric} std"], fmt="o", capsize=3)
     for _, row in s.iterrows():
-        ax.annotate(row["method"], (row["achieved (scope)"], row[f"{metric} mean"]), fontsize=8, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.annotate(
+            row["method"],
+            (row["achieved (scope)"], row[f"{metric} mean"]),
+            fontsize=8,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax.axhline(constant[f"{metric} mean"], ls="--", c="grey", lw=1, label=constant_name(task))
-    ax.set(xlabel="achieved sparsity (zeros in the pruned scope's Linear weights)", ylabel=f"validation {metric}",
-           title=f"{task}: {metric} vs sparsity")
+    ax.set(
+        xlabel="achieved sparsity (zeros in the pruned scope's Linear weights)",
+        ylabel=f"validation {metric}",
+        title=f"{task}: {metric} vs sparsity",
+    )
     ax.legend()
     names.append(_save(fig, folder / f"{task}-metric-vs-sparsity.png"))
 
@@ -55,14 +66,22 @@ def draw(task: str, records: list[dict], summary: pd.DataFrame, methods: list[st
     for _, row in s.iterrows():
         style = "s" if row["method"] == methods[0] else ("^" if "+" in row["method"] else "o")
         ax.errorbar(row["compressed_mb"], row[f"{metric} mean"], yerr=row[f"{metric} std"], fmt=style, capsize=3)
-        ax.annotate(row["method"], (row["compressed_mb"], row[f"{metric} mean"]), fontsize=8, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.annotate(
+            row["method"],
+            (row["compressed_mb"], row[f"{metric} mean"]),
+            fontsize=8,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     front = s.sort_values("compressed_mb")
     front = front[front[f"{metric} mean"] >= front[f"{metric} mean"].cummax()]  # nothing smaller scores higher
     ax.plot(front["compressed_mb"], front[f"{metric} mean"], "k--x", lw=1, label="Pareto front")
     ax.axhline(constant[f"{metric} mean"], ls="--", c="grey", lw=1, label=constant_name(task))
-    ax.set(xlabel="compressed size, MB (zstd of the state_dict)", ylabel=f"validation {metric}",
-           title=f"{task}: {metric} vs size (■ dense, ▲ quantized)")
+    ax.set(
+        xlabel="compressed size, MB (zstd of the state_dict)",
+        ylabel=f"validation {metric}",
+        title=f"{task}: {metric} vs size (■ dense, ▲ quantized)",
+    )
     ax.legend()
     names.append(_save(fig, folder / f"{task}-pareto.png"))
     return names

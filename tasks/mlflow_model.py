@@ -5,9 +5,11 @@ pickled object) with the folder as the artifact `model` and the bertcompress cod
 predict(DataFrame with the task's text columns) -> DataFrame of label, label_name, probabilities (STS-B: score):
 bertcompress.predict on the logged folder, encoded and batched as the evaluation was.
 """
-import mlflow
+
 import pandas as pd
 from mlflow.pyfunc import PythonModel
+
+import mlflow
 
 
 class GlueModel(PythonModel):

@@ -6,6 +6,7 @@ A process killed outright (kill -9, power loss) closes none of its runs: they st
 host, pid and start time of the process that holds it (tasks/tracking.py tags it); the next parent run opened
 on the same host ends the runs whose process is gone. Runs of other hosts are left as they are.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def alive(tags: dict) -> bool:
 
     try:
         proc = psutil.Process(int(tags["pid"]))
-        return (abs(proc.create_time() - float(tags["pid_started"])) < 0.05
-                and proc.status() != psutil.STATUS_ZOMBIE)  # killed, not yet reaped by its parent
+        return (
+            abs(proc.create_time() - float(tags["pid_started"])) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
+        )  # killed, not yet reaped by its parent
     except psutil.NoSuchProcess:
         return False
 

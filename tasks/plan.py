@@ -15,6 +15,7 @@ no fine-tuning epochs; tests/test_reads.py fails when a step reads a key its lis
 input file or folder, and the source of the core modules the step's module imports. runtime.* is read by no
 step's key. A variant's MLflow runs carry `config`, a digest of every leaf param its chain of steps reads.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,21 +26,31 @@ from pathlib import Path
 from bertcompress import evaluate, finetune, glue, model, prune, quantize, record, tokenize
 from bertcompress.params import PRETRAINED, Params, UserError
 
-MODULES = {"download": glue, "tokenize": tokenize, "pretrained": model, "finetune": finetune, "prune": prune,
-           "quantize": quantize, "evaluate": evaluate}
+MODULES = {
+    "download": glue,
+    "tokenize": tokenize,
+    "pretrained": model,
+    "finetune": finetune,
+    "prune": prune,
+    "quantize": quantize,
+    "evaluate": evaluate,
+}
 FILES = ("data_dir", "base", "model_dir", "train", "validation", "teacher")  # task arguments that name inputs
 FLOW_OUTPUTS = Path("outputs/flow")
 # What Params.variant sets per run of the experiment, and the value a params file or override must leave them at
 # there: each variant's entry (prune.method, distill.teacher), experiment.seeds and the entry's quantize list say it.
-PER_RUN = {"prune.method": ("none", "variants.<name>.prune.method"),
-           "distill.teacher": (None, "variants.<name>.distill.teacher"),
-           "quantize.mode": ("none", "variants.<name>.quantize: [modes]"),
-           "finetune.seed": (42, "experiment.seeds")}
+PER_RUN = {
+    "prune.method": ("none", "variants.<name>.prune.method"),
+    "distill.teacher": (None, "variants.<name>.distill.teacher"),
+    "quantize.mode": ("none", "variants.<name>.quantize: [modes]"),
+    "finetune.seed": (42, "experiment.seeds"),
+}
 
 
 @dataclass(frozen=True)
 class Run:
     """One step of the plan. source / teacher: the ids of the runs that made its input model and its teacher."""
+
     step: str
     task: str
     name: str | None = None
@@ -89,8 +100,9 @@ def runs(p: Params, task: str) -> list[Run]:
         for name, v in p.variants.items():  # a variant comes after the one it is made from, and its teacher
             teacher = p.variant(name, seed).distill.teacher
             source = f"pretrained {task}" if v.finetuned else made[v.source].id
-            made[name] = Run(make_step(p, name), task, name, seed, source=source,
-                             teacher=made[teacher].id if teacher else None)
+            made[name] = Run(
+                make_step(p, name), task, name, seed, source=source, teacher=made[teacher].id if teacher else None
+            )
             out += [made[name], Run("evaluate", task, name, seed, source=made[name].id)]
             for mode in v.quantize:
                 q = Run("quantize", task, name, seed, mode, source=made[name].id)
@@ -115,8 +127,12 @@ def arguments(r: Run, p: Params, made: dict) -> dict:
     data = made[f"tokenize {r.task}"]
     a |= {"name": r.name, "seed": r.seed} | ({"mode": r.mode} if r.step in ("quantize", "evaluate") else {})
     model_dir = {"base" if r.step == "finetune" else "model_dir": made[r.source]}
-    splits = {"finetune": ("train", "validation"), "prune": ("train",), "quantize": ("train",),
-              "evaluate": ("validation",)}[r.step]
+    splits = {
+        "finetune": ("train", "validation"),
+        "prune": ("train",),
+        "quantize": ("train",),
+        "evaluate": ("validation",),
+    }[r.step]
     teacher = {"teacher": made[r.teacher] if r.teacher else None} if r.step in ("finetune", "prune") else {}
     return a | model_dir | {s: data[s] for s in splits} | teacher
 
@@ -166,8 +182,10 @@ def refuse_per_run_keys(p: Params) -> None:
     flat = p.flat()
     for key, (neutral, instead) in PER_RUN.items():
         if flat[key] != neutral:
-            raise UserError(f"{key}={flat[key]} is not read by the experiment, which sets it per run; set "
-                            f"{instead} instead (or use the step's CLI: bertcompress <step> -S {key}=...)")
+            raise UserError(
+                f"{key}={flat[key]} is not read by the experiment, which sets it per run; set "
+                f"{instead} instead (or use the step's CLI: bertcompress <step> -S {key}=...)"
+            )
 
 
 def chain(p: Params, name: str) -> list[str]:
@@ -238,7 +256,12 @@ def dvc_plan(p: Params) -> dict[str, dict]:
         files["sweep.json"] |= {"finetune": reads("finetune", base), "evaluate": reads("evaluate", base)}
     files |= {f"{step}-{task}.json": reads(step, p) for step in ("download", "tokenize") for task in e.tasks}
     files["pretrained.json"] = reads("pretrained", p)
-    files["report.json"] = {"tasks": e.tasks, "seeds": e.seeds, "baseline": e.baseline,
-                            "bootstrap_samples": e.bootstrap_samples, "champion_budget": e.champion_budget,
-                            "variants": list(p.variants)}
+    files["report.json"] = {
+        "tasks": e.tasks,
+        "seeds": e.seeds,
+        "baseline": e.baseline,
+        "bootstrap_samples": e.bootstrap_samples,
+        "champion_budget": e.champion_budget,
+        "variants": list(p.variants),
+    }
     return files

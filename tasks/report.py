@@ -13,6 +13,7 @@ Writes
 results/report/<task>/{report.md, summary.csv, tables.json, figures/*.png} (to a temp folder, then renamed) and
 logs the same files as artifacts of the parent run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,15 +31,16 @@ from bertcompress import params as P
 from bertcompress.glue import get_task
 
 from . import figures, plan, tracking
-from .tables import (SIZES, aligned, brief, epoch_keys, epoch_tables, markdown, quantization_table, summary_table,
-                     words)
+from .tables import SIZES, aligned, brief, epoch_keys, epoch_tables, markdown, quantization_table, summary_table, words
 
 
 def _runs(task: str, p: P.Params, name: str, mode: str, seed: int) -> list:
     """FINISHED runs of one (task, variant, mode, seed) configuration, oldest first."""
     c, exp = tracking.client()
-    where = (f"tags.task = '{task}' and tags.method = '{plan.method(name, mode)}' and tags.seed = '{seed}' "
-             f"and tags.config = '{plan.digest(task, p, name, seed, mode)}' and attributes.status = 'FINISHED'")
+    where = (
+        f"tags.task = '{task}' and tags.method = '{plan.method(name, mode)}' and tags.seed = '{seed}' "
+        f"and tags.config = '{plan.digest(task, p, name, seed, mode)}' and attributes.status = 'FINISHED'"
+    )
     return list(reversed(c.search_runs([exp], where, order_by=["attributes.start_time DESC"], max_results=5000)))
 
 
@@ -47,19 +49,30 @@ def _variant(task: str, p: P.Params, name: str, mode: str, seed: int) -> dict:
     c, _ = tracking.client()
     runs, q = _runs(task, p, name, mode, seed), p.variant(name, seed)
     target = {"none": 0.0, "structured": np.nan}.get(q.prune.method, q.prune.final_sparsity)
-    record = {"task": task, "model": name, "mode": mode, "method": plan.method(name, mode), "seed": seed,
-              "lr": q.finetune.lr, "target": target, "scope": q.prune.scope, "run_ids": [r.info.run_id for r in runs],
-              "metrics": {}, "history": None, "predictions": None}
+    record = {
+        "task": task,
+        "model": name,
+        "mode": mode,
+        "method": plan.method(name, mode),
+        "seed": seed,
+        "lr": q.finetune.lr,
+        "target": target,
+        "scope": q.prune.scope,
+        "run_ids": [r.info.run_id for r in runs],
+        "metrics": {},
+        "history": None,
+        "predictions": None,
+    }
     for run in runs:  # later runs override earlier ones
         record["metrics"] |= run.data.metrics
         if "val_loss" in run.data.metrics:  # the fine-tune step logged per-epoch metrics here
-            history = {k: {m.step: m.value for m in c.get_metric_history(run.info.run_id, k)}
-                       for k in epoch_keys(task)}
+            history = {k: {m.step: m.value for m in c.get_metric_history(run.info.run_id, k)} for k in epoch_keys(task)}
             record["history"] = pd.DataFrame(history).sort_index().rename_axis("epoch")
         if any(f.path == "evaluate" for f in c.list_artifacts(run.info.run_id)):
             with tempfile.TemporaryDirectory() as tmp:
-                record["predictions"] = json.loads(Path(c.download_artifacts(
-                    run.info.run_id, tracking.PREDICTIONS, tmp)).read_text())
+                record["predictions"] = json.loads(
+                    Path(c.download_artifacts(run.info.run_id, tracking.PREDICTIONS, tmp)).read_text()
+                )
     return record
 
 
@@ -71,9 +84,11 @@ def collect(task: str, p: P.Params) -> list[dict]:
             for seed in p.experiment.seeds:
                 r = _variant(task, p, name, mode, seed)
                 if r["predictions"] is None or get_task(task).metric not in r["metrics"]:
-                    raise P.UserError(f"no finished, evaluated MLflow run of {task} {r['method']} seed {seed} "
-                                      f"(lr {r['lr']:g}) in {tracking.tracking_uri()}; run `python -m flows.compress "
-                                      f"--task {task}` (or dvc repro) with the same params first")
+                    raise P.UserError(
+                        f"no finished, evaluated MLflow run of {task} {r['method']} seed {seed} "
+                        f"(lr {r['lr']:g}) in {tracking.tracking_uri()}; run `python -m flows.compress "
+                        f"--task {task}` (or dvc repro) with the same params first"
+                    )
                 records.append(r)
     return records
 
@@ -84,9 +99,11 @@ def lr_sweep(task: str, p: P.Params) -> pd.DataFrame:
     for lr in e.lr_candidates:
         r = _variant(task, plan.with_lr(p, lr), e.baseline, "none", e.seeds[0])
         if metric not in r["metrics"]:
-            raise P.UserError(f"no finished MLflow run of the lr sweep's {task} {e.baseline} seed {e.seeds[0]} at "
-                              f"lr {lr:g} in {tracking.tracking_uri()}; run `python -m flows.compress --task {task}` "
-                              "first, or set experiment.lr_candidates=[]")
+            raise P.UserError(
+                f"no finished MLflow run of the lr sweep's {task} {e.baseline} seed {e.seeds[0]} at "
+                f"lr {lr:g} in {tracking.tracking_uri()}; run `python -m flows.compress --task {task}` "
+                "first, or set experiment.lr_candidates=[]"
+            )
         rows.append({"lr": lr, **{f"{e.baseline} {m}": r["metrics"][m] for m in get_task(task).metrics}})
     table = pd.DataFrame(rows)
     chosen = plan.best_lr(dict(zip(table["lr"], table[f"{e.baseline} {metric}"])))
@@ -120,11 +137,15 @@ def summary_text(folder: str | Path) -> str:
     s = pd.read_csv(Path(folder) / "summary.csv", index_col="method")
     metric = next(c for c in s.columns if c.endswith(" mean")).removesuffix(" mean")  # the headline comes first
     baseline = next(c for c in s.columns if c.startswith("Δ vs ")).removeprefix("Δ vs ")
-    return "\n".join([aligned(brief(s), left=("variant", "verdict")), "",
-                      f"Δ: {metric} − {baseline}'s in points (×100, as experiment.champion_budget), paired by "
-                      "seed; 95 % CI: paired bootstrap.",
-                      "MB: compact size; b1/b8 ms: CPU latency at batch 1/8; collapsed: no better than the constant "
-                      "predictor."])
+    return "\n".join(
+        [
+            aligned(brief(s), left=("variant", "verdict")),
+            "",
+            f"Δ: {metric} − {baseline}'s in points (×100, as experiment.champion_budget), paired by "
+            "seed; 95 % CI: paired bootstrap.",
+            "MB: compact size; b1/b8 ms: CPU latency at batch 1/8; collapsed: no better than the constant predictor.",
+        ]
+    )
 
 
 def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | None = None) -> Path:
@@ -139,40 +160,76 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
     methods = [e.baseline, *[n for n, v in p.variants.items() if v.finetuned and n != e.baseline]]
     summary = summary_table(task, records, e.bootstrap_samples, e.baseline)
     epochs, quant = epoch_tables(task, records, methods), quantization_table(task, records)
-    n, split = f"{len(e.seeds)} seed{'s' if len(e.seeds) > 1 else ''}", f"validation split ({len(records[0]['predictions']['labels'])} examples)"
+    n, split = (
+        f"{len(e.seeds)} seed{'s' if len(e.seeds) > 1 else ''}",
+        f"validation split ({len(records[0]['predictions']['labels'])} examples)",
+    )
     with io.atomic_dir(out) as tmp:
         (tmp / "figures").mkdir()
         names = figures.draw(task, records, summary, methods, tmp / "figures")
-        per_run = pd.DataFrame([{"method": r["method"], "seed": r["seed"], "run_id": r["run_ids"][-1],
-                                 **{k: r["metrics"].get(k) for k in (*get_task(task).metrics, *SIZES)}}
-                                for r in records])
+        per_run = pd.DataFrame(
+            [
+                {
+                    "method": r["method"],
+                    "seed": r["seed"],
+                    "run_id": r["run_ids"][-1],
+                    **{k: r["metrics"].get(k) for k in (*get_task(task).metrics, *SIZES)},
+                }
+                for r in records
+            ]
+        )
         summary.to_csv(tmp / "summary.csv")
         per_run.to_csv(tmp / "runs.csv", index=False)
-        (tmp / "tables.json").write_text(json.dumps({"summary": summary.reset_index().to_dict("records"),
-                                                     "quantization": quant.reset_index().to_dict("records"),
-                                                     "lr_sweep": None if lrs is None else lrs.to_dict("records")},
-                                                    indent=1, default=float))
-        lines = [f"# {task}: compression report", "",
-                 f"Model `{p.model.name}`, lr {p.finetune.lr:g}, seeds {', '.join(map(str, e.seeds))}; "
-                 f"every number below is read from the MLflow runs in `{tracking.tracking_uri()}` (runs.csv lists "
-                 f"them). Δ = variant − {e.baseline} of the validation {metric}, averaged over seeds paired by seed, "
-                 f"with a paired bootstrap 95 % interval over validation examples ({e.bootstrap_samples} resamples). "
-                 f"The first row is the constant predictor (the {'mean score' if get_task(task).regression else 'majority class'}"
-                 " of the split); a variant whose predictions are no better than it is marked collapsed. Sparsity: the "
-                 "target the params ask for, the zeros reached in the pruned scope's Linear weights, the zeros over all "
-                 "parameters.", "",
-                 f"## Summary: every variant ({split}, mean ± std over {n})", "", summary_markdown(tmp), "",
-                 *words(task, summary, e.baseline), ""]
+        (tmp / "tables.json").write_text(
+            json.dumps(
+                {
+                    "summary": summary.reset_index().to_dict("records"),
+                    "quantization": quant.reset_index().to_dict("records"),
+                    "lr_sweep": None if lrs is None else lrs.to_dict("records"),
+                },
+                indent=1,
+                default=float,
+            )
+        )
+        lines = [
+            f"# {task}: compression report",
+            "",
+            f"Model `{p.model.name}`, lr {p.finetune.lr:g}, seeds {', '.join(map(str, e.seeds))}; "
+            f"every number below is read from the MLflow runs in `{tracking.tracking_uri()}` (runs.csv lists "
+            f"them). Δ = variant − {e.baseline} of the validation {metric}, averaged over seeds paired by seed, "
+            f"with a paired bootstrap 95 % interval over validation examples ({e.bootstrap_samples} resamples). "
+            f"The first row is the constant predictor (the {'mean score' if get_task(task).regression else 'majority class'}"
+            " of the split); a variant whose predictions are no better than it is marked collapsed. Sparsity: the "
+            "target the params ask for, the zeros reached in the pruned scope's Linear weights, the zeros over all "
+            "parameters.",
+            "",
+            f"## Summary: every variant ({split}, mean ± std over {n})",
+            "",
+            summary_markdown(tmp),
+            "",
+            *words(task, summary, e.baseline),
+            "",
+        ]
         for m, table in epochs.items():
-            lines += [f"## Table 1/2: per epoch, {m} vs {e.baseline} ({split}, mean over {n})", "",
-                      markdown(table), ""]
-        lines += [f"## Table 3: without and with quantization ({split}, mean over {n})", "", markdown(quant), "",
-                  "## Learning rate", ""]
+            lines += [f"## Table 1/2: per epoch, {m} vs {e.baseline} ({split}, mean over {n})", "", markdown(table), ""]
+        lines += [
+            f"## Table 3: without and with quantization ({split}, mean over {n})",
+            "",
+            markdown(quant),
+            "",
+            "## Learning rate",
+            "",
+        ]
         if lrs is None:
             lines += [f"No sweep: finetune.lr = {p.finetune.lr:g} for every variant.", ""]
         else:
-            lines += [f"The baseline ({e.baseline}), seed {e.seeds[0]}, at each candidate; the best validation {metric} "
-                      "is used for every variant that sets no lr of its own.", "", markdown(lrs, index=False), ""]
+            lines += [
+                f"The baseline ({e.baseline}), seed {e.seeds[0]}, at each candidate; the best validation {metric} "
+                "is used for every variant that sets no lr of its own.",
+                "",
+                markdown(lrs, index=False),
+                "",
+            ]
         lines += ["## Figures", "", *[f"![{n}](figures/{n})" for n in names], ""]
         (tmp / "report.md").write_text("\n".join(lines))
     if parent:
@@ -189,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         p = P.load(args.params, args.overrides)
-        with tracking.parent_run("report", f"report-{args.task}", key=f"report-{os.getpid()}-{os.times().elapsed}",
-                                 entry="tasks/report.py") as parent:
+        with tracking.parent_run(
+            "report", f"report-{args.task}", key=f"report-{os.getpid()}-{os.times().elapsed}", entry="tasks/report.py"
+        ) as parent:
             path = build(args.task, p, args.out, parent)
     except P.UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@
 A scheduler's workers must run from the project root with its environment, and see the same files (data/,
 outputs/, the MLflow store, $PREFECT_HOME): the tasks pass paths, not models.
 """
+
 from __future__ import annotations
 
 import socket
@@ -30,8 +31,10 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e:
         reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
-        raise UserError(f"Dask scheduler {address} is unreachable ({reason}); start it (`dask scheduler`) and its "
-                        f"workers, fix --dask-address, or leave it out to run here") from None
+        raise UserError(
+            f"Dask scheduler {address} is unreachable ({reason}); start it (`dask scheduler`) and its "
+            f"workers, fix --dask-address, or leave it out to run here"
+        ) from None
 
 
 def task_runner(address: str | None = None, workers: int = 1):

@@ -6,6 +6,7 @@ The champion is the smallest variant within experiment.champion_budget points of
 metric that did not collapse (tasks/report.py `champion`); it is registered as models:/<task>-compressed
 @champion and exported to results/export/<task>, where it is evaluated with its latency on what ships.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,9 +33,11 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
     blocks = [f"## {task}: compression summary", summary_text(path.parent)]
     if best := champion(task, p, path.parent):
         version = tracking.register_champion(best[1], f"{task}-compressed")
-        blocks.append(f"champion: {best[0]}: the smallest variant (compressed_mb) {rule}, not collapsed\n"
-                      f"  registered as models:/{task}-compressed@champion (version {version}), run {best[1]} "
-                      f"(seed {e.seeds[0]})")
+        blocks.append(
+            f"champion: {best[0]}: the smallest variant (compressed_mb) {rule}, not collapsed\n"
+            f"  registered as models:/{task}-compressed@champion (version {version}), run {best[1]} "
+            f"(seed {e.seeds[0]})"
+        )
         blocks.append(ship(task, p, best[1], validation, parent))
     else:
         blocks.append(f"champion: none — no variant {rule} that did not collapse; nothing registered or exported")
@@ -44,8 +47,10 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
     if parent:
         tracking.log_text(parent, text + "\n", "report/summary.md")
     # one message: Prefect's log prefix goes on its first line only, and every line stays within 120 columns
-    print(f"{text}\n\nreport: {path}\nMLflow: mlflow ui --backend-store-uri {tracking.tracking_uri()}\n"
-          f"  then {tracking.runs_url()}")
+    print(
+        f"{text}\n\nreport: {path}\nMLflow: mlflow ui --backend-store-uri {tracking.tracking_uri()}\n"
+        f"  then {tracking.runs_url()}"
+    )
     return str(path)
 
 
@@ -68,10 +73,18 @@ def ship(task: str, p: Params, run_id: str, validation: str | None, parent: str 
         m = core_evaluate.evaluate(str(out), task, validation, e.batch_size, e.latency_runs, threads=e.latency_threads)
         line += "\n  on validation " + ", ".join(f"{k} {m[k]:.4f}" for k in glue.get_task(task).metrics)
         if e.latency_runs:
-            line += (f"; latency batch 1 {m['latency_batch1_ms']:.1f} ms, batch 8 {m['latency_batch8_ms']:.1f} ms "
-                     f"({m['threads']} threads, length {latency.LENGTH})")
+            line += (
+                f"; latency batch 1 {m['latency_batch1_ms']:.1f} ms, batch 8 {m['latency_batch8_ms']:.1f} ms "
+                f"({m['threads']} threads, length {latency.LENGTH})"
+            )
         if parent:
-            tracking.log_metrics(parent, {f"export_{k}": m[k] for k in (*glue.get_task(task).metrics, "compact_mb",
-                                          "latency_batch1_ms", "latency_batch8_ms") if k in m})
-    texts = " ".join(['"a sentence"', '"its pair"'][:len(glue.get_task(task).keys)])
+            tracking.log_metrics(
+                parent,
+                {
+                    f"export_{k}": m[k]
+                    for k in (*glue.get_task(task).metrics, "compact_mb", "latency_batch1_ms", "latency_batch8_ms")
+                    if k in m
+                },
+            )
+    texts = " ".join(['"a sentence"', '"its pair"'][: len(glue.get_task(task).keys)])
     return line + f"\n\n    bertcompress predict --model {out} {texts}   # README: Ship it"

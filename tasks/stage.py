@@ -11,6 +11,7 @@ persist). The same functions as the flow, so both drivers give the same metrics;
 or `dvc exp run` logs under one MLflow parent run. Keys the experiment sets per run (prune.method, ...) are
 refused here as in the flow.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ def tokenized(task: str) -> dict:
     """The split files the tokenize stage wrote (its out folder holds exactly one per split)."""
     found = {s: sorted(Path(TOKENIZED, task).glob(f"{s}-*.npz")) for s in ("train", "validation")}
     if any(len(f) != 1 for f in found.values()):
-        raise P.UserError(f"{TOKENIZED}/{task} must hold one train and one validation file; "
-                          f"run `dvc repro tokenize@{task}`")
+        raise P.UserError(
+            f"{TOKENIZED}/{task} must hold one train and one validation file; run `dvc repro tokenize@{task}`"
+        )
     return {s: str(f[0]) for s, f in found.items()}
 
 
@@ -74,8 +76,11 @@ def made(r: plan.Run, p: P.Params, outs: dict, parent: str, reuse: list[Path] = 
 
 def _outs(task: str) -> dict:
     """The data runs' results in DVC's layout."""
-    return {f"download {task}": f"data/glue/{task}", f"tokenize {task}": tokenized(task),
-            f"pretrained {task}": PRETRAINED}
+    return {
+        f"download {task}": f"data/glue/{task}",
+        f"tokenize {task}": tokenized(task),
+        f"pretrained {task}": PRETRAINED,
+    }
 
 
 def sweep(p: P.Params, parent: str) -> None:
@@ -87,8 +92,10 @@ def sweep(p: P.Params, parent: str) -> None:
             if r.step in ("finetune", "evaluate"):
                 outs[r.id] = made(r, p, outs, parent)
                 scores |= {r.lr: headline(task, outs[r.id])} if r.step == "evaluate" else {}
-        chosen[task] = {"lr": plan.best_lr(scores) if scores else p.finetune.lr,
-                        "scores": {f"{lr:g}": s for lr, s in scores.items()}}
+        chosen[task] = {
+            "lr": plan.best_lr(scores) if scores else p.finetune.lr,
+            "scores": {f"{lr:g}": s for lr, s in scores.items()},
+        }
     Path("outputs/sweep").mkdir(parents=True, exist_ok=True)  # the stage's out, also with no candidates
     io.write_json(SWEEP, chosen)
 
@@ -110,13 +117,17 @@ def variant(p: P.Params, name: str, parent: str) -> None:
                 continue
             if r.teacher and not Path(outs[r.teacher]).is_dir():  # dvc.yaml orders stages by `from` only
                 teacher = q.variant(name, r.seed).distill.teacher
-                raise P.UserError(f"variants.{name} distils from '{teacher}', whose {outs[r.teacher]} is not made "
-                                  f"yet; run `dvc repro variant@{teacher}` first, or make it `from` it")
+                raise P.UserError(
+                    f"variants.{name} distils from '{teacher}', whose {outs[r.teacher]} is not made "
+                    f"yet; run `dvc repro variant@{teacher}` first, or make it `from` it"
+                )
             reuse = sorted(Path("outputs/sweep").glob("*-lr*[0-9]")) if name == p.experiment.baseline else []
             outs[r.id] = made(r, q, outs, parent, reuse if r.step == "finetune" else [])
             if r.step == "finetune":
-                history += [{"task": task, "seed": r.seed, **row}
-                            for row in io.read_json(f"{outs[r.id]}/metrics.json")["history"]]
+                history += [
+                    {"task": task, "seed": r.seed, **row}
+                    for row in io.read_json(f"{outs[r.id]}/metrics.json")["history"]
+                ]
             if r.step == "evaluate":
                 mode = "fp32" if r.mode == "none" else r.mode
                 metrics.setdefault(f"{task}-s{r.seed}", {})[mode] = numbers(outs[r.id])
@@ -135,8 +146,9 @@ def run(args, p: P.Params) -> None:
     elif args.step == "pretrained":
         steps.pretrained.fn(p, PRETRAINED)
     else:
-        with tracking.parent_run("dvc", os.environ.get("DVC_EXP_NAME") or "dvc repro", key=dvc_invocation(),
-                                 entry="dvc.yaml") as parent:
+        with tracking.parent_run(
+            "dvc", os.environ.get("DVC_EXP_NAME") or "dvc repro", key=dvc_invocation(), entry="dvc.yaml"
+        ) as parent:
             if args.step == "sweep":
                 sweep(p, parent)
             elif args.step == "variant":
@@ -159,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         for task in p.experiment.tasks:
             preflight(task, p)
         if args.step == "variant" and args.name not in p.variants:
-            raise P.UserError(f"variant '{args.name}' is not in params.yaml's table; choose one of: "
-                              f"{', '.join(p.variants)}")
+            raise P.UserError(
+                f"variant '{args.name}' is not in params.yaml's table; choose one of: {', '.join(p.variants)}"
+            )
         run(args, p)
     except P.UserError as e:
         print(f"error: {e}", file=sys.stderr)

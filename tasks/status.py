@@ -6,6 +6,7 @@ It reads the step records (bertcompress/record.py) beside the flow's outputs (ou
 run is done when its output holds the record it would make now; a run after one that will run will run too.
 With an lr sweep, the variants wait for it unless every sweep run is done (then the lr it chose is used).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,13 @@ def _earlier(r: plan.Run, out: str) -> dict | None:
 
 def _needs(r: plan.Run) -> list[str]:
     """The runs whose results this one reads: its model, its teacher, its data."""
-    data = [] if r.step in ("download", "pretrained") else [f"download {r.task}"] if r.step == "tokenize" else [
-        f"tokenize {r.task}"]
+    data = (
+        []
+        if r.step in ("download", "pretrained")
+        else [f"download {r.task}"]
+        if r.step == "tokenize"
+        else [f"tokenize {r.task}"]
+    )
     return [d for d in (r.source, r.teacher) if d] + data
 
 
@@ -83,8 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bertcompress status", description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="mrpc", help="GLUE task (default: mrpc)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a parameter as the flow would take it, e.g. -S finetune.lr=3e-5")
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a parameter as the flow would take it, e.g. -S finetune.lr=3e-5",
+    )
     args = parser.parse_args(argv)
     try:
         p = P.load(args.params, args.overrides)

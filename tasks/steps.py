@@ -12,12 +12,13 @@ output is gone (outputs/ or data/ deleted) is a miss, and a call whose output al
 an earlier run whose cache entry is gone) returns it without work. Outputs go to
 outputs/flow/<task>/<variant>-s<seed>[+<mode>]-<key>: a folder per key, never overwritten by other params.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
@@ -25,7 +26,9 @@ from prefect.runtime import task_run
 
 from bertcompress import evaluate as core_evaluate
 from bertcompress import finetune as core_finetune
-from bertcompress import glue, io, model, prune as core_prune, quantize as core_quantize, record
+from bertcompress import glue, io, model, record
+from bertcompress import prune as core_prune
+from bertcompress import quantize as core_quantize
 from bertcompress import tokenize as core_tokenize
 from bertcompress.params import Params, UserError
 
@@ -93,24 +96,29 @@ def _run_name() -> str:
 
 def _tags(rec: dict, **splits: str) -> dict:
     """The step's record key and which tokenized data (content) it read: {'step_key.finetune': .., 'data_hash.train': ..}."""
-    return {f"step_key.{rec['step']}": rec["key"], **{f"data_hash.{split}": io.content_hash(path)[:16]
-                                                      for split, path in splits.items()}}
+    return {
+        f"step_key.{rec['step']}": rec["key"],
+        **{f"data_hash.{split}": io.content_hash(path)[:16] for split, path in splits.items()},
+    }
 
 
 @task(name="download", task_run_name="download-{task}", **CACHED)
 def download(task: str, p: Params, out: str) -> str:
     """GLUE train/validation parquet into out/ (bad data is a UserError: never retried)."""
+
     def make(out: str, rec: dict) -> str:
         glue.download(task, out, p.data.source)
         return out
+
     return made("download", locals(), make)
 
 
 @task(name="tokenize", task_run_name="tokenize-{task}", **CACHED)
 def tokenize(task: str, p: Params, data_dir: str, cache_dir: str) -> dict:
     """{'train': npz, 'validation': npz} in cache_dir/<task>/, named by content."""
-    return made("tokenize", locals(), lambda out, rec: core_tokenize.prepared(task, p, str(Path(data_dir).parent),
-                                                                              cache_dir))
+    return made(
+        "tokenize", locals(), lambda out, rec: core_tokenize.prepared(task, p, str(Path(data_dir).parent), cache_dir)
+    )
 
 
 @task(name="pretrained", task_run_name="pretrained", **CACHED)
@@ -120,73 +128,129 @@ def pretrained(p: Params, out: str) -> str:
 
 
 @task(name="finetune", task_run_name=_run_name, **CACHED)
-def finetune(task: str, name: str, seed: int, p: Params, base: str, train: str, validation: str,
-             parent: str | None = None, out: str | None = None, teacher: str | None = None) -> str:
+def finetune(
+    task: str,
+    name: str,
+    seed: int,
+    p: Params,
+    base: str,
+    train: str,
+    validation: str,
+    parent: str | None = None,
+    out: str | None = None,
+    teacher: str | None = None,
+) -> str:
     """Fine-tune one variant from the base model or from another variant's (prune.method=gradual: under its
     schedule; distill.teacher: distilled from that variant's model, `teacher`); per-epoch metrics go to MLflow
     as they come."""
     q = p.variant(name, seed)
 
     def make(out: str, rec: dict) -> str:
-        with tracking.variant_run(parent, task, p, name, seed, tags=_tags(rec, train=train, validation=validation)) as run:
+        with tracking.variant_run(
+            parent, task, p, name, seed, tags=_tags(rec, train=train, validation=validation)
+        ) as run:
             tracking.log_datasets(run, task, training=train, validation=validation)
-            result = core_finetune.finetune(q, task, train, validation, out, tracking.epoch_logger(run), base=base,
-                                            teacher=teacher, step=rec)
+            result = core_finetune.finetune(
+                q, task, train, validation, out, tracking.epoch_logger(run), base=base, teacher=teacher, step=rec
+            )
             tracking.log_result(run, "finetune", result)
             tracking.log_figure(run, figures.history(result["history"]), "plots/history.png")
         return out
+
     return made("finetune", locals(), make)
 
 
 @task(name="prune", task_run_name=_run_name, **CACHED)
-def prune(task: str, name: str, seed: int, p: Params, model_dir: str, train: str, parent: str | None = None,
-          out: str | None = None, teacher: str | None = None) -> str:
+def prune(
+    task: str,
+    name: str,
+    seed: int,
+    p: Params,
+    model_dir: str,
+    train: str,
+    parent: str | None = None,
+    out: str | None = None,
+    teacher: str | None = None,
+) -> str:
     """Prune the model of the variant this one is made from (prune.method = oneshot | structured); its recovery
     steps distilled from `teacher` when the variant names one."""
+
     def make(out: str, rec: dict) -> str:
         with tracking.variant_run(parent, task, p, name, seed, tags=_tags(rec, train=train)) as run:
             tracking.log_datasets(run, task, training=train)  # importance scores and recovery steps read it
-            tracking.log_result(run, "prune", core_prune.prune(model_dir, out, p.variant(name, seed), task, train,
-                                                               teacher))
+            tracking.log_result(
+                run, "prune", core_prune.prune(model_dir, out, p.variant(name, seed), task, train, teacher)
+            )
         return out
+
     return made("prune", locals(), make)
 
 
 @task(name="quantize", task_run_name=_run_name, **CACHED)
-def quantize(task: str, name: str, mode: str, seed: int, p: Params, model_dir: str, train: str,
-             parent: str | None = None, out: str | None = None) -> str:
+def quantize(
+    task: str,
+    name: str,
+    mode: str,
+    seed: int,
+    p: Params,
+    model_dir: str,
+    train: str,
+    parent: str | None = None,
+    out: str | None = None,
+) -> str:
     """Quantize one variant's model in one mode; static calibration and QAT read the training split."""
+
     def make(out: str, rec: dict) -> str:
         with tracking.variant_run(parent, task, p, name, seed, mode, _tags(rec, train=train)) as run:
             if mode in ("static", "qat"):  # calibration / QAT training read the training split
                 tracking.log_datasets(run, task, calibration=train)
-            tracking.log_result(run, "quantize", core_quantize.quantize(model_dir, out, p.variant(name, seed, mode),
-                                                                        task, train))
+            tracking.log_result(
+                run, "quantize", core_quantize.quantize(model_dir, out, p.variant(name, seed, mode), task, train)
+            )
         return out
+
     return made("quantize", locals(), make)
 
 
 @task(name="evaluate", task_run_name=_run_name, **CACHED)
-def evaluate(task: str, name: str, mode: str, seed: int, p: Params, model_dir: str, validation: str,
-             parent: str | None = None, out: str | None = None) -> dict:
+def evaluate(
+    task: str,
+    name: str,
+    mode: str,
+    seed: int,
+    p: Params,
+    model_dir: str,
+    validation: str,
+    parent: str | None = None,
+    out: str | None = None,
+) -> dict:
     """Metrics, sizes and CPU latency of one variant (and mode) on the validation split; the row also in out."""
     q = p.variant(name, seed, mode)
 
     def make(out: str, rec: dict) -> dict:
         with tracking.variant_run(parent, task, p, name, seed, mode, _tags(rec, validation=validation)) as run:
-            result = core_evaluate.evaluate(model_dir, task, validation, q.evaluate.batch_size,
-                                            q.evaluate.latency_runs, keep_predictions=True,
-                                            threads=q.evaluate.latency_threads)
+            result = core_evaluate.evaluate(
+                model_dir,
+                task,
+                validation,
+                q.evaluate.batch_size,
+                q.evaluate.latency_runs,
+                keep_predictions=True,
+                threads=q.evaluate.latency_threads,
+            )
             tracking.log_datasets(run, task, validation=validation)
             tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
             tracking.log_result(run, "evaluate", result)
-            tracking.set_tags(run, {"collapsed": str(result["collapsed"]).lower(), "verdict": result["verdict"],
-                                    "model_dir": model_dir})  # the champion is exported from it
+            tracking.set_tags(
+                run,
+                {"collapsed": str(result["collapsed"]).lower(), "verdict": result["verdict"], "model_dir": model_dir},
+            )  # the champion is exported from it
             # an MLflow model: mlflow.pyfunc.load_model(...).predict(df), encoded and batched as evaluated here
             tracking.log_model(run, model_dir, task, q.tokenize.max_length, q.evaluate.batch_size)
         row = {"task": task, "variant": name, "mode": mode, "method": plan.method(name, mode), "seed": seed, **result}
         io.write_json(out, row)
         return row
+
     return made("evaluate", locals(), make)
 
 
@@ -198,6 +262,9 @@ def report(task: str, p: Params, parent: str | None = None, validation: str | No
     from prefect.artifacts import create_markdown_artifact
 
     path = ship.publish(task, p, parent, validation)
-    create_markdown_artifact(key=f"report-{task}", markdown=Path(path).with_name("summary.md").read_text(),
-                             description=f"{task}: every variant over seeds, and the champion ({path})")
+    create_markdown_artifact(
+        key=f"report-{task}",
+        markdown=Path(path).with_name("summary.md").read_text(),
+        description=f"{task}: every variant over seeds, and the champion ({path})",
+    )
     return path

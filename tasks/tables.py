@@ -3,6 +3,7 @@ seeds (the task's metrics beside the constant predictor's, three sparsity number
 bootstrap CI against the baseline variant, the collapse check), the seed's per-epoch Tables 1/2 and its
 quantization Table 3, and their markdown.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,22 +64,26 @@ def brief(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for method, r in summary.iterrows():
         own = method == delta.removeprefix("Δ vs ") or r["seeds"] == 0  # the baseline, the constant: no Δ
-        rows.append({"variant": method,
-                     f"{metric} (mean ± std)" if several else metric:
-                         num(r[f"{metric} mean"], ".4f") + (f" ± {r[f'{metric} std']:.4f}" if r["seeds"] > 1 else ""),
-                     f"Δ {metric} (pts)": "" if own else num(100 * r[delta], "+.2f"),
-                     "95 % CI (pts)": "" if own else f"[{100 * r['CI low']:+.2f}, {100 * r['CI high']:+.2f}]",
-                     "MB": num(r["compact_mb"], ".1f"), "b1 ms": num(r["latency b1 ms"], ".1f"),
-                     "b8 ms": num(r["latency b8 ms"], ".1f"),
-                     "verdict": VERDICTS.get(r["verdict"], r["verdict"].split(" to ")[0])})  # collapsed to ...
+        rows.append(
+            {
+                "variant": method,
+                f"{metric} (mean ± std)" if several else metric: num(r[f"{metric} mean"], ".4f")
+                + (f" ± {r[f'{metric} std']:.4f}" if r["seeds"] > 1 else ""),
+                f"Δ {metric} (pts)": "" if own else num(100 * r[delta], "+.2f"),
+                "95 % CI (pts)": "" if own else f"[{100 * r['CI low']:+.2f}, {100 * r['CI high']:+.2f}]",
+                "MB": num(r["compact_mb"], ".1f"),
+                "b1 ms": num(r["latency b1 ms"], ".1f"),
+                "b8 ms": num(r["latency b8 ms"], ".1f"),
+                "verdict": VERDICTS.get(r["verdict"], r["verdict"].split(" to ")[0]),
+            }
+        )  # collapsed to ...
     return pd.DataFrame(rows)
 
 
 def epoch_tables(task: str, records: list[dict], methods: list[str]) -> dict[str, pd.DataFrame]:
     """Tables 1/2: per epoch, mean over seeds of training/validation loss and accuracy (or correlation), each
     fine-tuned method beside the baseline (methods[0]), with a difference column (method − baseline)."""
-    mean = {m: pd.concat([r["history"] for r in records if r["method"] == m]).groupby("epoch").mean()
-            for m in methods}
+    mean = {m: pd.concat([r["history"] for r in records if r["method"] == m]).groupby("epoch").mean() for m in methods}
     tables = {}
     for m in methods[1:]:
         cols = {}
@@ -95,10 +100,14 @@ def _sparsity(rs: list[dict]) -> dict:
     """The three sparsity numbers, each named: the target the params ask for, the zeros reached in the pruned
     scope's Linear weights, and the zeros over all parameters."""
     scope = rs[0]["scope"]
-    return {"target sparsity": rs[0]["target"], "scope": scope,
-            "achieved (scope)": np.mean([r["metrics"].get(f"zeros_{scope}", np.nan) for r in rs]),
-            "zeros (all)": float(np.mean([1 - r["metrics"]["nonzero_parameters"] / r["metrics"]["parameters"]
-                                          for r in rs]))}
+    return {
+        "target sparsity": rs[0]["target"],
+        "scope": scope,
+        "achieved (scope)": np.mean([r["metrics"].get(f"zeros_{scope}", np.nan) for r in rs]),
+        "zeros (all)": float(
+            np.mean([1 - r["metrics"]["nonzero_parameters"] / r["metrics"]["parameters"] for r in rs])
+        ),
+    }
 
 
 def summary_table(task: str, records: list[dict], n_resamples: int, baseline: str) -> pd.DataFrame:
@@ -110,9 +119,15 @@ def summary_table(task: str, records: list[dict], n_resamples: int, baseline: st
     dense = {r["seed"]: r for r in records if r["method"] == baseline}
     labels = np.asarray(records[0]["predictions"]["labels"])
     constant = metrics.compute(task, labels, metrics.constant(task, labels))
-    rows = [{"method": constant_name(task), "seeds": 0,
-             **{c: v for m in names for c, v in ((f"{m} mean", constant[m]), (f"{m} std", 0.0))},
-             "verdict": "baseline", "collapse check": ""}]
+    rows = [
+        {
+            "method": constant_name(task),
+            "seeds": 0,
+            **{c: v for m in names for c, v in ((f"{m} mean", constant[m]), (f"{m} std", 0.0))},
+            "verdict": "baseline",
+            "collapse check": "",
+        }
+    ]
     for method in dict.fromkeys(r["method"] for r in records):
         rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["seed"])
         row = {"method": method, "seeds": len(rs)}
@@ -120,15 +135,22 @@ def summary_table(task: str, records: list[dict], n_resamples: int, baseline: st
             row[f"{m} mean"], row[f"{m} std"] = stats.mean_std([r["metrics"].get(m, np.nan) for r in rs])
         row |= _sparsity(rs)
         row |= {k: np.mean([r["metrics"].get(k, np.nan) for r in rs]) for k in SIZES}
-        row |= {f"latency b{b} ms": np.mean([r["metrics"].get(f"latency_batch{b}_ms", np.nan) for r in rs])
-                for b in (1, 8)}
+        row |= {
+            f"latency b{b} ms": np.mean([r["metrics"].get(f"latency_batch{b}_ms", np.nan) for r in rs]) for b in (1, 8)
+        }
         preds = [r["predictions"]["predictions"] for r in rs]
-        ci = stats.paired_bootstrap(task, labels, [dense[r["seed"]]["predictions"]["predictions"] for r in rs],
-                                    preds, n_resamples)
+        ci = stats.paired_bootstrap(
+            task, labels, [dense[r["seed"]]["predictions"]["predictions"] for r in rs], preds, n_resamples
+        )
         collapse = stats.collapse(task, labels, preds, n_resamples)
         verdict = collapse["verdict"] if collapse["collapsed"] else "—" if method == baseline else ci["verdict"]
-        row |= {f"Δ vs {baseline}": ci["delta"], "CI low": ci["low"], "CI high": ci["high"],
-                "verdict": verdict, "collapse check": collapse["why"]}
+        row |= {
+            f"Δ vs {baseline}": ci["delta"],
+            "CI low": ci["low"],
+            "CI high": ci["high"],
+            "verdict": verdict,
+            "collapse check": collapse["why"],
+        }
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
 
@@ -157,8 +179,10 @@ def words(task: str, summary: pd.DataFrame, baseline: str) -> list[str]:
         if row["verdict"].startswith("collapsed"):
             out.append(f"- **{method}** {row['verdict']} ({row['collapse check']}): Δ{metric} {ci}.")
             continue
-        say = {"within noise": f"is within noise of {baseline} (the 95 % interval holds 0)",
-               "better": f"is better than {baseline} (the whole 95 % interval is above 0)",
-               "worse": f"is worse than {baseline} (the whole 95 % interval is below 0)"}[row["verdict"]]
+        say = {
+            "within noise": f"is within noise of {baseline} (the 95 % interval holds 0)",
+            "better": f"is better than {baseline} (the whole 95 % interval is above 0)",
+            "worse": f"is worse than {baseline} (the whole 95 % interval is below 0)",
+        }[row["verdict"]]
         out.append(f"- **{method}** {say}: Δ{metric} {ci}.")
     return out

@@ -9,6 +9,7 @@ and closes it FINISHED; a step that raises closes it FAILED, one interrupted KIL
 (kill -9, power loss) closes nothing: its runs stay RUNNING until the next parent run opened on the same host
 finds that process gone (tags host, pid, pid_started) and ends them FAILED, tagged killed=true.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,9 +18,9 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from bertcompress.params import Params
 
@@ -45,6 +46,7 @@ def _client(uri: str):
     from contextlib import nullcontext
 
     from filelock import FileLock
+
     from mlflow import MlflowClient  # imported here: the download and tokenize stages never pay for it
 
     # a bar per artifact read back (the report's predictions, a logged model's files: milliseconds each) and the
@@ -76,8 +78,13 @@ def runs_url(base: str = UI) -> str:
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -87,8 +94,13 @@ def _source(entry: str) -> dict:
     """MLflow's source tags (the runs table's Source column): what ran, from which commit; and which process
     holds the run (tasks/owners.py)."""
     commit = _git_commit()
-    return {"mlflow.source.type": "LOCAL", "mlflow.source.name": entry, "mlflow.source.git.commit": commit,
-            "git_commit": commit, **owners.holder()}
+    return {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": entry,
+        "mlflow.source.git.commit": commit,
+        "git_commit": commit,
+        **owners.holder(),
+    }
 
 
 def _find(c, exp: str, tags: dict) -> str | None:
@@ -119,28 +131,42 @@ def parent_run(driver: str, name: str, key: str, entry: str = "") -> Iterator[st
     c, exp = client()
     owners.end_killed(c, exp)
     tags = {"driver": driver, "invocation": key}
-    run_id = _find(c, exp, tags) or c.create_run(exp, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags={
-        **tags, **_source(entry or driver)}).info.run_id
+    run_id = (
+        _find(c, exp, tags)
+        or c.create_run(
+            exp, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags={**tags, **_source(entry or driver)}
+        ).info.run_id
+    )
     with _running(run_id):
         yield run_id
 
 
 @contextmanager
-def variant_run(parent: str | None, task: str, p: Params, name: str, seed: int, mode: str = "none",
-                tags: dict | None = None) -> Iterator[str]:
+def variant_run(
+    parent: str | None, task: str, p: Params, name: str, seed: int, mode: str = "none", tags: dict | None = None
+) -> Iterator[str]:
     """The run of one (task, variant, mode, seed) configuration: its first step creates it under the parent,
     its later steps add to it. Tagged with the configuration digest (tasks/plan.py) the report finds it by."""
     from mlflow.entities import Param, RunTag
 
     c, exp = client()
     label = plan.method(name, mode)
-    key = {"task": task, "method": label, "seed": str(seed), "config": plan.digest(task, p, name, seed, mode),
-           **({PARENT: parent} if parent else {})}
+    key = {
+        "task": task,
+        "method": label,
+        "seed": str(seed),
+        "config": plan.digest(task, p, name, seed, mode),
+        **({PARENT: parent} if parent else {}),
+    }
     entry = c.get_run(parent).data.tags.get("mlflow.source.name", "") if parent else "bertcompress"
     run_id = (_find(c, exp, key) if parent else None) or c.create_run(
-        exp, run_name=f"{task}-{label}-s{seed}", tags={**key, **_source(entry)}).info.run_id
-    c.log_batch(run_id, params=[Param(k, v) for k, v in plan.logged(task, p, name, seed, mode).items()],
-                tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+        exp, run_name=f"{task}-{label}-s{seed}", tags={**key, **_source(entry)}
+    ).info.run_id
+    c.log_batch(
+        run_id,
+        params=[Param(k, v) for k, v in plan.logged(task, p, name, seed, mode).items()],
+        tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+    )
     with _running(run_id):
         yield run_id
 
@@ -166,8 +192,9 @@ def log_metrics(run_id: str, metrics: dict, step: int = 0) -> None:
 
 def epoch_logger(run_id: str) -> Callable[[int, dict], None]:
     """finetune's on_epoch_end: training and validation loss, accuracy and task metric with step=epoch."""
-    return lambda epoch, row: log_metrics(run_id, {k: v for k, v in row.items() if k not in ("epoch", "step")},
-                                          step=epoch)
+    return lambda epoch, row: log_metrics(
+        run_id, {k: v for k, v in row.items() if k not in ("epoch", "step")}, step=epoch
+    )
 
 
 def log_result(run_id: str, step: str, result: dict) -> None:
@@ -189,8 +216,13 @@ def log_datasets(run_id: str, task: str, **splits: str) -> None:
         with np.load(path) as z:
             rows = len(z["labels"])
         split = Path(path).name.split("-")[0]
-        ds = Dataset(f"glue-{task}-{split}", content_hash(path)[:12], "local",
-                     json.dumps({"uri": str(Path(path).resolve())}), profile=json.dumps({"num_rows": rows}))
+        ds = Dataset(
+            f"glue-{task}-{split}",
+            content_hash(path)[:12],
+            "local",
+            json.dumps({"uri": str(Path(path).resolve())}),
+            profile=json.dumps({"num_rows": rows}),
+        )
         inputs.append(DatasetInput(ds, [InputTag("mlflow.data.context", context)]))
     client()[0].log_inputs(run_id, datasets=inputs)
 
@@ -200,7 +232,7 @@ def log_params(run_id: str, params: dict) -> None:
 
     items = [Param(k, str(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client()[0].log_batch(run_id, params=items[i:i + 100])
+        client()[0].log_batch(run_id, params=items[i : i + 100])
 
 
 def set_tags(run_id: str, tags: dict) -> None:
@@ -227,33 +259,42 @@ def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: 
     classifies; its model id."""
     from importlib.metadata import version
 
-    import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import Array
 
+    import mlflow
     from bertcompress.glue import get_task
 
     mlflow.set_tracking_uri(tracking_uri())
     spec = get_task(task)
     example = pd.DataFrame({k: ["a short example text"] for k in spec.keys})
     # the signature given, not inferred from a prediction: inference warns of the integer `label` column
-    outputs = [ColSpec("double", "score")] if spec.regression else [
-        ColSpec("long", "label"), ColSpec("string", "label_name"), ColSpec(Array("double"), "probabilities")]
+    outputs = (
+        [ColSpec("double", "score")]
+        if spec.regression
+        else [ColSpec("long", "label"), ColSpec("string", "label_name"), ColSpec(Array("double"), "probabilities")]
+    )
     signature = ModelSignature(Schema([ColSpec("string", k) for k in spec.keys]), Schema(outputs))
-    requirements = [f"{m}=={version(m)}"
-                    for m in ("torch", "transformers", "onnxruntime", "pandas", "scikit-learn", "scipy")]
+    requirements = [
+        f"{m}=={version(m)}" for m in ("torch", "transformers", "onnxruntime", "pandas", "scikit-learn", "scipy")
+    ]
     quiet = logging.getLogger("mlflow.pyfunc")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # its "Validating input example against model signature", every time
     try:
         with mlflow.start_run(run_id=run_id):  # resumes the variant's run; _running closes it as before
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(REPO / "tasks" / "mlflow_model.py"),
-                                           artifacts={"model": folder}, code_paths=[str(REPO / "bertcompress")],
-                                           model_config={"task": task, "max_length": max_length,
-                                                         "batch_size": batch_size},
-                                           pip_requirements=requirements, input_example=example, signature=signature)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(REPO / "tasks" / "mlflow_model.py"),
+                artifacts={"model": folder},
+                code_paths=[str(REPO / "bertcompress")],
+                model_config={"task": task, "max_length": max_length, "batch_size": batch_size},
+                pip_requirements=requirements,
+                input_example=example,
+                signature=signature,
+            )
     finally:
         quiet.setLevel(level)
     return info.model_id
@@ -267,8 +308,12 @@ def register_champion(run_id: str, name: str) -> str:
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     c, exp = client()
-    (model,) = c.search_logged_models([exp], f"source_run_id = '{run_id}' AND name = 'model'", max_results=1,
-                                      order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+    (model,) = c.search_logged_models(
+        [exp],
+        f"source_run_id = '{run_id}' AND name = 'model'",
+        max_results=1,
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+    )
     try:
         c.get_registered_model(name)
     except MlflowException:

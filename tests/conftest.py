@@ -1,4 +1,5 @@
 """Shared fixtures: offline switches, real GLUE from ../shared/glue, and one tiny prepared MRPC slice."""
+
 from __future__ import annotations
 
 import os
@@ -9,13 +10,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_GLUE = REPO.parent / "shared" / "glue"
 
-for var, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "TQDM_DISABLE": "1"}.items():
+for var, value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "TQDM_DISABLE": "1",
+}.items():
     os.environ.setdefault(var, value)
 os.environ.setdefault("GLUE_DIR", str(os.environ.get("GLUE_DIR") or SHARED_GLUE))
 
-TINY = ["data.max_train_samples=64", "data.max_eval_samples=64", "tokenize.max_length=32",
-        "finetune.batch_size=16", "finetune.epochs=2", "evaluate.batch_size=64", "runtime.threads=1"]
+TINY = [
+    "data.max_train_samples=64",
+    "data.max_eval_samples=64",
+    "tokenize.max_length=32",
+    "finetune.batch_size=16",
+    "finetune.epochs=2",
+    "evaluate.batch_size=64",
+    "runtime.threads=1",
+]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ commit:K  just before the K-th os.replace: the renames that make a result appear
 torn:NAME:K  the K-th file named NAME written by torch.save or safetensors is truncated to half, then the kill.
 Commands below faults.py are run as `python -m ...` would run them, with the same argv.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,6 +70,7 @@ def torn(name: str, k: int) -> None:
                 if count[0] == k:
                     os.truncate(f, os.path.getsize(f) // 2)
                     kill()
+
         return saving
 
     torch.save = wrap(torch.save)
@@ -79,8 +81,11 @@ def main() -> None:
     spec, flag, module, *argv = sys.argv[1:]
     assert flag == "-m", "usage: faults.py SPEC -m MODULE [ARGS...]"
     kind, *args = spec.split(":")
-    {"step": lambda n: at_step(int(n)), "commit": lambda n: at_commit(int(n)),
-     "torn": lambda name, n: torn(name, int(n))}[kind](*args)
+    {
+        "step": lambda n: at_step(int(n)),
+        "commit": lambda n: at_commit(int(n)),
+        "torn": lambda name, n: torn(name, int(n)),
+    }[kind](*args)
     sys.argv = [module, *argv]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -3,6 +3,7 @@
 Everything lives in tmp dirs: the Prefect home (ephemeral API database, persisted results), the MLflow store
 and the data and outputs the steps write; nothing touches the work tree.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +22,11 @@ TINY = {  # seconds per model on 2 cores
     "evaluate": {"latency_runs": 1, "batch_size": 32, "latency_threads": 1},
     "runtime": {"threads": 1},
     "experiment": {"tasks": ["mrpc"], "seeds": [42], "lr_candidates": []},
-    "variants": {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
-                 "gradual": {"from": "pretrained", "prune": {"method": "gradual"}, "quantize": ["dynamic"]},
-                 "oneshot": {"from": "dense", "prune": {"method": "oneshot"}, "quantize": ["dynamic"]}},
+    "variants": {
+        "dense": {"from": "pretrained", "quantize": ["dynamic"]},
+        "gradual": {"from": "pretrained", "prune": {"method": "gradual"}, "quantize": ["dynamic"]},
+        "oneshot": {"from": "dense", "prune": {"method": "oneshot"}, "quantize": ["dynamic"]},
+    },
 }
 METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic", "oneshot", "oneshot+dynamic"]  # TINY's
 _flow: dict = {}
@@ -45,14 +48,25 @@ def write_params(path: Path, **changes: dict) -> Path:
 @contextlib.contextmanager
 def isolated(root: Path):
     """cwd, Prefect home and MLflow store inside root: the flow's relative paths and stores land there."""
-    from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH,
-                                  PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings)
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
 
     home = root / "prefect"
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage",
-                PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{home}/prefect.db"}
-    with (temporary_settings(updates=settings, restore_defaults={PREFECT_API_URL}), contextlib.chdir(root),
-          env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db")):
+    settings = {
+        PREFECT_HOME: home,
+        PREFECT_LOCAL_STORAGE_PATH: home / "storage",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{home}/prefect.db",
+    }
+    with (
+        temporary_settings(updates=settings, restore_defaults={PREFECT_API_URL}),
+        contextlib.chdir(root),
+        env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"),
+    ):
         yield
 
 

@@ -1,6 +1,7 @@
 """bench/compression.py builds params.yaml's own variant table from the plan (tasks/plan.py), on a tiny real MRPC
 slice: every evaluation of the plan is a row, a variant trained on from another (gradual, from dense) is a
 fine-tune of that variant's folder distilled from it, and structured pruning is distilled from its teacher."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,18 @@ from pathlib import Path
 
 import pipeline_runs as pr
 
-TINY = ["data.max_train_samples=32", "data.max_eval_samples=32", "tokenize.max_length=32", "finetune.batch_size=16",
-        "finetune.epochs=2", "evaluate.batch_size=32", "runtime.threads=1", "variants.gradual.finetune.epochs=2",
-        "variants.structured.prune.recovery_steps=4", "variants.oneshot.prune.recovery_steps=0"]
+TINY = [
+    "data.max_train_samples=32",
+    "data.max_eval_samples=32",
+    "tokenize.max_length=32",
+    "finetune.batch_size=16",
+    "finetune.epochs=2",
+    "evaluate.batch_size=32",
+    "runtime.threads=1",
+    "variants.gradual.finetune.epochs=2",
+    "variants.structured.prune.recovery_steps=4",
+    "variants.oneshot.prune.recovery_steps=0",
+]
 
 
 def test_the_bench_builds_the_projects_own_table(tmp_path, capsys):
@@ -20,9 +30,28 @@ def test_the_bench_builds_the_projects_own_table(tmp_path, capsys):
     from tasks import plan
 
     with pr.env_vars(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db"):
-        assert compression.main(["--task", "mrpc", "--params", str(pr.REPO / "params.yaml"), "--out", str(tmp_path),
-                                 "--runs", "1", "--rounds", "1", "--threads", "1", "--no-compile", "--no-results",
-                                 *[a for o in TINY for a in ("-S", o)]]) == 0
+        assert (
+            compression.main(
+                [
+                    "--task",
+                    "mrpc",
+                    "--params",
+                    str(pr.REPO / "params.yaml"),
+                    "--out",
+                    str(tmp_path),
+                    "--runs",
+                    "1",
+                    "--rounds",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--no-compile",
+                    "--no-results",
+                    *[a for o in TINY for a in ("-S", o)],
+                ]
+            )
+            == 0
+        )
     said = capsys.readouterr().out
     assert "the bench runs one seed at finetune.lr: seed 42" in said
     p = P.load(pr.REPO / "params.yaml", TINY)

@@ -1,6 +1,7 @@
 """Loopback: scripts/prefect.sh starts a Prefect server on 127.0.0.1 and serves the deployments; `prefect
 deployment run compress/mrpc` on tiny params completes; bad params fail it with the CLI's message and open no
 MLflow run; every process the test started is stopped. All state in a workspace copy under tmp."""
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import pipeline_runs as pr
+import pytest
 
 VARIANTS = {"dense": {"from": "pretrained"}}
 
@@ -26,13 +26,19 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(workspace, env) with the server up and compress/mrpc served; both stopped afterwards."""
-    root = pr.copy_project(tmp_path_factory.mktemp("served"), "bertcompress", "tasks", "flows", "scripts",
-                           "prefect.toml")
+    root = pr.copy_project(
+        tmp_path_factory.mktemp("served"), "bertcompress", "tasks", "flows", "scripts", "prefect.toml"
+    )
     pr.write_params(root / "params.yaml", variants=VARIANTS)
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(root / ".prefect"), "PREFECT_PORT": str(port),
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "BIN": str(Path(sys.executable).parent), "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / ".prefect"),
+        "PREFECT_PORT": str(port),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "BIN": str(Path(sys.executable).parent),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+    }
     script = str(root / "scripts" / "prefect.sh")
     try:
         subprocess.run([script, "up"], env=env, check=True, timeout=300, capture_output=True)
@@ -58,16 +64,25 @@ def alive(pid: int) -> bool:
 def wait_for_deployment(env: dict, name: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if subprocess.run([f"{env['BIN']}/prefect", "deployment", "inspect", name], env=env,
-                          capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                [f"{env['BIN']}/prefect", "deployment", "inspect", name], env=env, capture_output=True
+            ).returncode
+            == 0
+        ):
             return
         time.sleep(2)
     pytest.fail(f"deployment {name} not served after {timeout} s")
 
 
 def deployment_run(env: dict, root: Path, *params: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(root / "scripts" / "prefect.sh"), "run", "mrpc", *params], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(root / "scripts" / "prefect.sh"), "run", "mrpc", *params],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def flow_run_state(env: dict, output: str):

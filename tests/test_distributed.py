@@ -6,6 +6,7 @@ MiniLM with dropout set to 0: what is left to differ is the order of floating-po
 examples make the last batch 13 = 7 + 6, so each rank's share of the mean is checked; at lr 1e-4 a wrong share
 moves the losses by ~1e-4 (AdamW hides a wrong overall gradient scale, but not a wrong direction).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ def no_dropout_params(tmp_path_factory, tiny_params):
         if name != "config.json":
             (model / name).symlink_to(os.path.join(src, name))
     config = json.loads(open(os.path.join(src, "config.json")).read())
-    (model / "config.json").write_text(json.dumps(config | {"hidden_dropout_prob": 0.0,
-                                                            "attention_probs_dropout_prob": 0.0}))
+    (model / "config.json").write_text(
+        json.dumps(config | {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    )
     params = tiny_params.to_dict()
     params["model"]["name"] = str(model)
     params["data"]["max_train_samples"], params["finetune"]["lr"] = 61, 1e-4
@@ -47,8 +49,14 @@ def no_dropout_params(tmp_path_factory, tiny_params):
 
 def torchrun(nproc: int, args: list[str], cwd, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([*TORCHRUN, f"--nproc_per_node={nproc}", "-m", "bertcompress.cli", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*TORCHRUN, f"--nproc_per_node={nproc}", "-m", "bertcompress.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_two_gloo_processes_match_one_process(no_dropout_params, tmp_path, monkeypatch):
@@ -66,18 +74,23 @@ def test_two_gloo_processes_match_one_process(no_dropout_params, tmp_path, monke
         assert a["val_f1"] == pytest.approx(b["val_f1"], abs=1e-9)
     # rank 0 alone wrote: one model folder, no partial work left, one result printed
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("metrics.json")) == [
-        "ddp/metrics.json", "single/metrics.json"]
+        "ddp/metrics.json",
+        "single/metrics.json",
+    ]
     assert (tmp_path / "ddp" / "model.safetensors").is_file() and not (tmp_path / "ddp.partial").exists()
     assert ddp.stdout.count('"val_accuracy"') == 1
 
 
 def test_batch_that_does_not_split_fails_before_work(no_dropout_params, tmp_path):
-    run = torchrun(2, ["finetune", "--task", "mrpc", "--params", str(no_dropout_params),
-                       "-S", "finetune.batch_size=15"], tmp_path)
+    run = torchrun(
+        2, ["finetune", "--task", "mrpc", "--params", str(no_dropout_params), "-S", "finetune.batch_size=15"], tmp_path
+    )
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: finetune.batch_size=15 does not split evenly over 2 processes; launch a number of "
-                      "processes that divides it, or set finetune.batch_size to a multiple of 2"], run.stderr
+    assert errors == [
+        "error: finetune.batch_size=15 does not split evenly over 2 processes; launch a number of "
+        "processes that divides it, or set finetune.batch_size to a multiple of 2"
+    ], run.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "outputs").exists()
 
 
@@ -94,8 +107,10 @@ def test_more_processes_than_devices_is_one_line(cuda, tmp_path, monkeypatch, ca
     assert main(["finetune", "--task", "mrpc", "-S", f"finetune.batch_size={2 * world}"]) == 2  # it splits
     err = capsys.readouterr().err.strip()
     what = "CUDA devices" if cuda else "CPU cores"
-    assert err == (f"error: {world} processes per node but this machine has {have} {what}; "
-                   f"launch with --nproc_per_node {have} (or --num_processes {have}) or fewer")
+    assert err == (
+        f"error: {world} processes per node but this machine has {have} {what}; "
+        f"launch with --nproc_per_node {have} (or --num_processes {have}) or fewer"
+    )
     assert not (tmp_path / "data").exists()
 
 

@@ -2,6 +2,7 @@
 dvc repro end to end, then a no-op; metrics and plots show; dvc exp run -S reruns exactly the stages whose plan
 reads the param (a pruning param: the pruned variants only; a runtime knob: none); the same metrics as the Prefect
 flow; bad params stop it with the CLI's message; a killed stage's run is KILLED."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,19 @@ import sys
 import time
 from pathlib import Path
 
+import pipeline_runs as pr
 import pytest
 
-import pipeline_runs as pr
-
-VARIANTS = {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
-            "oneshot": {"from": "dense", "prune": {"method": "oneshot"}}}
+VARIANTS = {
+    "dense": {"from": "pretrained", "quantize": ["dynamic"]},
+    "oneshot": {"from": "dense", "prune": {"method": "oneshot"}},
+}
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                          env=_env(repo), timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, env=_env(repo), timeout=900
+    )
     if check and done.returncode:
         pytest.fail(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done
@@ -30,15 +33,28 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 def _env(repo: Path) -> dict:
     bin_dir = str(Path(sys.executable).parent)  # `python` in dvc.yaml's commands is this venv's
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow/mlflow.db", "PREFECT_HOME": str(repo / ".prefect")}
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow/mlflow.db",
+        "PREFECT_HOME": str(repo / ".prefect"),
+    }
 
 
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory):
     """The workspace after two `dvc repro`: (root, first output, second output)."""
-    root = pr.copy_project(tmp_path_factory.mktemp("dvc"), "bertcompress", "tasks", "dvc.yaml", ".dvc", ".dvcignore",
-                           ".gitignore", "prefect.toml")
+    root = pr.copy_project(
+        tmp_path_factory.mktemp("dvc"),
+        "bertcompress",
+        "tasks",
+        "dvc.yaml",
+        ".dvc",
+        ".dvcignore",
+        ".gitignore",
+        "prefect.toml",
+    )
     pr.write_params(root / "params.yaml", variants=VARIANTS)
     (root / "mlflow").mkdir()
     git = lambda *a: subprocess.run(["git", *a], cwd=root, check=True, capture_output=True)  # noqa: E731
@@ -68,8 +84,16 @@ def running(out: str, always: bool = False) -> set[str]:
 
 def test_repro_runs_every_stage_then_is_a_no_op(repo):
     root, first, second = repo
-    assert running(first, always=True) == {"plan", "download@mrpc", "tokenize@mrpc", "pretrained", "sweep",
-                                           "variant@dense", "variant@oneshot", "report@mrpc"}
+    assert running(first, always=True) == {
+        "plan",
+        "download@mrpc",
+        "tokenize@mrpc",
+        "pretrained",
+        "sweep",
+        "variant@dense",
+        "variant@oneshot",
+        "report@mrpc",
+    }
     assert running(second, always=True) == ALWAYS  # it read the source, found it unchanged: nothing after it ran
     assert (root / "outputs/dense/mrpc-s42/model.safetensors").is_file()
     assert (root / "outputs/dense/mrpc-s42.dynamic/weights.pt").is_file()
@@ -114,9 +138,12 @@ def test_exp_run_with_a_set_param_reruns_only_what_reads_it(repo):
     assert "finetune mrpc dense-s42: up to date" in out and "quantize mrpc dense+dynamic-s42: up to date" in out
     assert "prune mrpc oneshot-s42: up to date" in out
     exps = json.loads(dvc(root, "exp", "show", "--json").stdout)
-    params = [e["data"]["params"]["params.yaml"]["data"]["quantize"]["calibration_size"]
-              for b in exps for e in [b, *[x for run in b.get("experiments") or [] for x in run["revs"]]]
-              if e.get("data")]
+    params = [
+        e["data"]["params"]["params.yaml"]["data"]["quantize"]["calibration_size"]
+        for b in exps
+        for e in [b, *[x for run in b.get("experiments") or [] for x in run["revs"]]]
+        if e.get("data")
+    ]
     assert 8 in params and 16 in params
 
 
@@ -127,8 +154,10 @@ def test_dvc_runs_nest_under_one_parent_per_repro(repo):
         client, experiment = tracking.client()
         parents = client.search_runs([experiment], "tags.driver = 'dvc'", order_by=["attributes.start_time"])
         repro = parents[0]
-        runs = {r.data.tags["method"]: r for r in client.search_runs(
-            [experiment], f"tags.`mlflow.parentRunId` = '{repro.info.run_id}'")}
+        runs = {
+            r.data.tags["method"]: r
+            for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{repro.info.run_id}'")
+        }
     assert repro.data.tags["git_commit"] and repro.info.status == "FINISHED"
     assert sorted(runs) == ["dense", "dense+dynamic", "oneshot"]
     assert all(r.info.status == "FINISHED" for r in runs.values())
@@ -172,11 +201,17 @@ def test_a_killed_stage_leaves_its_run_killed(repo, tmp_path):
     from tasks import tracking
 
     root = repo[0]
-    slow = pr.write_params(tmp_path / "slow.yaml", variants=VARIANTS, finetune={"epochs": 50},
-                           experiment={"seeds": [7]})
-    stage = subprocess.Popen([sys.executable, "-m", "tasks.stage", "variant", "--name", "dense",
-                              "--params", str(slow)], cwd=root, env=_env(root), text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    slow = pr.write_params(
+        tmp_path / "slow.yaml", variants=VARIANTS, finetune={"epochs": 50}, experiment={"seeds": [7]}
+    )
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "tasks.stage", "variant", "--name", "dense", "--params", str(slow)],
+        cwd=root,
+        env=_env(root),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 300
         while not stage.stdout.readline().startswith("epoch=1") and time.monotonic() < deadline:
@@ -200,14 +235,14 @@ def test_the_variant_stages_expand_the_table():
     from bertcompress import params as P
 
     assert {s for s in done.stdout.split() if s.startswith("variant@")} == {
-        f"variant@{n}" for n in P.load(pr.REPO / "params.yaml").variants}
+        f"variant@{n}" for n in P.load(pr.REPO / "params.yaml").variants
+    }
 
 
 def test_an_added_variant_is_one_more_stage(repo):
     """The README's gradual80 entry added to params.yaml: dvc repro runs its stage (and the plan and the report)
     only, its metrics and the report's rows appear, and the next repro is a no-op."""
     import yaml
-
     from test_variants import readme_entry
 
     root = repo[0]
@@ -251,14 +286,23 @@ def test_a_changed_glue_source_reruns_what_reads_it(repo, tmp_path, glue_dir):
 
 def test_a_dry_run_on_a_fresh_clone_lists_every_stage_and_writes_nothing(tmp_path):
     """The README's preview for a fresh clone (plain --dry needs the upstream outputs to hash: treeverse/dvc#9021)."""
-    root = pr.copy_project(tmp_path, "bertcompress", "tasks", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore",
-                           "prefect.toml")
+    root = pr.copy_project(
+        tmp_path, "bertcompress", "tasks", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore", "prefect.toml"
+    )
     pr.write_params(root / "params.yaml", variants=VARIANTS)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     tree = lambda: sorted(p.relative_to(root) for p in root.rglob("*") if not {".git", ".dvc"} & set(p.parts))  # noqa: E731
     before = tree()
     out = dvc(root, "repro", "--dry", "--force").stdout
-    assert running(out, always=True) == {"plan", "download@mrpc", "tokenize@mrpc", "pretrained", "sweep",
-                                         "variant@dense", "variant@oneshot", "report@mrpc"}
+    assert running(out, always=True) == {
+        "plan",
+        "download@mrpc",
+        "tokenize@mrpc",
+        "pretrained",
+        "sweep",
+        "variant@dense",
+        "variant@oneshot",
+        "report@mrpc",
+    }
     assert "> python -m tasks.stage variant --name dense" in out
     assert tree() == before

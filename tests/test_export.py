@@ -1,6 +1,7 @@
 """Ship it: a variant folder exported as an int8 ONNX artifact (tokenizer, manifest, file hashes), and
 `predict` on variant folders and artifacts; on the validation texts predict's labels are evaluate's; every bad
 input is one line, exit 2, nothing on stdout."""
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,9 @@ def test_predict_equals_evaluate_on_the_validation_texts(kind, variants, artifac
         expected = evaluate(str(folder), "mrpc", tiny_mrpc["validation"], 64, keep_predictions=True)["predictions"]
         got = predict(str(folder), "mrpc", rows, max_length=32)
         assert [r["label"] for r in got] == expected, folder
-        assert all(abs(sum(r["probabilities"]) - 1) < 1e-5 and r["label_name"] in ("not_equivalent", "equivalent")
-                   for r in got)
+        assert all(
+            abs(sum(r["probabilities"]) - 1) < 1e-5 and r["label_name"] in ("not_equivalent", "equivalent") for r in got
+        )
 
 
 @pytest.mark.parametrize("kind", ["dense", "oneshot", "structured"])
@@ -103,8 +105,9 @@ def test_predict_cli_reads_arguments_tsv_and_jsonl(artifacts, tmp_path, capsys, 
     assert main(["predict", "--model", art, "A man plays a guitar.", "Someone is playing guitar."]) == 0
     one = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     (tmp_path / "in.tsv").write_text("A man plays a guitar.\tSomeone is playing guitar.\nx\ty\n")
-    (tmp_path / "in.jsonl").write_text('{"sentence1": "A man plays a guitar.", "sentence2": "Someone is playing '
-                                       'guitar."}\n["x", "y"]\n')
+    (tmp_path / "in.jsonl").write_text(
+        '{"sentence1": "A man plays a guitar.", "sentence2": "Someone is playing guitar."}\n["x", "y"]\n'
+    )
     assert main(["predict", "--model", art, "--input", "in.tsv"]) == 0
     tsv = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["predict", "--model", art, "--input", "in.jsonl", "--input-format", "jsonl"]) == 0
@@ -115,16 +118,19 @@ def test_predict_cli_reads_arguments_tsv_and_jsonl(artifacts, tmp_path, capsys, 
     assert tsv[0]["probabilities"] == pytest.approx(one[0]["probabilities"], abs=2e-3)
 
 
-@pytest.mark.parametrize("setup,argv,pattern", [
-    (None, ["only one text"], r"mrpc takes 2 texts per input"),
-    ("one\n", ["--input", "in.tsv"], r"in.tsv line 1 has 1 text\(s\); mrpc needs 2 \(sentence1, sentence2\) tab"),
-    ("", ["--input", "in.tsv"], r"in.tsv is empty"),
-    (b"\xff\xfeabc\n", ["--input", "in.tsv"], r"in.tsv is not UTF-8 text \(byte 0\)"),
-    ("a\tb\n", ["--input", "in.tsv", "--input-format", "csv"], r"unknown input format 'csv'; did you mean 'tsv'"),
-    ("{oops\n", ["--input", "in.tsv", "--input-format", "jsonl"], r"in.tsv line 1 is not JSON"),
-    (None, [], r"nothing to predict"),
-    (None, ["--input", "missing.tsv"], r"--input missing.tsv does not exist"),
-])
+@pytest.mark.parametrize(
+    "setup,argv,pattern",
+    [
+        (None, ["only one text"], r"mrpc takes 2 texts per input"),
+        ("one\n", ["--input", "in.tsv"], r"in.tsv line 1 has 1 text\(s\); mrpc needs 2 \(sentence1, sentence2\) tab"),
+        ("", ["--input", "in.tsv"], r"in.tsv is empty"),
+        (b"\xff\xfeabc\n", ["--input", "in.tsv"], r"in.tsv is not UTF-8 text \(byte 0\)"),
+        ("a\tb\n", ["--input", "in.tsv", "--input-format", "csv"], r"unknown input format 'csv'; did you mean 'tsv'"),
+        ("{oops\n", ["--input", "in.tsv", "--input-format", "jsonl"], r"in.tsv line 1 is not JSON"),
+        (None, [], r"nothing to predict"),
+        (None, ["--input", "missing.tsv"], r"--input missing.tsv does not exist"),
+    ],
+)
 def test_bad_predict_input_is_one_line(artifacts, tmp_path, capsys, monkeypatch, setup, argv, pattern):
     monkeypatch.chdir(tmp_path)
     if setup is not None:
@@ -143,10 +149,14 @@ def test_bad_models_are_one_line(variants, artifacts, tmp_path, capsys, monkeypa
         (["predict", "--model", "empty", "a", "b"], r"--model empty is no model folder"),
         (["predict", "--model", str(artifacts["dense"]), "--task", "sst2", "a"], r"was made for mrpc"),
         (["export", "--task", "mrpc", "--model-dir", "empty"], r"holds no saved model"),
-        (["export", "--task", "mrpc", "--model-dir", str(variants["dense"]), "--format", "tflite"],
-         r"export format 'tflite' is unknown"),
-        (["export", "--task", "mrpc", "--model-dir", str(variants["dense"]), "--format", "pt2e_int8"],
-         r"--format pt2e_int8 takes a PT2E int8 variant .* quantize it first"),
+        (
+            ["export", "--task", "mrpc", "--model-dir", str(variants["dense"]), "--format", "tflite"],
+            r"export format 'tflite' is unknown",
+        ),
+        (
+            ["export", "--task", "mrpc", "--model-dir", str(variants["dense"]), "--format", "pt2e_int8"],
+            r"--format pt2e_int8 takes a PT2E int8 variant .* quantize it first",
+        ),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
@@ -168,8 +178,13 @@ def pt2e(tmp_path_factory, variants, tiny_params, tiny_mrpc) -> tuple[Path, Path
     from bertcompress.quantize import quantize
 
     root = tmp_path_factory.mktemp("pt2e")
-    quantize(str(variants["dense"]), str(root / "static"), tiny_params.replace({"quantize.mode": "static"}), "mrpc",
-             tiny_mrpc["train"])
+    quantize(
+        str(variants["dense"]),
+        str(root / "static"),
+        tiny_params.replace({"quantize.mode": "static"}),
+        "mrpc",
+        tiny_mrpc["train"],
+    )
     export(str(root / "static"), str(root / "artifact"), "mrpc", "pt2e_int8", max_length=32)
     return root / "static", root / "artifact"
 

@@ -1,13 +1,13 @@
 """Grid fan-out: the tiny grid on a 2-worker Dask LocalCluster gives the sequential run's metrics; a scheduler that
 cannot be reached fails at once, with one line, before any work."""
+
 from __future__ import annotations
 
 import socket
 import time
 
-import pytest
-
 import pipeline_runs as pr
+import pytest
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,13 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("address,reason", [
-    (f"tcp://127.0.0.1:{closed_port()}", "unreachable (connection refused)"),
-    ("tcp://:8786", "not a scheduler address"),
-])
+@pytest.mark.parametrize(
+    "address,reason",
+    [
+        (f"tcp://127.0.0.1:{closed_port()}", "unreachable (connection refused)"),
+        ("tcp://:8786", "not a scheduler address"),
+    ],
+)
 def test_unreachable_scheduler_is_one_line_before_any_work(address, reason, tmp_path, monkeypatch, capsys):
     from flows.compress import main
 

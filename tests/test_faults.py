@@ -3,6 +3,7 @@ a file put in place, in the middle of a checkpoint write), damaged data and chec
 runs of one output at once. Each case asserts what it ends with: the rerun gives the metrics of a run never
 interrupted (or the same files), or one clear line; never a half-written result folder, never a FINISHED MLflow
 run for a step that did not finish. Tiny slices of real MRPC, CPU, real processes."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import pipeline_runs as pr
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RNG = random.Random(15)  # random kill points, the same in every run of the suite
@@ -44,9 +44,12 @@ def command(root: Path, *args: str, fault: str | None = None, module: str = "ber
 
 
 def cli(root: Path, *args: str, fault: str | None = None, expect: int = 0, **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run(command(root, *args, fault=fault), cwd=root, capture_output=True, text=True,
-                          timeout=600, env=env(), **kw)
-    assert done.returncode == expect, f"{args} {fault}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    done = subprocess.run(
+        command(root, *args, fault=fault), cwd=root, capture_output=True, text=True, timeout=600, env=env(), **kw
+    )
+    assert done.returncode == expect, (
+        f"{args} {fault}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    )
     if fault and expect == -signal.SIGKILL:
         INJECTED["kills"] += 1
     return done
@@ -82,8 +85,9 @@ def test_finetune_killed_after_a_random_step_resumes_to_the_same_metrics(ws, ste
     assert not (ws / f"{out}.partial").exists()
 
 
-@pytest.mark.parametrize("name,k,resumed_from", [("state.pt", 2, 1), ("model.safetensors", 1, 0),
-                                                  ("model.safetensors", 3, 2)])
+@pytest.mark.parametrize(
+    "name,k,resumed_from", [("state.pt", 2, 1), ("model.safetensors", 1, 0), ("model.safetensors", 3, 2)]
+)
 def test_a_torn_write_resumes_from_the_last_complete_checkpoint(ws, name, k, resumed_from, capsys):
     """Cut in half mid-write, then killed: epoch 2's checkpoint, epoch 1's weights, the final weights."""
     out = f"torn-{name}-{k}"
@@ -108,10 +112,13 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_run_starts_over(ws):
     assert history(ws / out) == history(ws / "ref")
 
 
-@pytest.mark.parametrize("command_args,reference", [
-    (("quantize", "--model-dir", "ref", "-S", "quantize.mode=dynamic"), "ref-int8"),
-    (("export", "--model-dir", "ref"), "ref-export"),
-])
+@pytest.mark.parametrize(
+    "command_args,reference",
+    [
+        (("quantize", "--model-dir", "ref", "-S", "quantize.mode=dynamic"), "ref-int8"),
+        (("export", "--model-dir", "ref"), "ref-export"),
+    ],
+)
 def test_killed_at_a_commit_leaves_nothing_or_all_of_it(ws, command_args, reference):
     """Killed just before renames that put a file or folder in place (the last one and two at random): the result
     folder is absent until the run completes; the run after a kill gives the reference's files."""
@@ -152,16 +159,23 @@ def test_a_damaged_source_is_one_line_and_nothing_is_written(ws, tmp_path, glue_
     train.write_bytes(train.read_bytes()[:1000])
     INJECTED["corrupted files"] += 1
     before = files(ws / "data")
-    done = subprocess.run(command(ws, "finetune", "--task", "mrpc", "--out", "never"), cwd=ws, capture_output=True,
-                          text=True, env=env(GLUE_DIR=str(src)), timeout=600)
+    done = subprocess.run(
+        command(ws, "finetune", "--task", "mrpc", "--out", "never"),
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        env=env(GLUE_DIR=str(src)),
+        timeout=600,
+    )
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert done.stderr.startswith("error: cannot read ") and "replace the file with a good copy" in done.stderr
     assert files(ws / "data") == before and not (ws / "never").exists() and not (ws / "never.partial").exists()
 
 
 def test_sigterm_stops_a_finetune_within_a_batch_and_it_resumes(ws):
-    slow = pr.write_params(ws / "slow.yaml", data={"max_train_samples": 64, "max_eval_samples": 32},
-                           finetune={"epochs": 40})
+    slow = pr.write_params(
+        ws / "slow.yaml", data={"max_train_samples": 64, "max_eval_samples": 32}, finetune={"epochs": 40}
+    )
     args = [a if a != str(ws / "params.yaml") else str(slow) for a in command(ws, "finetune", "--out", "term")]
     proc = subprocess.Popen(args, cwd=ws, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -180,8 +194,17 @@ def test_sigterm_stops_a_finetune_within_a_batch_and_it_resumes(ws):
 
 def test_two_runs_of_one_output_take_turns(ws):
     """Started together: one trains, the other waits (saying so) and reuses its result; both exit 0."""
-    procs = [subprocess.Popen(command(ws, "finetune", "--out", "twice"), cwd=ws, env=env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            command(ws, "finetune", "--out", "twice"),
+            cwd=ws,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     waited = [o for o in outs if "is being written by another run" in o]
@@ -193,17 +216,26 @@ def test_two_runs_of_one_output_take_turns(ws):
 @pytest.fixture(scope="module")
 def flow_ws(tmp_path_factory):
     root = pr.copy_project(tmp_path_factory.mktemp("flowfaults"), "bertcompress", "tasks", "flows", "prefect.toml")
-    pr.write_params(root / "params.yaml", data={"max_train_samples": 64, "max_eval_samples": 32},
-                    finetune={"epochs": 30}, variants={"dense": {"from": "pretrained"}})
+    pr.write_params(
+        root / "params.yaml",
+        data={"max_train_samples": 64, "max_eval_samples": 32},
+        finetune={"epochs": 30},
+        variants={"dense": {"from": "pretrained"}},
+    )
     return root
 
 
 def flow(root: Path, fault: str | None = None, log=subprocess.PIPE) -> subprocess.Popen:
     """The flow in its own process group (its temporary Prefect server with it), stores inside root."""
-    return subprocess.Popen(command(root, "--task", "mrpc", fault=fault, module="flows.compress"), cwd=root,
-                            env=env(PREFECT_HOME=str(root / ".prefect"),
-                                    MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"),
-                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        command(root, "--task", "mrpc", fault=fault, module="flows.compress"),
+        cwd=root,
+        env=env(PREFECT_HOME=str(root / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow/mlflow.db"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def reap(proc: subprocess.Popen) -> None:
@@ -221,14 +253,18 @@ def runs(root: Path) -> dict[str, list[str]]:
         client, experiment = tracking.client()
         found: dict[str, list[str]] = {}
         for r in client.search_runs([experiment], order_by=["attributes.start_time ASC"]):
-            found.setdefault(r.info.run_name.split("-")[0] if r.info.run_name.startswith("compress") else "variant",
-                             []).append(r.info.status)
+            found.setdefault(
+                r.info.run_name.split("-")[0] if r.info.run_name.startswith("compress") else "variant", []
+            ).append(r.info.status)
         return found
 
 
 def finished_folders(root: Path) -> list[Path]:
-    return [p for p in (root / "outputs" / "flow" / "mrpc").glob("dense-*")
-            if p.is_dir() and p.suffix not in (".partial", ".lock")]
+    return [
+        p
+        for p in (root / "outputs" / "flow" / "mrpc").glob("dense-*")
+        if p.is_dir() and p.suffix not in (".partial", ".lock")
+    ]
 
 
 def test_the_flow_killed_or_interrupted_in_a_finetune_never_finishes_its_runs(flow_ws):
@@ -282,9 +318,16 @@ def test_a_damaged_source_in_the_flow_is_one_line_not_retried(flow_ws, tmp_path,
     INJECTED["corrupted files"] += 1
     root = pr.copy_project(tmp_path / "ws", "bertcompress", "tasks", "flows", "prefect.toml")
     shutil.copy(flow_ws / "params.yaml", root / "params.yaml")
-    done = subprocess.run(command(root, "--task", "mrpc", module="flows.compress"), cwd=root, capture_output=True,
-                          text=True, timeout=600, env=env(GLUE_DIR=str(src), PREFECT_HOME=str(root / ".prefect"),
-                                                          MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db"))
+    done = subprocess.run(
+        command(root, "--task", "mrpc", module="flows.compress"),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env(
+            GLUE_DIR=str(src), PREFECT_HOME=str(root / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db"
+        ),
+    )
     said = done.stdout + done.stderr
     assert done.returncode == 2 and "Traceback" not in said, said[-3000:]
     assert "\nerror: cannot read " in "\n" + done.stderr, said[-2000:]  # the CLI's line

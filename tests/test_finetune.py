@@ -1,4 +1,5 @@
 """Fine-tuning: the saved folder, per-epoch metrics, same seed -> same numbers, kill-and-resume."""
+
 from __future__ import annotations
 
 import json
@@ -52,6 +53,7 @@ class Interrupted(Exception):
 
 def killed_after_first_epoch(params, tiny_mrpc, out) -> None:
     """A fine-tune to out that dies after its first epoch's checkpoint, as a killed run would."""
+
     def die(epoch, row):
         if epoch == 1:
             raise Interrupted
@@ -68,8 +70,14 @@ def test_resume_after_interruption_gives_same_metrics(tiny_run, tiny_params, tin
     assert not out.exists() and (partial / "checkpoints" / "epoch-1" / "model.safetensors").is_file()
 
     epochs_run = []
-    resumed = finetune(tiny_params, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),
-                       on_epoch_end=lambda e, row: epochs_run.append(e))
+    resumed = finetune(
+        tiny_params,
+        "mrpc",
+        tiny_mrpc["train"],
+        tiny_mrpc["validation"],
+        str(out),
+        on_epoch_end=lambda e, row: epochs_run.append(e),
+    )
     assert epochs_run == [2]  # epoch 1 came from the checkpoint
     assert resumed["history"] == uninterrupted["history"]
     assert out.is_dir() and not partial.exists()
@@ -83,15 +91,21 @@ def test_a_partial_run_of_other_params_is_set_aside_not_resumed(tiny_run, tiny_p
     killed_after_first_epoch(tiny_params, tiny_mrpc, out)
     capsys.readouterr()
     epochs_run = []
-    result = finetune(other, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out),
-                      on_epoch_end=lambda e, row: epochs_run.append(e))
+    result = finetune(
+        other,
+        "mrpc",
+        tiny_mrpc["train"],
+        tiny_mrpc["validation"],
+        str(out),
+        on_epoch_end=lambda e, row: epochs_run.append(e),
+    )
     said = [line for line in capsys.readouterr().out.splitlines() if "set aside" in line]
     assert len(said) == 1 and "run.stale" in said[0] and "starting over" in said[0]
     assert epochs_run == [1, 2]  # nothing resumed
     clean = finetune(other, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / "clean"))
     assert result["history"] == clean["history"] != at_default_lr["history"]
     assert json.loads((out / "params.json").read_text())["finetune"]["lr"] == 5e-5
-    assert (tmp_path / "run.stale" / "checkpoints" / "epoch-1").is_dir() 
+    assert (tmp_path / "run.stale" / "checkpoints" / "epoch-1").is_dir()
     assert json.loads(Path(f"{out}.step.json").read_text())["reads"]["finetune.lr"] == 5e-5  # what out was made from
 
 
@@ -107,12 +121,12 @@ def test_length_grouping_keeps_every_example_once_and_pads_less():
 
 def test_fast_path_matches_plain_loss_curve(tiny_params, tiny_mrpc, tmp_path):
     """Padding to multiples and logging every 10 steps change execution, not the maths."""
-    plain = tiny_params.replace({"finetune.group_by_length": 0, "finetune.pad_to_multiple": 1,
-                                 "runtime.log_every": 1})
-    fast = tiny_params.replace({"finetune.group_by_length": 0, "finetune.pad_to_multiple": 8,
-                                "runtime.log_every": 10})
-    curves = [finetune(p, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / name))["history"]
-              for name, p in (("plain", plain), ("fast", fast))]
+    plain = tiny_params.replace({"finetune.group_by_length": 0, "finetune.pad_to_multiple": 1, "runtime.log_every": 1})
+    fast = tiny_params.replace({"finetune.group_by_length": 0, "finetune.pad_to_multiple": 8, "runtime.log_every": 10})
+    curves = [
+        finetune(p, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / name))["history"]
+        for name, p in (("plain", plain), ("fast", fast))
+    ]
     for a, b in zip(*curves):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
@@ -144,7 +158,7 @@ def test_filled_short_batch_gives_the_short_batch_loss_and_gradients(tiny_params
     def loss_and_grads(rows):
         batch = data.batch(rows, 8)
         labels = batch.pop("labels")
-        labels[len(idx):] = -100
+        labels[len(idx) :] = -100
         model.zero_grad()
         loss = F.cross_entropy(model(**batch).logits, labels)
         loss.backward()

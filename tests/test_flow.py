@@ -1,12 +1,11 @@
 """The Prefect flow on a tiny MRPC slice, ephemeral API: every variant of the table evaluated, a second run all
 cache hits, a changed parameter reruns exactly the steps that read it (a pruning param: the pruned variants only;
 a runtime knob: nothing), bad params fail before any work with the CLI's message."""
+
 from __future__ import annotations
 
-import pytest
-
 import pipeline_runs as pr
-
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +33,9 @@ def test_second_run_takes_every_task_from_the_cache(flow):
     # the report reads the MLflow store as it is now: never cached (tasks/steps.py)
     assert second == dict.fromkeys(first, "Cached") | {"report-mrpc": "Completed"}
     assert len(second) == 3 + 2 + 1 + 3 + 6 + 1  # download, tokenize, pretrained; fine-tunes, pruning, ...
-    assert {"download-mrpc", "pretrained", "finetune-mrpc-gradual-s42", "evaluate-mrpc-oneshot+dynamic-s42"} <= set(second)
+    assert {"download-mrpc", "pretrained", "finetune-mrpc-gradual-s42", "evaluate-mrpc-oneshot+dynamic-s42"} <= set(
+        second
+    )
     assert flow["second"].result() == flow["first"].result()
 
 
@@ -52,16 +53,22 @@ def test_a_changed_param_reruns_only_the_steps_that_read_it(flow):
     assert {n: s for n, s in runs.items() if s != "Cached"} == {"report-mrpc": "Completed"}
     runs = rerun(flow, "evaluate.latency_runs=2")
     assert {n for n, s in runs.items() if s != "Cached"} == {f"evaluate-mrpc-{m}-s42" for m in pr.METHODS} | {
-        "report-mrpc"}
+        "report-mrpc"
+    }
 
 
 def test_a_pruning_param_reruns_only_the_pruned_variants(flow):
     runs = rerun(flow, "prune.final_sparsity=0.7")
     rerun_now = {n for n, s in runs.items() if s == "Completed"}
     pruned = {f"{step}-mrpc-{m}-s42" for m in ("gradual", "oneshot") for step in ("evaluate",)}
-    pruned |= {"finetune-mrpc-gradual-s42", "prune-mrpc-oneshot-s42", "quantize-mrpc-gradual+dynamic-s42",
-               "quantize-mrpc-oneshot+dynamic-s42", "evaluate-mrpc-gradual+dynamic-s42",
-               "evaluate-mrpc-oneshot+dynamic-s42"}
+    pruned |= {
+        "finetune-mrpc-gradual-s42",
+        "prune-mrpc-oneshot-s42",
+        "quantize-mrpc-gradual+dynamic-s42",
+        "quantize-mrpc-oneshot+dynamic-s42",
+        "evaluate-mrpc-gradual+dynamic-s42",
+        "evaluate-mrpc-oneshot+dynamic-s42",
+    }
     assert rerun_now == pruned | {"report-mrpc"}  # the dense fine-tune and its int8 model: cache hits
 
 
@@ -70,18 +77,32 @@ def test_a_runtime_knob_reruns_nothing(flow):
     assert {n: s for n, s in runs.items() if s != "Cached"} == {"report-mrpc": "Completed"}
 
 
-@pytest.mark.parametrize("task,overrides,cli_overrides", [
-    ("mrpc", ["finetune.lr=-1"], ["finetune.lr=-1"]),
-    ("mrcp", [], []),
-    ("mrpc", ["variants.dense.quantize=[int3]"], ["variants.dense.quantize=[int3]"]),
-])
+@pytest.mark.parametrize(
+    "task,overrides,cli_overrides",
+    [
+        ("mrpc", ["finetune.lr=-1"], ["finetune.lr=-1"]),
+        ("mrcp", [], []),
+        ("mrpc", ["variants.dense.quantize=[int3]"], ["variants.dense.quantize=[int3]"]),
+    ],
+)
 def test_bad_params_fail_with_the_cli_message(flow, capsys, task, overrides, cli_overrides):
     from bertcompress.cli import main
     from flows.compress import compress
     from tasks import tracking
 
-    assert main(["finetune", "--task", task, "--params", str(flow["params"]),
-                 *[arg for o in cli_overrides for arg in ("-S", o)]]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                task,
+                "--params",
+                str(flow["params"]),
+                *[arg for o in cli_overrides for arg in ("-S", o)],
+            ]
+        )
+        == 2
+    )
     message = capsys.readouterr().err.strip().removeprefix("error: ")
     with pr.isolated(flow["root"]):
         client, experiment = tracking.client()
@@ -92,14 +113,17 @@ def test_bad_params_fail_with_the_cli_message(flow, capsys, task, overrides, cli
         from flows.compress import main as flow_main
 
         capsys.readouterr()
-        assert flow_main(["--task", task, "--params", str(flow["params"]),
-                          *[arg for o in overrides for arg in ("-S", o)]]) == 2
+        assert (
+            flow_main(["--task", task, "--params", str(flow["params"]), *[arg for o in overrides for arg in ("-S", o)]])
+            == 2
+        )
         said = capsys.readouterr()
         assert said.err.strip() == f"error: {message}" and "Traceback" not in said.out + said.err  # before Prefect
 
 
-@pytest.mark.parametrize("key", ["prune.method=oneshot", "distill.teacher=dense", "quantize.mode=static",
-                                 "finetune.seed=7"])
+@pytest.mark.parametrize(
+    "key", ["prune.method=oneshot", "distill.teacher=dense", "quantize.mode=static", "finetune.seed=7"]
+)
 def test_keys_the_experiment_sets_per_run_are_refused(flow, capsys, key):
     """Accepted, they would change nothing: each variant's entry and experiment.seeds decide them."""
     from flows.compress import main as flow_main
@@ -127,13 +151,18 @@ def test_status_after_the_flow_says_every_step_is_done(flow):
 def test_status_names_exactly_the_chain_a_change_reruns_and_why(flow):
     said = status(flow, "variants.gradual.finetune.precision=bf16")
     again = {run for run, (s, _) in said.items() if s == "will run"}
-    assert again == {"finetune gradual-s42", "evaluate gradual-s42", "quantize gradual+dynamic-s42",
-                     "evaluate gradual+dynamic-s42"}
+    assert again == {
+        "finetune gradual-s42",
+        "evaluate gradual-s42",
+        "quantize gradual+dynamic-s42",
+        "evaluate gradual+dynamic-s42",
+    }
     assert said["finetune gradual-s42"][1] == "finetune.precision fp32 -> bf16"
     assert said["quantize gradual+dynamic-s42"][1] == "after finetune gradual-s42"
     # one-shot pruning without recovery steps trains nothing: precision is not its read, so nothing reruns
-    assert not {run for run, (s, _) in status(flow, "variants.oneshot.finetune.precision=bf16").items()
-                if s == "will run"}
+    assert not {
+        run for run, (s, _) in status(flow, "variants.oneshot.finetune.precision=bf16").items() if s == "will run"
+    }
 
 
 def test_a_cache_entry_whose_output_is_gone_is_a_miss(flow):

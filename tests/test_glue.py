@@ -1,4 +1,5 @@
 """GLUE loading: the registry, the published content fingerprints, and every bad-data message."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,10 +11,12 @@ from bertcompress import glue
 from bertcompress.params import UserError
 
 # From ../shared/glue/README.md: sha256 over "idx\tlabel\ttext1[\ttext2]\n" per row, as the hub has them.
-PUBLISHED = {("mrpc", "validation"): "41003f486f8aa6e89e3cd136bd24cf98cb9513977959e18e80b985ceb9d93ce9",
-             ("cola", "validation"): "633645342c5e582dc9b055b6f8e8eec8d5b41a03bb6de89585248da03f3e04d0",
-             ("sst2", "validation"): "392ebc7dee695358efd98b5521cb974462016da189b744b6a51e74ca76e3e0da",
-             ("stsb", "validation"): "7a093e513d29cd7f24e4dd7b0f5f00ff0dae4c0515aa91b7b1f530c570b28771"}
+PUBLISHED = {
+    ("mrpc", "validation"): "41003f486f8aa6e89e3cd136bd24cf98cb9513977959e18e80b985ceb9d93ce9",
+    ("cola", "validation"): "633645342c5e582dc9b055b6f8e8eec8d5b41a03bb6de89585248da03f3e04d0",
+    ("sst2", "validation"): "392ebc7dee695358efd98b5521cb974462016da189b744b6a51e74ca76e3e0da",
+    ("stsb", "validation"): "7a093e513d29cd7f24e4dd7b0f5f00ff0dae4c0515aa91b7b1f530c570b28771",
+}
 ROWS = {"mrpc": 408, "cola": 1043, "sst2": 872, "stsb": 1500}
 
 

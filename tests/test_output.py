@@ -1,6 +1,7 @@
 """What a run prints, as a user's terminal shows it: the flow as a process on a tiny MRPC slice (dense and its
 int8 model), its stdout and stderr. No warning, progress bar or notice a user cannot act on; the closing summary
 within 120 columns, its Δ and CI in points, the unit of experiment.champion_budget."""
+
 from __future__ import annotations
 
 import os
@@ -9,9 +10,8 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
-
 import pipeline_runs as pr
+import pytest
 
 VARIANTS = {"dense": {"from": "pretrained", "quantize": ["dynamic"]}}
 NOISE = {  # what each pattern caught before it was fixed
@@ -27,11 +27,21 @@ def run(tmp_path_factory) -> dict:
     root = pr.copy_project(tmp_path_factory.mktemp("output"), "prefect.toml")
     params = pr.write_params(root / "params.yaml", variants=VARIANTS)
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the tests' switch, not a user's
-    env |= {"PYTHONPATH": str(pr.REPO), "PREFECT_HOME": str(root / ".prefect"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow/mlflow.db"}
+    env |= {
+        "PYTHONPATH": str(pr.REPO),
+        "PREFECT_HOME": str(root / ".prefect"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow/mlflow.db",
+    }
     (root / "mlflow").mkdir()
-    done = subprocess.run([sys.executable, "-m", "flows.compress", "--task", "mrpc", "--params", str(params)],
-                          cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.compress", "--task", "mrpc", "--params", str(params)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     return {"root": root, "out": done.stdout, "report": root / "results" / "report" / "mrpc"}
 
@@ -52,15 +62,17 @@ def test_the_closing_summary_fits_120_columns_in_points(run):
     lines = run["out"].splitlines()
     start = next(i for i, line in enumerate(lines) if line.endswith("## mrpc: compression summary"))
     end = next(i for i in range(start, len(lines)) if lines[i].startswith("  then http://"))
-    printed = lines[start:end + 1]
+    printed = lines[start : end + 1]
     assert max(map(len, printed)) <= 120, "\n".join(line for line in printed if len(line) > 120)
     md = (run["report"] / "summary.md").read_text().strip()  # the Prefect artifact's text: what was printed
     assert summary_text(run["report"]) in md and md.removeprefix("## mrpc: compression summary") in "\n".join(printed)
 
     summary = pd.read_csv(run["report"] / "summary.csv", index_col="method")
     budget = P.load(run["root"] / "params.yaml").experiment.champion_budget
-    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
-                                          for line in printed if line.startswith("| "))}
+    rows = {
+        cells[0]: cells
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in printed if line.startswith("| "))
+    }
     assert rows["variant"][2:4] == ["Δ f1 (pts)", "95 % CI (pts)"]
     row, s = rows["dense+dynamic"], summary.loc["dense+dynamic"]
     assert float(row[2]) == pytest.approx(100 * s["Δ vs dense"], abs=0.005)

@@ -1,4 +1,5 @@
 """Pruning: the schedule's formula, target sparsity per scope, masks that hold, one-shot and structured pruning."""
+
 from __future__ import annotations
 
 import copy
@@ -40,12 +41,14 @@ def test_schedule_equals_formula_at_begin_middle_end():
     assert pruner.sparsity_at(0) == pytest.approx(0.1) and pruner.sparsity_at(40) == pytest.approx(0.9)
 
 
-@pytest.mark.parametrize("scope,ranking", [("classifier", "layer"), ("encoder", "layer"), ("encoder", "global"),
-                                           ("all_linear", "global")])
+@pytest.mark.parametrize(
+    "scope,ranking", [("classifier", "layer"), ("encoder", "layer"), ("encoder", "global"), ("all_linear", "global")]
+)
 def test_target_sparsity_reached_per_scope(fresh_model, scope, ranking):
     model = copy.deepcopy(fresh_model)
-    pruner = masks.GradualPruner(schedule(scope=scope, ranking=ranking, final_sparsity=0.8, end_step=4,
-                                          frequency=2), total_steps=6)
+    pruner = masks.GradualPruner(
+        schedule(scope=scope, ranking=ranking, final_sparsity=0.8, end_step=4, frequency=2), total_steps=6
+    )
     pruner.attach(model)
     for step in range(1, 7):
         pruner.after_step(step)
@@ -66,8 +69,9 @@ def test_pruned_weights_stay_zero_under_training_and_masks_go(fresh_model, tiny_
     pruner.after_step(1)
     zeros = {n: m.weight == 0 for n, m in pruner.modules.items()}
     before = {n: m.weight.detach().clone() for n, m in pruner.modules.items()}
-    loss = loop.steps(model, tiny_mrpc["train"], tiny_params.finetune, tiny_params.runtime, 3,
-                      lambda s: pruner.after_step(1 + s))
+    loss = loop.steps(
+        model, tiny_mrpc["train"], tiny_params.finetune, tiny_params.runtime, 3, lambda s: pruner.after_step(1 + s)
+    )
     assert loss > 0
     for n, m in pruner.modules.items():
         assert (m.weight[zeros[n]] == 0).all()
@@ -79,8 +83,15 @@ def test_pruned_weights_stay_zero_under_training_and_masks_go(fresh_model, tiny_
 
 
 def test_gradual_finetune_saves_pruned_model_without_masks(tiny_params, tiny_mrpc, tmp_path):
-    p = tiny_params.replace({"finetune.max_steps": 4, "prune.method": "gradual", "prune.final_sparsity": 0.5,
-                             "prune.end_step": 3, "prune.frequency": 1})
+    p = tiny_params.replace(
+        {
+            "finetune.max_steps": 4,
+            "prune.method": "gradual",
+            "prune.final_sparsity": 0.5,
+            "prune.end_step": 3,
+            "prune.frequency": 1,
+        }
+    )
     result = finetune(p, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / "gradual"))
     assert result["sparsity"]["overall"] == pytest.approx(0.5, abs=0.005)
     state = load_file(tmp_path / "gradual" / "model.safetensors")
@@ -116,11 +127,11 @@ def test_structured_removes_heads_and_neurons(tiny_run, tiny_params, tiny_mrpc, 
         load_model(str(out), 2)
 
 
-def test_embedding_sparsity_zeroes_the_smallest_word_embeddings_and_holds_through_recovery(tiny_run, tiny_params,
-                                                                                           tiny_mrpc, tmp_path):
+def test_embedding_sparsity_zeroes_the_smallest_word_embeddings_and_holds_through_recovery(
+    tiny_run, tiny_params, tiny_mrpc, tmp_path
+):
     dense, _ = tiny_run
-    p = tiny_params.replace({"prune.method": "structured", "prune.embedding_sparsity": 0.5,
-                             "prune.recovery_steps": 2})
+    p = tiny_params.replace({"prune.method": "structured", "prune.embedding_sparsity": 0.5, "prune.recovery_steps": 2})
     assert "prune.embedding_sparsity" in prune.reads(p)
     prune.prune(str(dense), str(tmp_path / "s"), p, "mrpc", tiny_mrpc["train"])
     before = load_model(str(dense), 2).bert.embeddings.word_embeddings.weight.detach()
@@ -133,8 +144,16 @@ def test_embedding_sparsity_zeroes_the_smallest_word_embeddings_and_holds_throug
 def test_structured_recovery_distilled_from_its_source_reloads_identically(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     dense, _ = tiny_run
     before = load_file(dense / "model.safetensors")
-    p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.5, "prune.ffn_fraction": 0.5,
-                             "prune.recovery_steps": 2, "distill.teacher": str(dense), "distill.hidden_weight": 1.0})
+    p = tiny_params.replace(
+        {
+            "prune.method": "structured",
+            "prune.heads_fraction": 0.5,
+            "prune.ffn_fraction": 0.5,
+            "prune.recovery_steps": 2,
+            "distill.teacher": str(dense),
+            "distill.hidden_weight": 1.0,
+        }
+    )
     out = tmp_path / "distilled"
     result = prune.prune(str(dense), str(out), p, "mrpc", tiny_mrpc["train"], teacher=str(dense))
     assert result["structure"] == {"heads": [6] * 6, "intermediate": [768] * 6} and result["recovery_loss"] > 0
@@ -145,14 +164,23 @@ def test_structured_recovery_distilled_from_its_source_reloads_identically(tiny_
     _, again = predict(load_variant(str(out), 2), data)
     assert (predict(model, data)[1] == again).all()
     assert "distill.teacher" in prune.reads(p) and "distill.teacher" not in prune.reads(
-        p.replace({"prune.recovery_steps": 0}))
+        p.replace({"prune.recovery_steps": 0})
+    )
 
 
-def test_structured_in_stages_removes_along_the_schedule_and_recovers_after_each(tiny_run, tiny_params, tiny_mrpc,
-                                                                                tmp_path, monkeypatch):
+def test_structured_in_stages_removes_along_the_schedule_and_recovers_after_each(
+    tiny_run, tiny_params, tiny_mrpc, tmp_path, monkeypatch
+):
     dense, _ = tiny_run
-    p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.5, "prune.ffn_fraction": 0.5,
-                             "prune.recovery_steps": 4, "prune.stages": 3})
+    p = tiny_params.replace(
+        {
+            "prune.method": "structured",
+            "prune.heads_fraction": 0.5,
+            "prune.ffn_fraction": 0.5,
+            "prune.recovery_steps": 4,
+            "prune.stages": 3,
+        }
+    )
     seen, steps = [], loop.steps
 
     def recovery(model, train_path, f, r, n, **kw):  # the real steps, after noting the shape they train
@@ -182,13 +210,20 @@ def test_structured_by_magnitude_predicts_like_before_when_removing_nothing(tiny
     assert (preds_a == preds_b).all() and loss_a == pytest.approx(loss_b, rel=1e-5)
 
 
-@pytest.mark.parametrize("override,words", [
-    ("prune.final_sparsity=1.0", "final_sparsity"), ("prune.initial_sparsity=0.95", "initial_sparsity"),
-    ("prune.end_step=0", "end_step"), ("prune.frequency=0", "frequency"), ("prune.scope=heads", "scope"),
-    ("prune.heads_fraction=1.0", "heads_fraction"), ("prune.end_step=999999", "beyond"),
-    ("prune.embedding_sparsity=1.0", "embedding_sparsity"),
-    ("prune.begin_step=50", "would never prune"),  # 64 examples, batch 32, 3 epochs: 6 steps
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("prune.final_sparsity=1.0", "final_sparsity"),
+        ("prune.initial_sparsity=0.95", "initial_sparsity"),
+        ("prune.end_step=0", "end_step"),
+        ("prune.frequency=0", "frequency"),
+        ("prune.scope=heads", "scope"),
+        ("prune.heads_fraction=1.0", "heads_fraction"),
+        ("prune.end_step=999999", "beyond"),
+        ("prune.embedding_sparsity=1.0", "embedding_sparsity"),
+        ("prune.begin_step=50", "would never prune"),  # 64 examples, batch 32, 3 epochs: 6 steps
+    ],
+)
 def test_bad_pruning_input_is_one_line_before_training(override, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the CLI prepares data under ./data
     argv = ["finetune", "--task", "mrpc", "--params", str(tmp_path / "none.yaml"), "-S", override]

@@ -1,4 +1,5 @@
 """Quantization: each mode yields quantized modules, saves, and reloads as itself with identical predictions."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import torch
 from torch.ao.nn.quantized import Embedding as QEmbedding
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from bertcompress import params as P
 from bertcompress import latency, quantize
+from bertcompress import params as P
 from bertcompress.cli import main
 from bertcompress.evaluate import evaluate
 from bertcompress.loop import predict
@@ -77,13 +78,15 @@ def test_pt2e_static_and_qat_produce_quantized_program(mode, extra, tiny_run, ti
 
 
 @pytest.mark.parametrize("observers", ["calibrate", "train"])
-def test_qat_trains_the_graph_without_dropout_and_calibrated_scales_stay_frozen(observers, tiny_run, tiny_params,
-                                                                                tiny_mrpc):
+def test_qat_trains_the_graph_without_dropout_and_calibrated_scales_stay_frozen(
+    observers, tiny_run, tiny_params, tiny_mrpc
+):
     from bertcompress import loop
     from bertcompress.variant import load_float
 
-    p = tiny_params.replace({"quantize.mode": "qat", "quantize.qat_observers": observers,
-                             "quantize.calibration_size": 16})
+    p = tiny_params.replace(
+        {"quantize.mode": "qat", "quantize.qat_observers": observers, "quantize.calibration_size": 16}
+    )
     data = Encoded.load(tiny_mrpc["train"])
     model = load_float(str(tiny_run[0]), 2, attn_implementation="eager")
     prepared, _, calibrated = quantize.prepare(model, p, data, qat=True)
@@ -113,11 +116,16 @@ def test_quantizing_a_quantized_model_is_refused(tiny_run, tiny_params, tiny_mrp
         quantize.quantize(str(tmp_path / "q"), str(tmp_path / "qq"), p, "mrpc")
 
 
-@pytest.mark.parametrize("override,words", [("quantize.mode=int4", "quantize.mode"),
-                                            ("quantize.calibration_size=0", "calibration_size"),
-                                            ("quantize.qat_steps=-1", "qat_steps"),
-                                            ("quantize.qat_observers=never", "qat_observers"),
-                                            ("quantize.qat_lr=0", "qat_lr")])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("quantize.mode=int4", "quantize.mode"),
+        ("quantize.calibration_size=0", "calibration_size"),
+        ("quantize.qat_steps=-1", "qat_steps"),
+        ("quantize.qat_observers=never", "qat_observers"),
+        ("quantize.qat_lr=0", "qat_lr"),
+    ],
+)
 def test_bad_quantization_input_is_one_line(override, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["quantize", "--task", "mrpc", "--model-dir", str(tmp_path), "-S", override]) == 2
@@ -129,8 +137,14 @@ def test_bad_quantization_input_is_one_line(override, words, capsys, tmp_path, m
 def test_int8_of_a_structured_model_keeps_its_shapes(tiny_run, tiny_params, tiny_mrpc, tmp_path):
     from bertcompress import prune
 
-    p = tiny_params.replace({"prune.method": "structured", "prune.heads_fraction": 0.25, "prune.ffn_fraction": 0.5,
-                             "quantize.mode": "dynamic"})
+    p = tiny_params.replace(
+        {
+            "prune.method": "structured",
+            "prune.heads_fraction": 0.25,
+            "prune.ffn_fraction": 0.5,
+            "quantize.mode": "dynamic",
+        }
+    )
     prune.structured(str(tiny_run[0]), str(tmp_path / "small"), p, "mrpc")
     quantize.quantize(str(tmp_path / "small"), str(tmp_path / "small-int8"), p, "mrpc")
     model = load_variant(str(tmp_path / "small-int8"), 2)

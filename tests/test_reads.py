@@ -2,20 +2,28 @@
 key it reads, and no step may read a key that its step record (its cache key) lacks. The variants below take
 every branch of the steps' reads: a dense fine-tune, gradual first-order pruning distilled with hidden states,
 one-shot and staged structured pruning with distilled recovery, and every quantization mode."""
+
 from __future__ import annotations
 
-import pytest
-
 import pipeline_runs as pr
+import pytest
 
 VARIANTS = {
     "dense": {"from": "pretrained", "quantize": ["dynamic", "dynamic_emb", "fp16", "bf16", "static", "qat"]},
-    "gradual": {"from": "dense", "distill": {"teacher": "dense", "hidden_weight": 1.0},
-                "prune": {"method": "gradual", "criterion": "first_order", "ranking": "global"}},
-    "oneshot": {"from": "dense", "prune": {"method": "oneshot", "recovery_steps": 2, "embedding_sparsity": 0.5},
-                "distill": {"teacher": "dense"}},
-    "structured": {"from": "dense", "prune": {"method": "structured", "recovery_steps": 2, "stages": 2,
-                                              "heads_fraction": 0.5, "ffn_fraction": 0.5}},
+    "gradual": {
+        "from": "dense",
+        "distill": {"teacher": "dense", "hidden_weight": 1.0},
+        "prune": {"method": "gradual", "criterion": "first_order", "ranking": "global"},
+    },
+    "oneshot": {
+        "from": "dense",
+        "prune": {"method": "oneshot", "recovery_steps": 2, "embedding_sparsity": 0.5},
+        "distill": {"teacher": "dense"},
+    },
+    "structured": {
+        "from": "dense",
+        "prune": {"method": "structured", "recovery_steps": 2, "stages": 2, "heads_fraction": 0.5, "ffn_fraction": 0.5},
+    },
 }
 QUIET = ("tasks.plan", "tasks.tracking")  # they read params to key and describe a step, not to compute it
 
@@ -50,8 +58,10 @@ def test_every_step_of_the_plan_ran(read_by_step):
 
 
 def test_no_step_reads_a_key_missing_from_its_record(read_by_step):
-    missing = {r.id: {k: seen[k] for k in sorted(seen.keys() - keyed) if not k.startswith("runtime.")}
-               for r, seen, keyed in read_by_step}
+    missing = {
+        r.id: {k: seen[k] for k in sorted(seen.keys() - keyed) if not k.startswith("runtime.")}
+        for r, seen, keyed in read_by_step
+    }
     missing = {k: v for k, v in missing.items() if v}
     assert not missing, f"read but not in the step's key (its module's reads()): {missing}"
 

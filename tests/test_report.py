@@ -1,19 +1,21 @@
 """The report on a real tiny grid (MRPC slice; dense + gradual + int8; 2 seeds; an lr sweep of 2 candidates), run
 through the Prefect flow: its tables equal what mlflow.search_runs returns, the sweep's choice is recorded and
 reused, the figures exist and are logged to the parent run, and a variant missing from MLflow is a clear error."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pandas as pd
+import pipeline_runs as pr
 import pytest
 
-import pipeline_runs as pr
-
 EXPERIMENT = {"seeds": [42, 43], "lr_candidates": [2e-5, 5e-5], "bootstrap_samples": 200}
-VARIANTS = {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
-            "gradual": {"from": "pretrained", "prune": {"method": "gradual"}, "quantize": ["dynamic"]}}
+VARIANTS = {
+    "dense": {"from": "pretrained", "quantize": ["dynamic"]},
+    "gradual": {"from": "pretrained", "prune": {"method": "gradual"}, "quantize": ["dynamic"]},
+}
 METHODS = ["dense", "dense+dynamic", "gradual", "gradual+dynamic"]
 
 
@@ -26,7 +28,6 @@ def grid(tmp_path_factory):
 def runs_of(grid) -> tuple[pd.DataFrame, pd.Series]:
     """mlflow.search_runs of the flow run: (its variant runs as a DataFrame, its parent run)."""
     import mlflow
-
     from tasks import tracking
 
     _, experiment = tracking.client()
@@ -48,7 +49,8 @@ def test_lr_sweep_choice_is_recorded_and_used_by_every_variant(grid):
     assert set(others["params.finetune.lr"].astype(float)) == {chosen} and len(others) == 4 * 2 - 1
     table = json.loads((grid["report"] / "tables.json").read_text())["lr_sweep"]
     assert [(r["lr"], r["dense f1"], r["chosen"]) for r in table] == [
-        (lr, scores[lr], "yes" if lr == chosen else "") for lr in (2e-5, 5e-5)]
+        (lr, scores[lr], "yes" if lr == chosen else "") for lr in (2e-5, 5e-5)
+    ]
 
 
 def test_summary_equals_mlflow_search_runs(grid):
@@ -60,14 +62,22 @@ def test_summary_equals_mlflow_search_runs(grid):
     constant = summary.loc["majority class (constant)"]
     labels = runs.iloc[0]  # the validation slice's majority class, scored as every run's baseline_* metric
     assert (constant["f1 mean"], constant["accuracy mean"], constant["verdict"]) == (
-        labels["metrics.baseline_f1"], labels["metrics.baseline_accuracy"], "baseline")
+        labels["metrics.baseline_f1"],
+        labels["metrics.baseline_accuracy"],
+        "baseline",
+    )
     summary = summary.drop("majority class (constant)")
     assert (summary["seeds"] == 2).all()
     for method, group in runs.groupby("tags.method"):
         assert sorted(group["tags.seed"]) == ["42", "43"]
-        for col, metric in [("f1 mean", "f1"), ("accuracy mean", "accuracy"), ("compact_mb", "compact_mb"),
-                            ("compressed_mb", "compressed_mb"), ("state_dict_mb", "state_dict_mb"),
-                            ("latency b8 ms", "latency_batch8_ms")]:
+        for col, metric in [
+            ("f1 mean", "f1"),
+            ("accuracy mean", "accuracy"),
+            ("compact_mb", "compact_mb"),
+            ("compressed_mb", "compressed_mb"),
+            ("state_dict_mb", "state_dict_mb"),
+            ("latency b8 ms", "latency_batch8_ms"),
+        ]:
             assert summary.loc[method, col] == pytest.approx(group[f"metrics.{metric}"].mean(), rel=1e-12), col
         assert summary.loc[method, "f1 std"] == pytest.approx(group["metrics.f1"].std(ddof=1), rel=1e-9, abs=1e-12)
         zeros = 1 - group["metrics.nonzero_parameters"] / group["metrics.parameters"]
@@ -84,24 +94,32 @@ def test_summary_equals_mlflow_search_runs(grid):
         assert summary.loc[method, "Δ vs dense"] == pytest.approx((v - d).mean(), abs=1e-12)
         row = summary.loc[method]
         assert row["CI low"] <= row["Δ vs dense"] <= row["CI high"]
-        expected = ("within noise" if row["CI low"] <= 0 <= row["CI high"] else
-                    "better" if row["CI low"] > 0 else "worse")
-        assert row["verdict"] == ("collapsed to the majority class" if isinstance(row["collapse check"], str)
-                                  else expected)
+        expected = (
+            "within noise" if row["CI low"] <= 0 <= row["CI high"] else "better" if row["CI low"] > 0 else "worse"
+        )
+        assert row["verdict"] == (
+            "collapsed to the majority class" if isinstance(row["collapse check"], str) else expected
+        )
 
 
 def test_tables_figures_and_parent_artifacts(grid):
     from tasks import tracking
 
     text = (grid["report"] / "report.md").read_text()
-    for heading in ("## Summary: every variant", "## Table 1/2: per epoch, gradual vs dense",
-                    "## Table 3: without and with quantization", "## Learning rate"):
+    for heading in (
+        "## Summary: every variant",
+        "## Table 1/2: per epoch, gradual vs dense",
+        "## Table 3: without and with quantization",
+        "## Learning rate",
+    ):
         assert heading in text
     assert "within noise" in text or "better than dense" in text or "worse than dense" in text or "collapsed" in text
     assert "validation split (32 examples), mean ± std over 2 seeds" in text
     tables = json.loads((grid["report"] / "tables.json").read_text())
     assert [r["model"] for r in tables["quantization"]] == ["dense", "gradual"]
-    assert {"fp32 accuracy", "fp32 f1", "fp32 MB", "dynamic accuracy", "dynamic f1", "dynamic MB"} <= set(tables["quantization"][0])
+    assert {"fp32 accuracy", "fp32 f1", "fp32 MB", "dynamic accuracy", "dynamic f1", "dynamic MB"} <= set(
+        tables["quantization"][0]
+    )
     epoch_table = [line for line in text.split("## Table 1/2")[1].split("##")[0].splitlines() if line.startswith("| ")]
     assert len(epoch_table) == 1 + 2 and epoch_table[0].count("|") == 1 + 1 + 12  # header + 2 epochs; 12 columns
     figures = sorted(p.name for p in (grid["report"] / "figures").iterdir())
@@ -136,12 +154,12 @@ def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
     """The flow registers the smallest non-collapsed variant within experiment.champion_budget (1 point) of
     dense's F1 as mrpc-compressed@champion; it loads from MLflow and predicts."""
     import mlflow
-
     from tasks import tracking
 
     summary = pd.read_csv(grid["report"] / "summary.csv", index_col="method").drop("majority class (constant)")
-    ok = summary[(summary["f1 mean"] >= summary.loc["dense", "f1 mean"] - 0.01)
-                 & ~summary["verdict"].str.startswith("collapsed")]
+    ok = summary[
+        (summary["f1 mean"] >= summary.loc["dense", "f1 mean"] - 0.01) & ~summary["verdict"].str.startswith("collapsed")
+    ]
     with pr.isolated(grid["root"]):
         client = tracking.client()[0]
         if ok.empty:  # every variant collapsed or fell short: nothing is registered
@@ -173,8 +191,9 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
     with pr.isolated(grid["root"]):
         with get_client(sync_client=True) as api:
             this_run = ArtifactFilterFlowRunId(any_=[grid["state"].state_details.flow_run_id])
-            found = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-mrpc"]),
-                                                                      flow_run_id=this_run))
+            found = api.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-mrpc"]), flow_run_id=this_run)
+            )
     assert len(found) == 1 and found[0].type == "markdown"  # one per flow run (other tests' flows make theirs)
     summary = found[0].data  # what the flow wrote to summary.md (a later `python -m tasks.report` rebuilds it)
     assert summary.startswith("## mrpc: compression summary") and summary_text(grid["report"]).strip() in summary
@@ -195,7 +214,8 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
             assert "; latency batch 1 " in summary and " ms (1 threads, length " in summary  # of what ships
             logged = client.get_run(runs_of(grid)[1]["run_id"]).data.metrics
             assert logged["export_latency_batch1_ms"] > 0 and logged["export_compact_mb"] == pytest.approx(
-                manifest["sizes"]["compact_mb"], rel=1e-6)
+                manifest["sizes"]["compact_mb"], rel=1e-6
+            )
             assert f"f1 {logged['export_f1']:.4f}" in summary
 
 
@@ -230,5 +250,7 @@ def test_the_printed_summary_is_brief_and_in_points(grid):
         if abs(100 * s["Δ vs dense"] + budget) > 0.01:  # not on the edge, where rounding decides
             assert (s["f1 mean"] >= floor) == (float(row[2]) >= -budget), method
     champion = [line for line in lines if line.startswith("champion: ")]
-    assert len(champion) == 1 and (champion[0].startswith("champion: none") or
-                                   "  registered as models:/mrpc-compressed@champion (version " in message)
+    assert len(champion) == 1 and (
+        champion[0].startswith("champion: none")
+        or "  registered as models:/mrpc-compressed@champion (version " in message
+    )

@@ -1,4 +1,5 @@
 """Sizes three ways and the counts, for dense, sparse, int8 and half models."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,8 @@ import torch
 
 from bertcompress import masks, sizes
 from bertcompress import params as P
-from bertcompress.variant import convert
 from bertcompress.model import load_model
+from bertcompress.variant import convert
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,15 @@ def dense():
 
 def sparse(model, sparsity: float, scope: str = "all_linear"):
     model = copy.deepcopy(model)
-    schedule = dataclasses.replace(P.defaults().prune, method="gradual", scope=scope, ranking="layer",
-                                   initial_sparsity=sparsity, final_sparsity=sparsity, end_step=1)
+    schedule = dataclasses.replace(
+        P.defaults().prune,
+        method="gradual",
+        scope=scope,
+        ranking="layer",
+        initial_sparsity=sparsity,
+        final_sparsity=sparsity,
+        end_step=1,
+    )
     pruner = masks.GradualPruner(schedule, 1)
     pruner.attach(model)
     pruner.after_step(1)

@@ -1,5 +1,6 @@
 """Statistics of the report: vectorised GLUE metrics equal scikit-learn's, mean ± std, and the paired bootstrap
 interval of (variant − dense) on samples whose interval is known."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,10 +74,17 @@ def test_a_constant_prediction_model_is_collapsed_and_a_real_one_is_not():
     labels = (rng.random(400) < 0.68).astype(int)  # MRPC-like: majority class 1
     constant = np.ones((3, 400), dtype=int)
     out = stats.collapse("mrpc", labels, constant, n_resamples=500)
-    assert out["collapsed"] and out["verdict"] == "collapsed to the majority class" and "100.0% of predictions" in out["why"]
+    assert (
+        out["collapsed"]
+        and out["verdict"] == "collapsed to the majority class"
+        and "100.0% of predictions" in out["why"]
+    )
     good = np.where(rng.random((3, 400)) < 0.9, labels, 1 - labels)  # 90 % right, both classes predicted
     assert stats.collapse("mrpc", labels, good, n_resamples=500) == {
-        "collapsed": False, "verdict": "above the constant predictor", "why": ""}
+        "collapsed": False,
+        "verdict": "above the constant predictor",
+        "why": "",
+    }
     # mostly one class (but not 95 %) and no better than always saying it: within noise of the constant
     weak = np.where(rng.random((3, 400)) < 0.9, 1, rng.integers(0, 2, (3, 400)))
     out = stats.collapse("mrpc", labels, weak, n_resamples=500)

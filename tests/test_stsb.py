@@ -2,6 +2,7 @@
 fine-tuned with MSE, pruned, quantized, evaluated and reported; Pearson and Spearman equal scipy's on the saved
 predictions, the report's columns are the correlations, the constant predictor (the mean score) heads the
 summary, the collapse verdict is tagged on each MLflow run, and the flow prints the report's own summary."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pipeline_runs as pr
 import pytest
 
-import pipeline_runs as pr
-
-VARIANTS = {"dense": {"from": "pretrained", "quantize": ["dynamic"]},
-            "oneshot": {"from": "dense", "prune": {"method": "oneshot"}, "quantize": ["dynamic"]}}
+VARIANTS = {
+    "dense": {"from": "pretrained", "quantize": ["dynamic"]},
+    "oneshot": {"from": "dense", "prune": {"method": "oneshot"}, "quantize": ["dynamic"]},
+}
 METHODS = ["dense", "dense+dynamic", "oneshot", "oneshot+dynamic"]
 
 
@@ -29,7 +31,6 @@ def stsb(tmp_path_factory):
 
 def _runs(stsb) -> pd.DataFrame:
     import mlflow
-
     from tasks import tracking
 
     with pr.isolated(stsb["root"]):
@@ -88,7 +89,9 @@ def test_the_flow_prints_the_report_summary(stsb):
     with pr.isolated(stsb["root"]):
         APILogWorker.drain_all()
         with get_client(sync_client=True) as client:
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[stsb["state"].state_details.flow_run_id])))
+            logs = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[stsb["state"].state_details.flow_run_id]))
+            )
     tables = [log.message for log in logs if summary_text(stsb["report"]) in log.message]
     assert len(tables) == 1  # one summary, the report's, read back from its summary.csv
     assert tables[0].startswith("## stsb: compression summary") and "| mean score (constant) |" in tables[0]

@@ -1,4 +1,5 @@
 """Tokenization: pair layout with token types, truncation, and the on-disk cache."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,9 +17,9 @@ def test_pairs_are_cls_a_sep_b_sep_with_token_types(tiny_mrpc, tiny_params, glue
     n = int(mask.sum())
     seps = np.flatnonzero(ids[:n] == tok.sep_token_id)
     assert ids[0] == tok.cls_token_id and len(seps) == 2 and seps[-1] == n - 1
-    assert (types[:seps[0] + 1] == 0).all() and (types[seps[0] + 1:n] == 1).all()
+    assert (types[: seps[0] + 1] == 0).all() and (types[seps[0] + 1 : n] == 1).all()
     first = glue.load_split("mrpc", "validation", str(glue_dir)).iloc[0]
-    assert tok.decode(ids[1:seps[0]]).split()[:3] == first["sentence1"].lower().split()[:3]
+    assert tok.decode(ids[1 : seps[0]]).split()[:3] == first["sentence1"].lower().split()[:3]
     assert batch["labels"][0] == first["label"]
 
 

@@ -1,10 +1,10 @@
 """MLflow: one run per (task, method, seed) under the flow run's parent, with params, per-epoch metrics, sizes,
 tags and artifacts, in the store the tests point at (never ./mlruns); a step that raises leaves its run FAILED."""
+
 from __future__ import annotations
 
-import pytest
-
 import pipeline_runs as pr
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +22,9 @@ def store(tmp_path, monkeypatch):
 
 
 def children(client, experiment, parent_id):
-    return {r.data.tags["method"]: r for r in client.search_runs(
-        [experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")}
+    return {
+        r.data.tags["method"]: r for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    }
 
 
 def test_one_run_per_variant_under_the_flow_run(flow):
@@ -53,8 +54,18 @@ def test_one_run_per_variant_under_the_flow_run(flow):
             assert not [k for k in params if k.startswith("runtime.")]  # how it ran is no param of the result
             # only the leaf params its steps read: a dense model logs no pruning schedule
             assert ("prune.final_sparsity" in params) == (method.split("+")[0] != "dense")
-            assert {"accuracy", "f1", "loss", "parameters", "nonzero_parameters", "state_dict_mb", "compact_mb",
-                    "compressed_mb", "latency_batch1_ms", "latency_batch8_ms"} <= set(run.data.metrics)
+            assert {
+                "accuracy",
+                "f1",
+                "loss",
+                "parameters",
+                "nonzero_parameters",
+                "state_dict_mb",
+                "compact_mb",
+                "compressed_mb",
+                "latency_batch1_ms",
+                "latency_batch8_ms",
+            } <= set(run.data.metrics)
             assert run.info.artifact_uri.startswith(artifacts.as_uri())
             assert "evaluate" in {a.path for a in client.list_artifacts(run.info.run_id)}
         for pruned in ("gradual", "oneshot"):
@@ -69,9 +80,9 @@ def test_every_variant_is_an_mlflow_model_that_predicts_its_labels(flow):
     import tempfile
     from pathlib import Path
 
-    import mlflow
     import pandas as pd
 
+    import mlflow
     from tasks import tracking
 
     with pr.isolated(flow["root"]), tempfile.TemporaryDirectory() as tmp:
@@ -87,8 +98,9 @@ def test_every_variant_is_an_mlflow_model_that_predicts_its_labels(flow):
             got = model.predict(df[["sentence1", "sentence2"]])
             assert got["label"].tolist() == logged["predictions"], method
             assert set(got.columns) == {"label", "label_name", "probabilities"}
-            models = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
-                                                 filter_string=f"source_run_id = '{run.info.run_id}'")
+            models = mlflow.search_logged_models(
+                experiment_ids=[experiment], output_format="list", filter_string=f"source_run_id = '{run.info.run_id}'"
+            )
             assert len(models) == 1 and models[0].name == "model"
 
 
@@ -98,9 +110,9 @@ def test_the_champion_is_registered_from_its_logged_model_without_a_word(flow, c
     champion, linked from the logged model as mlflow.register_model links it, and loadable."""
     import json
 
-    import mlflow
     import pandas as pd
 
+    import mlflow
     from tasks import tracking
 
     with pr.isolated(flow["root"]):
@@ -111,15 +123,18 @@ def test_the_champion_is_registered_from_its_logged_model_without_a_word(flow, c
         versions = [tracking.register_champion(run_id, "test-champion") for _ in range(2)]
         said = capfd.readouterr()
         assert versions == ["1", "2"] and said.out == said.err == "", said
-        (model,) = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
-                                               filter_string=f"source_run_id = '{run_id}'")
+        (model,) = mlflow.search_logged_models(
+            experiment_ids=[experiment], output_format="list", filter_string=f"source_run_id = '{run_id}'"
+        )
         champion = client.get_model_version_by_alias("test-champion", "champion")
         assert (str(champion.version), champion.run_id, champion.source) == ("2", run_id, f"models:/{model.model_id}")
-        assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "test-champion", "version": int(v)}
-                                                                  for v in versions]
+        assert json.loads(model.tags["mlflow.modelVersions"]) == [
+            {"name": "test-champion", "version": int(v)} for v in versions
+        ]
         mlflow.set_tracking_uri(tracking.tracking_uri())
         got = mlflow.pyfunc.load_model("models:/test-champion@champion").predict(
-            pd.DataFrame({"sentence1": ["The cat sat."], "sentence2": ["A cat was sitting."]}))
+            pd.DataFrame({"sentence1": ["The cat sat."], "sentence2": ["A cat was sitting."]})
+        )
         assert got["label_name"].iloc[0] in ("not_equivalent", "equivalent")
 
 
@@ -148,7 +163,10 @@ def test_a_step_that_raises_leaves_its_run_failed(store, tmp_path):
     with pytest.raises(Exception), tracking.parent_run("test", "failing", key="k1") as parent:
         steps.evaluate.fn("mrpc", "dense", "none", 42, _params(params), str(tmp_path / "empty"), str(params), parent)
     runs = client.search_runs([experiment])
-    assert {r.info.run_name.split(" ")[0]: r.info.status for r in runs} == {"failing": "FAILED", "mrpc-dense-s42": "FAILED"}
+    assert {r.info.run_name.split(" ")[0]: r.info.status for r in runs} == {
+        "failing": "FAILED",
+        "mrpc-dense-s42": "FAILED",
+    }
 
 
 def test_an_interrupted_step_is_killed_and_a_later_step_reopens_its_run(store, tmp_path):
@@ -178,16 +196,26 @@ def _params(path):
 def test_runs_started_together_on_a_fresh_store_share_one_experiment(tmp_path):
     """Four processes open a store that does not exist yet at the same moment: its first-time set-up runs once,
     under the lock, and every one gets the same experiment."""
+    import os
     import subprocess
     import sys
 
-    import os
-
-    code = ("import sys; sys.path.insert(0, '.'); from tasks import tracking; "
-            "c, e = tracking.client(); print(e, c.get_experiment(e).name)")
+    code = (
+        "import sys; sys.path.insert(0, '.'); from tasks import tracking; "
+        "c, e = tracking.client(); print(e, c.get_experiment(e).name)"
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=pr.REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=pr.REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
     assert len({out.split()[0] for out, _ in outs}) == 1 and all(out.split()[1] == "bertcompress" for out, _ in outs)
@@ -207,11 +235,14 @@ def test_a_run_killed_with_sigkill_is_failed_by_the_next_run(tmp_path):
 
     def opens(key: str, then: str) -> subprocess.CompletedProcess:
         """A process that opens a parent run, prints its id and its own pid, then does `then` inside it."""
-        code = ("import os, sys; sys.path[:0] = ['.', 'tests']; import faults; from tasks import tracking\n"
-                f"with tracking.parent_run('test', '{key}', key='{key}') as run:\n"
-                f"    print(run, os.getpid(), flush=True); {then}")
-        return subprocess.run([sys.executable, "-c", code], cwd=pr.REPO, env=env, capture_output=True, text=True,
-                              timeout=300)
+        code = (
+            "import os, sys; sys.path[:0] = ['.', 'tests']; import faults; from tasks import tracking\n"
+            f"with tracking.parent_run('test', '{key}', key='{key}') as run:\n"
+            f"    print(run, os.getpid(), flush=True); {then}"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=pr.REPO, env=env, capture_output=True, text=True, timeout=300
+        )
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     killed = opens("killed", "faults.kill()")  # SIGKILL, inside the run
@@ -222,8 +253,11 @@ def test_a_run_killed_with_sigkill_is_failed_by_the_next_run(tmp_path):
         first = client.get_run(run_id)
         assert first.info.status == "RUNNING" and first.data.tags["pid"] == pid
         me = owners.holder()
-        others = {"alive": me, "other host": {**me, "pid": "1", "host": me["host"] + "-elsewhere"},
-                  "pid reused": {**me, "pid_started": f"{float(me['pid_started']) - 60:.2f}"}}
+        others = {
+            "alive": me,
+            "other host": {**me, "pid": "1", "host": me["host"] + "-elsewhere"},
+            "pid reused": {**me, "pid_started": f"{float(me['pid_started']) - 60:.2f}"},
+        }
         ids = {name: client.create_run(experiment, run_name=name, tags=t).info.run_id for name, t in others.items()}
         again = opens("next", "pass")
         assert again.returncode == 0, again.stderr[-2000:]

@@ -1,19 +1,23 @@
 """The experiment as data: a variant added to params.yaml (the README's gradual80 entry, exactly) runs in the flow,
 is logged to MLflow and reported, with no code change; each step is keyed on the leaf params it reads; the code
 has no import cycle (function-local imports included), keeps its layers, and no module is over 250 lines."""
+
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
 
+import pipeline_runs as pr
 import pytest
 import yaml
 
-import pipeline_runs as pr
-
-NEW = ("finetune-mrpc-gradual80-s42", "evaluate-mrpc-gradual80-s42", "quantize-mrpc-gradual80+dynamic_emb-s42",
-       "evaluate-mrpc-gradual80+dynamic_emb-s42")
+NEW = (
+    "finetune-mrpc-gradual80-s42",
+    "evaluate-mrpc-gradual80-s42",
+    "quantize-mrpc-gradual80+dynamic_emb-s42",
+    "evaluate-mrpc-gradual80+dynamic_emb-s42",
+)
 
 
 def readme_entry() -> dict:
@@ -58,8 +62,10 @@ def test_an_added_variant_runs_is_logged_and_reported(flow):
         runs = pr.task_runs(state, 20)
         client, experiment = tracking.client()
         (parent,) = client.search_runs([experiment], f"tags.invocation = '{state.state_details.flow_run_id}'")
-        logged = {r.data.tags["method"]: r for r in client.search_runs(
-            [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+        logged = {
+            r.data.tags["method"]: r
+            for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        }
     assert state.is_completed()
     assert {n for n, s in runs.items() if s == "Completed"} == {*NEW, "report-mrpc"}  # the rest: cache hits
     rows = {r["method"]: r for r in state.result()}
@@ -81,20 +87,32 @@ def test_each_step_reads_only_its_leaf_params():
     dense, gradual, oneshot = (p.variant(n, 42) for n in ("dense", "gradual", "oneshot"))
     assert [k for k in plan.reads("finetune", dense) if k.startswith("prune.")] == ["prune.method"]  # none: no schedule
     assert {"prune.final_sparsity", "prune.end_step", "prune.frequency"} <= set(plan.reads("finetune", gradual))
-    assert set(plan.reads("prune", oneshot)) == {"prune.method", "prune.scope", "prune.ranking", "prune.pattern",
-                                                     "prune.final_sparsity", "prune.recovery_steps",
-                                                     "prune.embedding_sparsity"}
+    assert set(plan.reads("prune", oneshot)) == {
+        "prune.method",
+        "prune.scope",
+        "prune.ranking",
+        "prune.pattern",
+        "prune.final_sparsity",
+        "prune.recovery_steps",
+        "prune.embedding_sparsity",
+    }
     assert {"distill.teacher", "prune.criterion", "prune.momentum"} <= set(plan.reads("finetune", gradual))
     assert plan.reads("quantize", p.variant("dense", 42, "dynamic")) == {"quantize.mode": "dynamic"}
-    every = {k for step in plan.MODULES for q in (dense, gradual, oneshot)
-             if (step == "prune") == (q is oneshot) for k in plan.reads(step, q)}
+    every = {
+        k
+        for step in plan.MODULES
+        for q in (dense, gradual, oneshot)
+        if (step == "prune") == (q is oneshot)
+        for k in plan.reads(step, q)
+    }
     assert not [k for k in every if k.startswith(("runtime.", "experiment."))]
     # a pruning param changes the pruned variants' configuration, never the dense one's
     q = P.load(None, ["prune.final_sparsity=0.8"])
     assert plan.digest("mrpc", q, "dense", 42) == plan.digest("mrpc", p, "dense", 42)
     assert plan.digest("mrpc", q, "oneshot", 42) != plan.digest("mrpc", p, "oneshot", 42)
-    assert plan.digest("mrpc", P.load(None, ["runtime.threads=1"]), "gradual", 42) == \
-        plan.digest("mrpc", p, "gradual", 42)
+    assert plan.digest("mrpc", P.load(None, ["runtime.threads=1"]), "gradual", 42) == plan.digest(
+        "mrpc", p, "gradual", 42
+    )
 
 
 def test_a_step_is_keyed_on_the_code_it_imports():
@@ -108,8 +126,11 @@ def test_a_step_is_keyed_on_the_code_it_imports():
 
 def _graph() -> dict[str, set[str]]:
     """module -> project modules it imports, anywhere in its body (function-local imports included)."""
-    mods = {".".join(f.relative_to(pr.REPO).with_suffix("").parts): f
-            for pkg in ("bertcompress", "tasks", "flows") for f in (pr.REPO / pkg).glob("*.py")}
+    mods = {
+        ".".join(f.relative_to(pr.REPO).with_suffix("").parts): f
+        for pkg in ("bertcompress", "tasks", "flows")
+        for f in (pr.REPO / pkg).glob("*.py")
+    }
     graph = {}
     for name, path in mods.items():
         deps = set()

@@ -10,6 +10,7 @@ another variant, and static/qat modes, are left to the flow. One small run leave
 mostly idle (a step is host-bound), so worker processes share the card; the longest runs start first. Prints
 per-run metrics and the total wall time. Needs only torch, transformers, pandas, scikit-learn.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-
 
 TASKS = ("sst2", "cola", "mrpc")  # --tasks stsb: the regression task (Pearson headline)
 
@@ -50,9 +50,17 @@ def run_one(args, task: str, method: str, seed: int, paths: dict, lr: float | No
     t0 = time.perf_counter()
     out = f"{args.work}/{task}-{method}-lr{p.finetune.lr}-s{seed}"
     m = finetune(p, task, paths["train"], paths["validation"], out)
-    row = {"task": task, "method": method, "seed": seed, "lr": p.finetune.lr, "train_s": m["train_seconds"],
-           "samples_per_s": m["train_samples_per_second"], "metric": headline(task, m),
-           **{k: m[f"val_{k}"] for k in get_task(task).metrics}, "sparsity": m.get("sparsity", {}).get("overall", 0.0)}
+    row = {
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "lr": p.finetune.lr,
+        "train_s": m["train_seconds"],
+        "samples_per_s": m["train_samples_per_second"],
+        "metric": headline(task, m),
+        **{k: m[f"val_{k}"] for k in get_task(task).metrics},
+        "sparsity": m.get("sparsity", {}).get("overall", 0.0),
+    }
     val = Encoded.load(paths["validation"])
     gpu = "cuda" if torch.cuda.is_available() else "cpu"
     for mode in (m for m in table.variants[method].quantize if m in CONVERTED):
@@ -87,10 +95,16 @@ def main() -> None:
     names = [n for n, v in p.variants.items() if v.finetuned]
     if skipped := [n for n in p.variants if n not in names]:
         print(f"not in the grid (made from another variant; the flow runs them): {', '.join(skipped)}")
-    paths = {t: prepared(t, p, f"{args.work}/glue", f"{args.work}/tok")
-             for t in args.tasks}  # once, before the workers: they only read
-    jobs = [(t, m, s, lr) for t in args.tasks for m in reversed(names) for lr in args.lr
-            for s in args.seeds or p.experiment.seeds]  # longest (sst2, gradual: eager pruning steps) first
+    paths = {
+        t: prepared(t, p, f"{args.work}/glue", f"{args.work}/tok") for t in args.tasks
+    }  # once, before the workers: they only read
+    jobs = [
+        (t, m, s, lr)
+        for t in args.tasks
+        for m in reversed(names)
+        for lr in args.lr
+        for s in args.seeds or p.experiment.seeds
+    ]  # longest (sst2, gradual: eager pruning steps) first
     rows = []
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_one, args, t, m, s, paths[t], lr): (t, m, s) for t, m, s, lr in jobs}
@@ -98,16 +112,20 @@ def main() -> None:
             rows.append(fut.result())
             r = rows[-1]
             modes = " ".join(f"{k.removesuffix('_metric')} {v:.4f}" for k, v in r.items() if k.endswith("_metric"))
-            print(f"{r['task']:5} {r['method']:8} lr {r['lr']:g} s{r['seed']} metric {r['metric']:.4f} "
-                  f"(accuracy {r.get('accuracy', float('nan')):.4f}) {modes} sparsity {r['sparsity']:.2f} "
-                  f"{r['samples_per_s']:7.0f} samples/s  "
-                  f"run {r['wall_s']:6.1f} s", flush=True)
+            print(
+                f"{r['task']:5} {r['method']:8} lr {r['lr']:g} s{r['seed']} metric {r['metric']:.4f} "
+                f"(accuracy {r.get('accuracy', float('nan')):.4f}) {modes} sparsity {r['sparsity']:.2f} "
+                f"{r['samples_per_s']:7.0f} samples/s  "
+                f"run {r['wall_s']:6.1f} s",
+                flush=True,
+            )
     total = time.perf_counter() - t0
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"grid of {len(rows)} runs with {args.workers} workers on {device}: {total:.0f} s wall")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "workers": args.workers, "wall_s": total,
-                                               "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"device": device, "workers": args.workers, "wall_s": total, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

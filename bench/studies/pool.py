@@ -2,6 +2,7 @@
 data, and the pool of spawned processes that runs their jobs and writes the rows as each job ends, so a call cut
 short keeps what finished. Imported by the studies, not run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,15 @@ def prepared_data(args: argparse.Namespace, tasks: list[str], root: Path) -> dic
     from bertcompress.tokenize import prepared
 
     limit = [f"data.max_train_samples={args.limit}", f"data.max_eval_samples={args.limit}"] if args.limit else []
-    return {t: prepared(t, P.load(None, [f"data.source={args.glue_dir}", f"model.name={args.model}", *limit]),
-                        str(root / "glue"), str(root / "tok")) for t in tasks}
+    return {
+        t: prepared(
+            t,
+            P.load(None, [f"data.source={args.glue_dir}", f"model.name={args.model}", *limit]),
+            str(root / "glue"),
+            str(root / "tok"),
+        )
+        for t in tasks
+    }
 
 
 def save(path: str, info: dict, started: float) -> None:

@@ -15,6 +15,7 @@ lr per task). `--device cuda` runs it all on a GPU, but on the lent H200's image
 converted programs equal their float models exactly (nothing is quantized there): use it only for the dense
 fine-tunes and the training-side checks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,23 +49,30 @@ def _quantized(task: str, seed: int, recipe: str, data: dict, model: str, device
     import numpy as np
     import torch
 
-    from bertcompress import loop
+    from bench.studies.pruning_study import ROOT
+    from bertcompress import loop, variant
     from bertcompress import params as P
     from bertcompress import quantize as Q
-    from bertcompress import variant
     from bertcompress.evaluate import evaluate_model
     from bertcompress.glue import get_task
     from bertcompress.metrics import headline
     from bertcompress.tokenize import Encoded
-    from bench.studies.pruning_study import ROOT
 
     dense = ROOT / "models" / f"{task}-s{seed}-dense"
     per_epoch = -(-len(Encoded.load(data["train"])) // P.defaults().finetune.batch_size)
     sets = {**grid()["recipes"][recipe]}
     if sets.get("qat_steps") == "epoch":
         sets["qat_steps"] = per_epoch
-    p = P.load(None, [f"model.name={model}", f"finetune.seed={seed}", "runtime.threads=1",
-                      "runtime.cuda_graphs=false", *(f"quantize.{k}={v}" for k, v in sets.items())])
+    p = P.load(
+        None,
+        [
+            f"model.name={model}",
+            f"finetune.seed={seed}",
+            "runtime.threads=1",
+            "runtime.cuda_graphs=false",
+            *(f"quantize.{k}={v}" for k, v in sets.items()),
+        ],
+    )
     qat, n = p.quantize.mode == "qat", get_task(task).num_labels
     attn = {"attn_implementation": "eager"}  # QAT needs it (sdpa bakes dropout in); on CUDA export of sdpa fails
     t0 = time.perf_counter()
@@ -80,24 +88,40 @@ def _quantized(task: str, seed: int, recipe: str, data: dict, model: str, device
     if device == "cuda":
         torch.cuda.empty_cache()
     q = p.quantize
-    return {"task": task, "seed": seed, "recipe": recipe, "mode": q.mode, "accuracy": m.get("accuracy"),
-            "metric": headline(task, m), **{k: m[k] for k in get_task(task).metrics},
-            "qat_steps": q.qat_steps if qat else None, "qat_lr": q.qat_lr if qat else None,
-            "qat_observers": q.qat_observers if qat else None, "qat_distill": q.qat_distill if qat else None,
-            "calibration_size": info.get("calibration_size"), "qat_loss": info.get("qat_loss"),
-            "max_logit_diff_vs_fp32": diff, "seconds": seconds}
+    return {
+        "task": task,
+        "seed": seed,
+        "recipe": recipe,
+        "mode": q.mode,
+        "accuracy": m.get("accuracy"),
+        "metric": headline(task, m),
+        **{k: m[k] for k in get_task(task).metrics},
+        "qat_steps": q.qat_steps if qat else None,
+        "qat_lr": q.qat_lr if qat else None,
+        "qat_observers": q.qat_observers if qat else None,
+        "qat_distill": q.qat_distill if qat else None,
+        "calibration_size": info.get("calibration_size"),
+        "qat_loss": info.get("qat_loss"),
+        "max_logit_diff_vs_fp32": diff,
+        "seconds": seconds,
+    }
 
 
 def dense(task: str, seed: int, data: dict, model: str, max_steps: int | None, device: str) -> dict:
     """The seed's dense fine-tune (bench/studies/pruning_study.py `one`), or the one a cut-short call already saved."""
-    from bertcompress.metrics import headline
     from bench.studies.pruning_study import ROOT, one
+    from bertcompress.metrics import headline
 
     done = ROOT / "models" / f"{task}-s{seed}-dense" / "metrics.json"
     if done.is_file() and not max_steps:
         m = json.loads(done.read_text())
-        return {"task": task, "seed": seed, "accuracy": m.get("val_accuracy"), "metric": headline(task, m),
-                "lr": json.loads((done.parent / "params.json").read_text())["finetune"]["lr"]}
+        return {
+            "task": task,
+            "seed": seed,
+            "accuracy": m.get("val_accuracy"),
+            "metric": headline(task, m),
+            "lr": json.loads((done.parent / "params.json").read_text())["finetune"]["lr"],
+        }
     return one(task, seed, {"variant": "dense", "distill": False}, data, model, max_steps, device)
 
 
@@ -111,8 +135,13 @@ def run(args) -> None:
     started, rows = time.time(), []
     data = prepared_data(args, args.tasks, ROOT)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
-    info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(), "jobs": args.jobs,
-            "rows": rows}
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "jobs": args.jobs,
+        "rows": rows,
+    }
     ready = [("dense", t, s) for t in args.tasks for s in args.seeds]
 
     def call(job: tuple) -> tuple:
@@ -123,12 +152,22 @@ def run(args) -> None:
 
     def done(job: tuple, row: dict) -> None:
         if job[0] == "dense":
-            row = {"task": row["task"], "seed": row["seed"], "recipe": "fp32", "mode": "none",
-                   "accuracy": row["accuracy"], "metric": row["metric"], "lr": row["lr"]}
+            row = {
+                "task": row["task"],
+                "seed": row["seed"],
+                "recipe": "fp32",
+                "mode": "none",
+                "accuracy": row["accuracy"],
+                "metric": row["metric"],
+                "lr": row["lr"],
+            }
             ready.extend(("q", job[1], job[2], r) for r in args.recipes)
         rows.append(row)
-        print(f"{row['task']} s{row['seed']} {row['recipe']}: acc {row['accuracy']} metric "
-              f"{row['metric']:.4f} [{time.time() - started:.0f}s]", flush=True)
+        print(
+            f"{row['task']} s{row['seed']} {row['recipe']}: acc {row['accuracy']} metric "
+            f"{row['metric']:.4f} [{time.time() - started:.0f}s]",
+            flush=True,
+        )
         save(args.json, info, started)
 
     run_pool(ready, call, done, args.jobs)
@@ -146,8 +185,12 @@ def report(paths: list[str]) -> None:
         acc = t.pivot_table(index="seed", columns="recipe", values="accuracy")
         table = []
         for recipe in acc.columns:
-            row = {"recipe": recipe, "seeds": int(acc[recipe].notna().sum()),
-                   "accuracy (mean)": acc[recipe].mean(), "per seed": " / ".join(f"{v:.4f}" for v in acc[recipe])}
+            row = {
+                "recipe": recipe,
+                "seeds": int(acc[recipe].notna().sum()),
+                "accuracy (mean)": acc[recipe].mean(),
+                "per seed": " / ".join(f"{v:.4f}" for v in acc[recipe]),
+            }
             for ref in ("fp32", "ptq"):
                 if ref in acc and recipe != ref:
                     d = (acc[recipe] - acc[ref]) * 100
