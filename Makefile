@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup run experiment test
+.PHONY: setup run experiment lint test
 setup: $(VENV)/.installed
 
 # torch first, pinned: its CPU wheel is on disk here; an unpinned torch would pull a multi-GB CUDA build.
@@ -26,5 +26,9 @@ run: setup  # fine-tune, prune, quantize, evaluate, report, register and export 
 experiment: setup  # the full experiment on MRPC: params.yaml's variant table, 3 seeds, the lr sweep
 	$(BIN)/python -m flows.compress --task mrpc
 
-test: setup
+lint: setup  # the house format (ruff format) and lint (ruff check), as CI runs them
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
+
+test: lint
 	$(BIN)/python -m pytest -q

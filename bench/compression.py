@@ -4,10 +4,12 @@
     .venv/bin/python -m bench.compression --only 'dense+static|gradual80'     # build and time only these
 
 The variants are bench/params-compression.yaml's `variants` table (laid over params.yaml; -S overrides as for
-the flow), made by the flow's own plan and step functions (tasks/plan.py `runs`, in its order): each variant fine-tuned or pruned
+the flow), made by the flow's own plan and step functions (tasks/plan.py `runs`, in its order): each variant
+fine-tuned or pruned
 from the one it names (distilled from its teacher), then quantized in each of its modes, then evaluated on the
 validation split (tasks/stage.py's `made`: the tasks of tasks/steps.py as plain functions, skipped when their
-output holds the same step record). Outputs: outputs/bench/<task>/<variant>[.<mode>]; MLflow runs under one parent in outputs/bench/mlflow.db
+output holds the same step record). Outputs: outputs/bench/<task>/<variant>[.<mode>]; MLflow runs under one parent in
+outputs/bench/mlflow.db
 unless $MLFLOW_TRACKING_URI is set. On top of the flow: CPU latency at batch 1 and 8, length 128, with --threads
 threads (latency.measure: warm-up, median of --runs; one pass as each model is built, then the best of --rounds
 passes, because the CPU is shared), and torch.compile rows for the PT2E (static, qat) models. rows.json keeps

@@ -110,7 +110,8 @@ def main() -> None:
             row["efficiency"] = row["steady_samples_per_s"] / (gpus * base) if base and not graphs else None
             eff = f"{row['efficiency']:.2f}" if row["efficiency"] is not None else "-"
             print(
-                f"{task:5} {gpus} {'CPU' if args.cpu else 'GPU'} {'graphed' if graphs else 'eager  '} {row['samples_per_s']:8.0f} samples/s "
+                f"{task:5} {gpus} {'CPU' if args.cpu else 'GPU'} {'graphed' if graphs else 'eager  '} "
+                f"{row['samples_per_s']:8.0f} samples/s "
                 f"(steady {row['steady_samples_per_s']:8.0f})  efficiency {eff:>4}  metric {row['metric']:.4f}  "
                 f"run {row['wall_s']:.0f} s",
                 flush=True,

@@ -47,7 +47,8 @@ def pack(args) -> None:
 
 
 def carry(args) -> None:
-    """Pack fine-tuned folders made by another bench (e.g. bench/studies/pruning_study.py's dense models) as NAME=FOLDER."""
+    """Pack fine-tuned folders made by another bench (e.g. bench/studies/pruning_study.py's dense models) as
+    NAME=FOLDER."""
     write({name: Path(folder) for name, folder in (x.split("=", 1) for x in args.folders)}, Path(args.out))
 
 

@@ -2,7 +2,8 @@
 int8 path before export), ONNX Runtime fp32, the exported int8 ONNX artifact (bertcompress export, what Optimum
 users get), the PT2E int8 artifact compiled by Inductor (export --format pt2e_int8 of a static variant), and
 the int8 ONNX artifacts of a structured-pruned (25 % of heads and FFN neurons, 100 recovery steps) and a one-shot
-90 %-pruned model, on the same fine-tuned model, and, where <task>/structured50_kd is there (bench/studies/pruning_study.py's
+90 %-pruned model, on the same fine-tuned model, and, where <task>/structured50_kd is there
+(bench/studies/pruning_study.py's
 structured 50 % of heads and FFN neurons, distilled on a GPU, carried by bench/gpu_variants.py), that model as
 int8 ONNX and as PT2E int8 + Inductor; latency at batch 1, 8 and 32 at length 128, throughput over the
 real validation split, the artifact's size and the validation metrics beside each.

@@ -7,7 +7,8 @@ After every epoch: training loss and accuracy (from the training forward passes)
 task metric, and a checkpoint (bertcompress/checkpoint.py). The run works in `<out>.partial/`; rerunning an
 interrupted run with the same step record (bertcompress/record.py: the params it reads, the data, the base model
 and teacher by content, the code) resumes from its last complete checkpoint and ends with the same metrics; a
-`.partial` left by another record is set aside as `<out>.stale/` and the run starts over, saying so in one line. Two runs for one out folder (two flows started
+`.partial` left by another record is set aside as `<out>.stale/` and the run starts over, saying so in one line. Two
+runs for one out folder (two flows started
 together) take turns under `<out>.lock`: the second waits, saying so, and reuses the first's result if its inputs
 were the same. The finished folder
 `<out>/` (save_pretrained + tokenizer + metrics.json + params.json) appears atomically. Under torchrun each rank

@@ -213,8 +213,8 @@ def keep(layer: nn.Module, heads: torch.Tensor, neurons: torch.Tensor) -> None:
 def structure(model: nn.Module) -> dict:
     layers = model.base_model.encoder.layer
     return {
-        "heads": [l.attention.self.num_attention_heads for l in layers],
-        "intermediate": [l.intermediate.dense.out_features for l in layers],
+        "heads": [layer.attention.self.num_attention_heads for layer in layers],
+        "intermediate": [layer.intermediate.dense.out_features for layer in layers],
     }
 
 

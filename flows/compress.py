@@ -8,7 +8,8 @@ evaluate all → the report, built from MLflow (tasks/report.py) → the champio
 
 The steps are the plan's (tasks/plan.py: `runs(params, task)`, in dependency order); each is a Prefect task
 cached on its step record's key (tasks/steps.py): a second run is all cache hits, and a changed param reruns
-only the steps that read it (`bertcompress status --task mrpc` says which, and why). Each (task, variant, mode, seed) is one MLflow run under one
+only the steps that read it (`bertcompress status --task mrpc` says which, and why). Each (task, variant, mode, seed)
+is one MLflow run under one
 parent run per flow run. Runs that do not depend on each other are submitted together; the task runner
 (tasks/runner.py) runs them one at a time by default.
 """

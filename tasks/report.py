@@ -198,7 +198,8 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
             f"every number below is read from the MLflow runs in `{tracking.tracking_uri()}` (runs.csv lists "
             f"them). Δ = variant − {e.baseline} of the validation {metric}, averaged over seeds paired by seed, "
             f"with a paired bootstrap 95 % interval over validation examples ({e.bootstrap_samples} resamples). "
-            f"The first row is the constant predictor (the {'mean score' if get_task(task).regression else 'majority class'}"
+            "The first row is the constant predictor (the "
+            f"{'mean score' if get_task(task).regression else 'majority class'}"
             " of the split); a variant whose predictions are no better than it is marked collapsed. Sparsity: the "
             "target the params ask for, the zeros reached in the pruned scope's Linear weights, the zeros over all "
             "parameters.",

@@ -95,7 +95,8 @@ def _run_name() -> str:
 
 
 def _tags(rec: dict, **splits: str) -> dict:
-    """The step's record key and which tokenized data (content) it read: {'step_key.finetune': .., 'data_hash.train': ..}."""
+    """The step's record key and which tokenized data (content) it read: {'step_key.finetune': .., 'data_hash.train':
+    ..}."""
     return {
         f"step_key.{rec['step']}": rec["key"],
         **{f"data_hash.{split}": io.content_hash(path)[:16] for split, path in splits.items()},

@@ -115,7 +115,7 @@ def summary_table(task: str, records: list[dict], n_resamples: int, baseline: st
     sparsity numbers, sizes, latency, the paired bootstrap 95 % CI of (variant − baseline) of the headline
     metric, and the verdict; a variant no better than the constant predictor (stats.collapse, over its seeds)
     gets the verdict 'collapsed to the majority class'."""
-    names, metric = get_task(task).metrics, get_task(task).metric
+    names = get_task(task).metrics
     dense = {r["seed"]: r for r in records if r["method"] == baseline}
     labels = np.asarray(records[0]["predictions"]["labels"])
     constant = metrics.compute(task, labels, metrics.constant(task, labels))

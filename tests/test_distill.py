@@ -267,7 +267,8 @@ def test_hold_steps_beyond_the_run_is_refused_before_training(capsys, workdir):
     "table,pattern",
     [
         (
-            "dense: {from: pretrained}\n  student: {from: pretrained, prune: {method: gradual}, distill: {teacher: later}}\n"
+            "dense: {from: pretrained}\n"
+            "  student: {from: pretrained, prune: {method: gradual}, distill: {teacher: later}}\n"
             "  later: {from: pretrained, prune: {method: gradual}}",
             r"variants.student: distill.teacher 'later' is not a variant listed above it; name one of: dense",
         ),

@@ -5,7 +5,8 @@ int8, each evaluated) is logged through tasks/tracking.py into a SQLite store in
 serves it on 127.0.0.1; headless Chromium (Debian's `chromium`, which `.ci/run` installs), driven by
 Playwright, opens the experiment by the link the flow prints (tracking.runs_url: it must land on the runs
 table, not on the GenAI overview; MLflow 3.17's UI picks the view by its global GenAI / Model training
-switch, not by the experiment's kind tag, which is checked too), expands the parent run, adds the metric columns with the Columns selector and checks each
+switch, not by the experiment's kind tag, which is checked too), expands the parent run, adds the metric columns with
+the Columns selector and checks each
 run's row: its name, the values logged for it, the GLUE split in the Dataset column, the Source column, and the
 logged MLflow model in the Models column. The screenshot goes to the test's tmp dir, and also to
 results/ui/mlflow-runs.png when BERTCOMPRESS_UI_SCREENSHOT=1.

@@ -75,6 +75,6 @@ def test_the_recorder_notes_reads_and_ignores_copies():
     with recording(P.defaults()) as (p, seen):
         q = p.variant("structured", 7)
         copy = dataclasses.replace(q.finetune, lr=1e-3)
-        copy.precision, copy.lr  # the copy's lr is this code's, not params'
+        _ = copy.precision, copy.lr  # the copy's lr is this code's, not params'
         q.flat(), q.to_dict()
     assert set(seen) == {"finetune.precision"} and seen["finetune.precision"].startswith(__name__)

@@ -1,6 +1,7 @@
 """Tables and figures of the pruning study (bench/studies/pruning_study.py): bench/RESULTS-pruning.md from its rows.
 
-    python -m bench.studies.pruning_report /work/.device/*/study*.json     # the device calls' files: merged, then reported
+    python -m bench.studies.pruning_report /work/.device/*/study*.json     # the device calls' files: merged, then
+    reported
     python -m bench.studies.pruning_report bench/results/pruning-study.json  # the merged rows again
 
 Each pruned run started from, and was distilled from, the dense model trained in the same call for the same
@@ -48,11 +49,13 @@ share of the recovery steps), recovery on the GPU (CUDA graphs, TF32) with the t
 call's dense run, mean over seeds; runs > n: a seed was run twice (both kept). Parameters kept include the
 embeddings (11.7 M of MiniLM's 22.7 M), which structured pruning leaves whole.
 
-    python3 -m bench.studies.pruning_study run mrpc:42,43,44:structured@4:0.5/0.5:kd:hidden_weight=0,lr=5e-5 --json $OUT/s.json
+    python3 -m bench.studies.pruning_study run mrpc:42,43,44:structured@4:0.5/0.5:kd:hidden_weight=0,lr=5e-5 \\
+        --json $OUT/s.json
 
 """
 READING_STRUCTURED = """
-Reading: on SST-2 every recipe keeps accuracy within 0.4 points (2 epochs of recovery). On MRPC (408 validation pairs: one point is
+Reading: on SST-2 every recipe keeps accuracy within 0.4 points (2 epochs of recovery). On MRPC (408 validation
+pairs: one point is
 4 pairs; the dense run of one seed varies by up to 1.7 points between calls) the recipes that distil the
 logits only are within a point (−0.4 to −0.7 over 3 seeds, worst seed −1.2 to −1.5), while adding the
 hidden-state MSE (−1.2 to −1.5), removing at once instead of in stages (−1.3), no teacher (−0.7 to −1.1) and
@@ -271,8 +274,8 @@ def report(paths: list[str]) -> None:
         f"parallel processes on the one GPU under MPS), study wall time {wall / 60:.1f} min. JSON: "
         "`results/pruning-study.json` (rows: task, variant, criterion, distill, target/achieved sparsity, seed, "
         "accuracy, metric, epochs, train_seconds, call).\n",
-        "    python3 -m bench.studies.pruning_study run mrpc:42,43,44:magnitude,movement,first_order:0.5,0.7,0.8,0.9:both "
-        "--jobs 12 --cost --json $OUT/study1.json\n",
+        "    python3 -m bench.studies.pruning_study run "
+        "mrpc:42,43,44:magnitude,movement,first_order:0.5,0.7,0.8,0.9:both --jobs 12 --cost --json $OUT/study1.json\n",
         f"Cost (MRPC, alone on the GPU, one after the other): dense {cost['dense']:.0f} samples/s, first-order "
         f"90 % with logits + hidden distillation {cost['cost_kd']:.0f} samples/s = **{cost['ratio']:.0%}** of "
         "dense (goal ≥ 60 %).\n",

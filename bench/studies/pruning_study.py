@@ -34,9 +34,9 @@ from bench.studies.pool import common_args, prepared_data, run_pool, save
 
 ROOT = Path(os.environ.get("STUDY_ROOT", "/dev/shm/pruning-study"))
 KEEP = bool(os.environ.get("STUDY_KEEP"))
-EXPORT = bool(
-    os.environ.get("STUDY_EXPORT")
-)  # structured runs: also export the ONNX Runtime int8 artifact  # keep the pruned models (to carry one back), not only the dense ones
+# STUDY_KEEP: keep the pruned models (to carry one back), not only the dense ones; STUDY_EXPORT: structured runs
+# also export the ONNX Runtime int8 artifact
+EXPORT = bool(os.environ.get("STUDY_EXPORT"))
 GRID = Path(__file__).with_name("pruning.yaml")
 
 
