@@ -109,7 +109,7 @@ def unpack(args) -> None:
             continue
         (run,) = [r for r in plan.runs(p, args.task) if r.step == "finetune" and r.name == name]
         made = plan.step_record("finetune", plan.arguments(run, p, bench.outs) | {"out": str(out)})
-        record.write(out, made | {"result": str(out), "carried": True})
+        record.write(out, made | {"carried": True}, str(out))
         print(f"{out}: restored fp32 from fp16; taken by bench/compression.py as the fine-tune of {name}")
 
 

@@ -91,7 +91,7 @@ def identity(
 
 def _resumable(work: Path, wanted: dict) -> None:
     """Keep work/ only if it was started with the same step record; else move it aside (one line says so)."""
-    if work.is_dir() and not record.done(work, wanted):
+    if work.is_dir() and not record.same(work, wanted):
         stale = work.with_name(work.name.removesuffix(".partial") + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
         work.rename(stale)

@@ -67,8 +67,13 @@ def path(out: str | Path) -> Path:
     return Path(f"{str(out).rstrip('/')}.step.json")
 
 
-def write(out: str | Path, record: dict) -> None:
-    io.write_json(path(out), record)
+def write(out: str | Path, record: dict, result=None) -> None:
+    """The record beside out, with the step's result (a path, {split: path}, a row) and the content hash of the
+    files it names (else of out), so an output edited or cut short since is not taken as done."""
+    named = list(result.values()) if isinstance(result, dict) else [result]  # {split: path}, a path, or a row
+    files = named if all(isinstance(f, str) and Path(f).exists() for f in named) else [str(out)]
+    outputs = {f: io.content_hash(f) for f in files}
+    io.write_json(path(out), record | ({"result": result} if result is not None else {}) | {"outputs": outputs})
 
 
 def read(out: str | Path) -> dict | None:
@@ -77,15 +82,25 @@ def read(out: str | Path) -> dict | None:
     return io.read_json(p) if p.is_file() and Path(out).exists() else None
 
 
-def done(out: str | Path, record: dict) -> bool:
-    """out holds the result of exactly this step call."""
+def same(out: str | Path, record: dict) -> bool:
+    """out was started (or made) under this record: its key, whatever out holds now (a run's work folder)."""
     return (read(out) or {}).get("key") == record["key"]
+
+
+def done(out: str | Path, record: dict) -> bool:
+    """out holds the result of exactly this step call, as it was written."""
+    found = read(out) or {}
+    return found.get("key") == record["key"] and all(
+        Path(f).exists() and io.content_hash(f) == h for f, h in found.get("outputs", {}).items()
+    )
 
 
 def why(old: dict | None, new: dict) -> str:
     """What differs between the record an output was made with and the one a run would make, in words."""
     if old is None:
         return "never made"
+    if old["key"] == new["key"]:
+        return "its output changed since it was made"
     changes = []
     for k in sorted(old["reads"].keys() | new["reads"].keys()):
         a, b = old["reads"].get(k, "(not read)"), new["reads"].get(k, "(not read)")

@@ -69,7 +69,7 @@ def made(r: plan.Run, p: P.Params, outs: dict, parent: str, reuse: list[Path] = 
     elif same := [d for d in reuse if record.done(d, rec)]:
         shutil.rmtree(args["out"], ignore_errors=True)
         shutil.copytree(same[0], args["out"])
-        record.write(args["out"], record.read(same[0]) | {"result": args["out"]})
+        record.write(args["out"], rec, args["out"])
         print(f"{r.step} {r.task} {r.label}: the same as {same[0]} (key {rec['key'][:12]})", flush=True)
     return getattr(steps, r.step).fn(**args)  # returns what it holds when it is up to date
 

@@ -84,7 +84,7 @@ def made(step: str, a: dict, make: Callable[[str, dict], object]):
     if record.done(out, rec):
         return record.read(out).get("result", out)
     result = make(out, rec)
-    record.write(out, rec | {"result": result})
+    record.write(out, rec, result)
     return result
 
 

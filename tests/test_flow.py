@@ -175,3 +175,7 @@ def test_a_cache_entry_whose_output_is_gone_is_a_miss(flow):
     assert runs["prune-mrpc-oneshot-s42"] == "Completed" and folder.is_dir()
     # the same weights again: what is made from them is still the cache's
     assert {n for n, s in runs.items() if s != "Cached"} == {"prune-mrpc-oneshot-s42", "report-mrpc"}
+    with open(folder / "metrics.json", "a") as f:  # edited since it was made: not done either
+        f.write(" ")
+    assert status(flow)["prune oneshot-s42"] == ("will run", "its output changed since it was made")
+    assert rerun(flow)["prune-mrpc-oneshot-s42"] == "Completed" and status(flow)["prune oneshot-s42"][0] == "done"
