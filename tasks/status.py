@@ -22,13 +22,16 @@ from . import plan
 DONE, WILL = "done", "will run"
 
 
-def _earlier(r: plan.Run, out: str) -> dict | None:
-    """The newest record of the same run made with other inputs (the flow keeps one folder per key)."""
+def _earlier(r: plan.Run, out: str, new: dict) -> dict | None:
+    """The record of the same run made with inputs nearest to new's (the flow keeps one folder per key)."""
     if r.step in ("download", "tokenize", "pretrained"):
         return record.read(out) if record.path(out).is_file() else None
-    folder = Path(out).parent
-    found = sorted(folder.glob(f"{r.label.split('-lr')[0]}-*.step.json"), key=lambda f: f.stat().st_mtime)
-    return record.read(str(found[-1]).removesuffix(".step.json")) if found else None
+    found = [
+        record.read(str(f).removesuffix(".step.json"))
+        for f in Path(out).parent.glob(f"{r.label.split('-lr')[0]}-*.step.json")
+    ]
+    found = [f for f in found if f]  # its own (an output changed since) first, then the fewest differences
+    return min(found, key=lambda old: (old["key"] != new["key"], len(record.why(old, new).split("; "))), default=None)
 
 
 def _needs(r: plan.Run) -> list[str]:
@@ -58,7 +61,7 @@ def states(p: P.Params, task: str) -> list[tuple[plan.Run, str, str]]:
             if record.done(out, rec):
                 state[r.id], why, made[r.id] = DONE, "", record.read(out).get("result", out)
             else:
-                state[r.id], why = WILL, record.why(_earlier(r, out), rec)
+                state[r.id], why = WILL, record.why(_earlier(r, out, rec), rec)
         rows.append((r, state[r.id], why))
 
     for r in plan.sweep(p, task):
