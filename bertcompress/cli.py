@@ -38,16 +38,7 @@ HELP = {
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    common.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)",
-    )
+    P.add_arguments(common)
     top = argparse.ArgumentParser(prog="bertcompress", description=__doc__.split("\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
     for name, help_ in HELP.items():

@@ -238,6 +238,20 @@ def _build(raw: dict, source: str, table: bool = True, given: dict | None = None
     return p
 
 
+def add_arguments(parser) -> None:
+    """--params FILE and repeatable -S SECTION.KEY=VALUE: how every command takes params.yaml and overrides."""
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)",
+    )
+
+
 def load(path: str | os.PathLike | None = "params.yaml", overrides: list[str] = ()) -> Params:
     """The defaults (the project's params.yaml), the file at path laid over them, then the overrides."""
     raw = io.read_yaml(DEFAULTS)

@@ -87,16 +87,7 @@ def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.compress", description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="mrpc", help="GLUE task (default: mrpc)")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a parameter, e.g. -S finetune.lr=3e-5 (repeatable)",
-    )
+    P.add_arguments(parser)
     parser.add_argument(
         "--workers",
         type=int,

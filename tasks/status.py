@@ -91,16 +91,7 @@ def table(rows: list[tuple[plan.Run, str, str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bertcompress status", description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="mrpc", help="GLUE task (default: mrpc)")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a parameter as the flow would take it, e.g. -S finetune.lr=3e-5",
-    )
+    P.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         p = P.load(args.params, args.overrides)
