@@ -43,7 +43,7 @@ ROWS = {
     "ONNX Runtime int8 (the artifact)": "bertcompress export (default)",
     "PT2E int8 + Inductor (artifact)": "quantize static, then export --format pt2e_int8",
     "structured + ONNX Runtime int8": "prune structured (heads 0.25, FFN 0.25, 100 recovery steps), export",
-    "one-shot 90 % + ONNX Runtime int8": "prune oneshot 0.9 (encoder), export: bitmask storage",
+    "one-shot 90 % + ONNX Runtime int8": "prune oneshot 0.9 (encoder), export (zeros packed by the archive's zstd)",
     "structured 50 % distilled + ONNX Runtime int8": "the pruning study's structured 50/50, export",
     "structured 50 % distilled + PT2E int8 + Inductor": "the same, quantize static, export --format pt2e_int8",
 }

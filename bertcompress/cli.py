@@ -30,7 +30,7 @@ HELP = {
     "evaluate": "evaluate a saved model on a split",
     "prune": "one-shot or structured pruning of a saved model (prune.method)",
     "quantize": "quantize a saved model (quantize.mode)",
-    "export": "export a saved model as an artifact to ship (int8 ONNX + tokenizer + manifest)",
+    "export": "export a saved model as an artifact to ship (ONNX, OpenVINO or PT2E + tokenizer + card) + archive",
     "predict": "classify new texts with a saved model or an exported artifact (JSON lines)",
     "status": "for each step of the experiment (the flow's plan): done, or will run and why",
 }
@@ -55,8 +55,9 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--format",
                 default="onnx_int8",
-                help="onnx_int8 (default), onnx (fp32), or pt2e_int8 (of a "
-                "static/qat variant: its PT2E program, compiled by Inductor when loaded)",
+                help="onnx_int8 (default: ONNX Runtime dynamic int8), onnx (fp32), openvino (int8 by NNCF, "
+                "calibrated on train), auto (each of these timed here and checked on validation: the fastest "
+                "within experiment.champion_budget ships), or pt2e_int8 (of a static/qat variant)",
             )
         if name == "predict":
             cmd.add_argument("--model", required=True, help="a saved model folder or an exported artifact")
@@ -127,13 +128,11 @@ def run(args, p: P.Params) -> int:
         )
     if args.command == "quantize" and p.quantize.mode == "none":
         raise P.UserError(f"quantize needs -S quantize.mode=<one of {', '.join(QUANTIZE_MODES[1:])}>")
-    preflight(task, p)
     if args.command == "export":
-        from .export import export
+        from .export import check
 
-        io.check_writable(_out(args, p))
-        print(json.dumps(export(args.model_dir, _out(args, p), task, args.format, p.tokenize.max_length), indent=2))
-        return 0
+        check(args.model_dir, args.format, "train")
+    preflight(task, p)
     io.check_writable("data")  # every place this command writes, before any work
     if out := _out(args, p):
         io.check_writable(out, folder=args.command != "evaluate")
@@ -141,6 +140,22 @@ def run(args, p: P.Params) -> int:
         paths = prepared(task, p)
     if args.command == "tokenize":
         result = paths
+    elif args.command == "export":
+        from .export import export
+
+        e = p.evaluate
+        result = export(
+            args.model_dir,
+            out,
+            task,
+            args.format,
+            p.tokenize.max_length,
+            paths["train"],
+            paths["validation"],
+            e.latency_threads,
+            e.latency_runs,
+            p.experiment.champion_budget,
+        )
     elif args.command == "evaluate":
         from .evaluate import evaluate
 
@@ -189,7 +204,9 @@ def _predict(args, p: P.Params) -> int:
 
 
 def _check_model_dir(model_dir: str) -> None:
-    if not any((Path(model_dir) / f).is_file() for f in ("config.json", "manifest.json")):
+    from .archive import folder
+
+    if not any((Path(folder(model_dir)) / f).is_file() for f in ("config.json", "manifest.json")):
         raise P.UserError(
             f"--model-dir {model_dir} holds no saved model (config.json) or artifact "
             "(manifest.json); pass the folder `bertcompress finetune` (or export) wrote"

@@ -63,22 +63,13 @@ class CompiledModel(InferenceOnly):
         return SimpleNamespace(logits=(out.logits if hasattr(out, "logits") else out[0])[:n])
 
     def sizes(self) -> dict:
-        """The program file's bytes (what ships), zstd-compressed too, and its weights' counts."""
-        import zstandard
+        """The program file's bytes, the archive that ships (onnx_model.sizes) and its weights' counts."""
+        from .onnx_model import sizes
 
-        blob = (self.folder / PROGRAM).read_bytes()
         program = torch.export.load(self.folder / PROGRAM)
         values = [
-            t
+            (t.int_repr() if t.is_quantized else t.detach().float()).numpy()
             for t in [*program.state_dict.values(), *program.constants.values()]
-            if isinstance(t, torch.Tensor) and t.numel() > 1
+            if isinstance(t, torch.Tensor)
         ]
-        return {
-            "state_dict_mb": len(blob) / 1e6,
-            "compact_mb": len(blob) / 1e6,
-            "compressed_mb": len(zstandard.ZstdCompressor(level=9).compress(blob)) / 1e6,
-            "parameters": int(sum(t.numel() for t in values)),
-            "nonzero_parameters": int(
-                sum(int(torch.count_nonzero(t.int_repr() if t.is_quantized else t)) for t in values)
-            ),
-        }
+        return sizes(self.folder, values)

@@ -1,41 +1,56 @@
-"""Export a variant folder as a self-contained artifact to ship: an ONNX model run by ONNX Runtime (int8 by
-default: ONNX Runtime's dynamic quantization of the exported fp32 graph, embeddings included), the tokenizer,
-and manifest.json (task, label names, max length, the source variant and its params and validation metrics,
-sizes, file hashes). The weights are stored apart from the graph, deflated, a pruned weight as a bitmask of its
-nonzeros and their values (onnx_model.pack): the artifact's size is the size of what ships.
+"""Export a variant folder as an artifact to ship: the model in a standard format its own runtime loads with no
+code of ours, the tokenizer, config.json, manifest.json and a model card (README.md), in a folder laid out as
+Optimum's, and the same folder as one tar + zstd archive beside it (bertcompress/archive.py).
 
-    bertcompress export --task mrpc --model-dir outputs/mrpc/finetune-s42 --out artifacts/mrpc
-    bertcompress predict --model artifacts/mrpc "The cat sat." "A cat was sitting."
+    bertcompress export --task mrpc --model-dir outputs/mrpc/finetune-s42 --out artifacts/mrpc --format auto
+    bertcompress predict --model artifacts/mrpc.tar.zst "The cat sat." "A cat was sitting."
 
-Takes a float variant (fine-tuned, gradual or one-shot pruned, structured) and quantizes it itself; the graph is
-exported by torch.onnx (dynamo) with dynamic batch and length. The artifact reloads as an OnnxModel
-(bertcompress/onnx_model.py) wherever a model folder is accepted (evaluate, predict).
+Formats (each made from a float variant: fine-tuned, gradual or one-shot pruned, structured):
+- onnx: the fp32 graph (torch.onnx, dynamo; dynamic batch and length), run by ONNX Runtime;
+- onnx_int8: ONNX Runtime's dynamic int8 quantization of it (per channel, embeddings included);
+- openvino: OpenVINO IR of the same graph, int8 by NNCF's post-training quantization (transformer preset),
+  calibrated on the train split, never validation;
+- pt2e_int8: a static/qat variant's PT2E program as quantize saved it, compiled by Inductor on load (torch);
+- auto: every format above that is made from a float variant, each checked on the validation split and timed
+  here (batch 1 and 8, length 128, the given threads); ships the fastest (geometric mean of the two
+  latencies) within `budget` points of the float model's metric. Every candidate's figures go in the manifest
+  and the card.
+
+With the validation split, the artifact is evaluated as it ships (its metric with a bootstrap CI, and latency
+when latency_runs > 0), and the figures go in the manifest and the card.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io as _io
 import json
 import logging
+import math
 import platform
 import shutil
+import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig
 
-from . import io, variant
+from . import archive, io, variant
 from .compiled import PROGRAM, CompiledModel
 from .glue import get_task
+from .latency import machine
 from .model import load_tokenizer
-from .onnx_model import INPUTS, MODEL, SPARSE_AT, WEIGHTS, OnnxModel, pack
+from .onnx_model import INPUTS, MODEL, OPENVINO, OnnxModel, OpenVinoModel
 from .params import QUANTIZE_MODES, UserError
 
-FORMATS = ("onnx_int8", "onnx", "pt2e_int8")
+FORMATS = ("onnx_int8", "onnx", "openvino", "pt2e_int8", "auto")
+CANDIDATES = ("onnx", "onnx_int8", "openvino")  # what auto tries: every format made from a float variant
 PT2E = ("static", "qat")  # the quantize modes whose folder holds a PT2E int8 program
-MANIFEST = "manifest.json"
+MANIFEST, CARD = "manifest.json", "README.md"
+CALIBRATION = 300  # train examples NNCF calibrates on (Optimum-Intel's default subset size)
+ONNX_INLINE = 2**31 - 2**27  # past this many bytes of weights ONNX's protobuf limit (2 GB) needs external data
 
 
 class _Logits(nn.Module):
@@ -49,10 +64,11 @@ class _Logits(nn.Module):
         return self.model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).logits
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet():
-    """The exporter's and the quantizer's advice (torchvision ops, axis names, pre-processing): not for users."""
-    loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch.onnx._internal.exporter._registration")]
+    """The exporters' and quantizers' advice (torchvision ops, axis names, pre-processing): not for users."""
+    names = ("", "torch.onnx", "torch.onnx._internal.exporter._registration", "nncf")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,25 +82,66 @@ def _quiet():
 
 
 def _onnx(model: nn.Module, tokenizer, path: Path, max_length: int) -> None:
+    """The fp32 ONNX graph, weights inside (external data only past ONNX's 2 GB limit)."""
+    import onnx
+
     example = tokenizer(["a first example sentence", "two"], ["and its pair", "b"], padding=True, return_tensors="pt")
     args = tuple(example[k] for k in INPUTS)
     batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=2, max=max_length)
-    torch.onnx.export(
+    program = torch.onnx.export(
         _Logits(model.eval()),
         args,
-        str(path),
         input_names=list(INPUTS),
         output_names=["logits"],
         dynamo=True,
-        external_data=False,
         verbose=False,
         dynamic_shapes={k: {0: batch, 1: length} for k in INPUTS},
     )
+    graph = program.model_proto
+    graph.graph.ClearField("value_info")  # the exporter's intermediate shapes trip ORT's quantizer's inference
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) > ONNX_INLINE
+    onnx.save(graph, str(path), save_as_external_data=big, location=f"{path.name}_data")
 
 
-def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_length: int = 128) -> dict:
-    """Write the artifact of the variant in model_dir to out_dir (atomically); its manifest."""
-    spec = get_task(task)
+def _onnx_int8(fp32: Path, out: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def _openvino(fp32: Path, out: Path, train: str, max_length: int) -> dict:
+    """NNCF's post-training int8 quantization of the graph's OpenVINO IR, calibrated on `CALIBRATION` train
+    examples (shuffled with a fixed seed, each at its own length)."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+
+    from .tokenize import Encoded
+
+    data = Encoded.load(train)
+    picked = np.random.default_rng(0).permutation(len(data.labels))[:CALIBRATION]
+    items = []
+    for i in picked:
+        lo, hi = data.offsets[i], data.offsets[i + 1]
+        ids = data.input_ids[lo:hi].astype(np.int64)[None, :max_length]
+        items.append(
+            {
+                "input_ids": ids,
+                "token_type_ids": data.token_type_ids[lo:hi].astype(np.int64)[None, :max_length],
+                "attention_mask": np.ones_like(ids),
+            }
+        )
+    model = ov.convert_model(str(fp32))
+    with contextlib.redirect_stdout(_io.StringIO()):  # NNCF's progress bars (rich): not for a pipeline's log
+        quantized = nncf.quantize(
+            model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items)
+        )
+    ov.save_model(quantized, str(out / OPENVINO))
+    return {"calibration": f"{len(items)} train examples", "nncf": nncf.__version__, "openvino": ov.__version__}
+
+
+def check(model_dir: str, fmt: str, train: str | None) -> dict:
+    """The variant's record, once the format fits it (one line naming the fix, before any work)."""
     if fmt not in FORMATS:
         raise UserError(f"export format '{fmt}' is unknown; choose one of: {', '.join(FORMATS)}")
     info = variant.read(model_dir) or {}
@@ -100,32 +157,57 @@ def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_
             f"({info.get('base', 'the fine-tuned folder')}): export makes the int8 model itself"
             + (", or pass --format pt2e_int8" if info["mode"] in PT2E else "")
         )
+    if fmt in ("openvino", "auto") and not train:
+        raise UserError(f"--format {fmt} calibrates NNCF's int8 on the train split; give it (train=...)")
+    return info
+
+
+def export(
+    model_dir: str,
+    out_dir: str,
+    task: str,
+    fmt: str = "onnx_int8",
+    max_length: int = 128,
+    train: str | None = None,
+    validation: str | None = None,
+    threads: int | None = None,
+    latency_runs: int = 0,
+    budget: float = 1.0,
+) -> dict:
+    """Write the artifact of the variant in model_dir to out_dir (atomically) and its archive beside it; its
+    manifest. train: the tokenized train split (NNCF's calibration); validation: the tokenized validation split
+    (the artifact evaluated as it ships; auto needs it)."""
+    info = check(model_dir, fmt, train)
+    if fmt == "auto":
+        return _auto(model_dir, out_dir, task, max_length, train, validation, threads, latency_runs or 10, budget)
+    spec = get_task(task)
     tokenizer = load_tokenizer(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     with io.atomic_dir(out_dir) as tmp, _quiet():
+        storage: dict = {}
         if fmt == "pt2e_int8":  # the calibrated program as quantize saved it; Inductor compiles it on load
             shutil.copy2(Path(model_dir) / info["weights"], tmp / PROGRAM)
             storage = {"program": PROGRAM, "compile": "torch.compile(freezing=True), shapes bucketed"}
         else:
             model = variant.load_float(model_dir, spec.num_labels)
-            fp32 = tmp / ("model-fp32.onnx" if fmt == "onnx_int8" else MODEL)
-            _onnx(model, tokenizer, fp32, min(max_length, config.max_position_embeddings))
-        if fmt == "onnx_int8":
-            import onnx
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            graph = onnx.load(str(fp32))
-            graph.graph.ClearField("value_info")  # the exporter's intermediate shapes trip ORT's shape inference
-            onnx.save(graph, str(fp32))
-            quantize_dynamic(str(fp32), str(tmp / MODEL), weight_type=QuantType.QInt8, per_channel=True)
-            fp32.unlink()
-        if fmt != "pt2e_int8":  # weights.npz: deflated; a pruned (mostly zero) weight as bitmask + values
-            storage = {"weights": WEIGHTS, "tensors": pack(tmp), "bitmask_at_zeros": SPARSE_AT}
+            work = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=f".{tmp.name}-fp32-"))
+            try:
+                fp32 = work / MODEL
+                _onnx(model, tokenizer, fp32, min(max_length, config.max_position_embeddings))
+                if fmt == "onnx":
+                    for f in work.iterdir():
+                        shutil.move(f, tmp / f.name)
+                elif fmt == "onnx_int8":
+                    _onnx_int8(fp32, tmp / MODEL)
+                    storage = {"quantization": "onnxruntime quantize_dynamic, int8 per channel"}
+                else:
+                    storage = _openvino(fp32, tmp, train, max_length)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         tokenizer.save_pretrained(tmp)
-        config.save_pretrained(tmp)  # the architecture and labels, for reference and for the tokenizer's load
+        config.save_pretrained(tmp)  # the architecture and labels: Optimum's from_pretrained reads it
         source = Path(model_dir)
-        metrics = json.loads((source / "metrics.json").read_text()) if (source / "metrics.json").is_file() else {}
-        params = json.loads((source / "params.json").read_text()) if (source / "params.json").is_file() else None
+        metrics = io.read_json(source / "metrics.json") if (source / "metrics.json").is_file() else {}
         manifest = {
             "task": task,
             "format": fmt,
@@ -135,22 +217,129 @@ def export(model_dir: str, out_dir: str, task: str, fmt: str = "onnx_int8", max_
             "max_length": max_length,
             "source": str(source.resolve()),
             "source_variant": info or {"mode": "finetune"},
-            "source_params": params,
+            "source_params": io.read_json(source / "params.json") if (source / "params.json").is_file() else None,
             "source_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
             "storage": storage,
-            "sizes": artifact_model(tmp, fmt, max_length, threads=1).sizes(),
-            "built_with": {"torch": torch.__version__, "python": platform.python_version()},
+            "built_with": _versions(fmt),
         }
-        manifest["files"] = {f.name: io.content_hash(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-        io.write_json(tmp / MANIFEST, manifest)
-    return manifest
+        if validation:
+            manifest["validation"] = figures(tmp, fmt, task, max_length, validation, threads, latency_runs)
+        _finish(tmp, manifest)
+        shipped = archive.pack(tmp, archive.path_of(out_dir))  # before the folder: it appears last, whole
+    return manifest | {"archive": str(shipped), "archive_mb": shipped.stat().st_size / 1e6}
+
+
+def _versions(fmt: str) -> dict:
+    from importlib.metadata import version
+
+    runtime = {"onnx": ["onnx", "onnxruntime"], "onnx_int8": ["onnx", "onnxruntime"], "openvino": ["openvino", "nncf"]}
+    names = ["torch", "transformers", *runtime.get(fmt, ["torchao"])]
+    return {"python": platform.python_version(), **{n: version(n) for n in names}}
+
+
+def _finish(tmp: Path, manifest: dict) -> None:
+    """The manifest (with the files' hashes) and the model card, into the artifact folder."""
+    from . import card
+
+    manifest["files"] = {
+        f.relative_to(tmp).as_posix(): io.content_hash(f)
+        for f in sorted(tmp.rglob("*"))
+        if f.is_file() and f.name not in (MANIFEST, CARD)
+    }
+    io.write_json(tmp / MANIFEST, manifest)
+    (tmp / CARD).write_text(card.text(manifest))
 
 
 def artifact_model(folder: str | Path, fmt: str, max_length: int, threads: int | None = None):
-    """The runnable model of an artifact: an ONNX Runtime session, or the PT2E program compiled by Inductor."""
-    return CompiledModel(folder, max_length, threads) if fmt == "pt2e_int8" else OnnxModel(folder, threads)
+    """The runnable model of an artifact: an ONNX Runtime session, an OpenVINO compiled model, or the PT2E
+    program compiled by Inductor."""
+    if fmt == "pt2e_int8":
+        return CompiledModel(folder, max_length, threads)
+    return OpenVinoModel(folder, threads) if fmt == "openvino" else OnnxModel(folder, threads)
+
+
+def figures(
+    folder: Path, fmt: str, task: str, max_length: int, validation: str, threads: int | None, runs: int
+) -> dict:
+    """The artifact as it ships, on the validation split: every metric, the headline's bootstrap CI over
+    examples; with runs, latency at batch 1 and 8 (length 128, `threads`) on this machine."""
+    from . import latency, loop, metrics, stats
+    from .tokenize import Encoded
+
+    model = artifact_model(folder, fmt, max_length, threads)
+    data = Encoded.load(validation)
+    _, preds = loop.predict(model, data, 32)
+    out = {
+        "split": "validation",
+        "examples": len(data.labels),
+        **metrics.compute(task, data.labels, preds),
+        "ci": stats.interval(task, data.labels, preds),
+    }
+    if runs:
+        timed = latency.measure(model, runs=runs, threads=threads)
+        out |= {k: v for k, v in timed.items() if k.endswith("_ms")} | {"threads": timed["threads"]}
+        out["machine"] = latency.machine()
+    return out
+
+
+def _float_metric(model_dir: str, task: str, validation: str) -> float:
+    from . import loop, metrics
+    from .tokenize import Encoded
+
+    data = Encoded.load(validation)
+    _, preds = loop.predict(variant.load_float(model_dir, get_task(task).num_labels), data, 32)
+    return metrics.headline(task, metrics.compute(task, data.labels, preds))
+
+
+def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs, budget) -> dict:
+    """Every candidate format exported, checked and timed here; the fastest within budget ships."""
+    if not validation:
+        raise UserError("--format auto checks every format on the validation split; give it (validation=...)")
+    name = get_task(task).metric
+    reference = _float_metric(model_dir, task, validation)
+    work = Path(tempfile.mkdtemp(dir=Path(out_dir).resolve().parent, prefix=f".{Path(out_dir).name}-auto-"))
+    try:
+        rows, made = [], {}
+        for fmt in CANDIDATES:
+            made[fmt] = export(model_dir, str(work / fmt), task, fmt, max_length, train, validation, threads, runs)
+            v = made[fmt]["validation"]
+            rows.append(
+                {
+                    "format": fmt,
+                    name: v[name],
+                    "delta_points": 100 * (v[name] - reference),
+                    "batch1_ms": v["batch1_ms"],
+                    "batch8_ms": v["batch8_ms"],
+                    "archive_mb": made[fmt]["archive_mb"],
+                    "within_budget": 100 * (v[name] - reference) >= -budget,
+                }
+            )
+        fits = [r for r in rows if r["within_budget"]]
+        if not fits:
+            raise UserError(
+                f"no format keeps {name} within {budget:g} points of the float model ({reference:.4f}): "
+                + ", ".join(f"{r['format']} {r['delta_points']:+.2f}" for r in rows)
+            )
+        best = min(fits, key=lambda r: math.sqrt(r["batch1_ms"] * r["batch8_ms"]))
+        manifest = {k: v for k, v in made[best["format"]].items() if k not in ("archive", "archive_mb", "files")}
+        manifest["auto"] = {
+            "rule": f"the fastest (geometric mean of batch 1 and 8 ms) within {budget:g} point"
+            f"{'s' * (budget != 1)} of the float model's {name} on validation",
+            "float_" + name: reference,
+            "machine": machine(),
+            "threads": made[best["format"]]["validation"].get("threads"),
+            "candidates": rows,
+            "chosen": best["format"],
+        }
+        chosen = work / best["format"]
+        _finish(chosen, manifest)
+        shipped = archive.pack(chosen, archive.path_of(out_dir))
+        io.replace_dir(chosen, Path(out_dir))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest | {"archive": str(shipped), "archive_mb": shipped.stat().st_size / 1e6}
 
 
 def read_manifest(folder: str | Path) -> dict | None:
-    path = Path(folder) / MANIFEST
+    path = Path(archive.folder(folder)) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None

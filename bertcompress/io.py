@@ -27,6 +27,9 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     success, removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f".{path.name}.*.tmp{suffix}"):  # left by a killed write (its pid in the name)
+        if (pid := old.name[len(path.name) + 2 :].split(".")[0]).isdigit() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp

@@ -52,3 +52,24 @@ def measure(
     finally:
         torch.set_num_threads(before)  # the caller's setting (fine-tuning in the same process) is not ours
     return out
+
+
+def machine() -> dict:
+    """The CPU the figures were measured on: its model name, logical cores and the instruction sets that decide
+    int8 and bf16 speed (a format that wins on one CPU may lose on another: measure where it runs)."""
+    import os
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    return {"cpu": name, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}

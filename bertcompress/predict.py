@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import loop
+from . import archive, loop
 from .export import read_manifest
 from .glue import TASKS, get_task
 from .model import load_tokenizer
@@ -33,10 +33,11 @@ FORMATS = ("tsv", "jsonl")
 
 def task_of(model: str, task: str | None) -> str:
     """The task: --task, else the artifact's manifest or the variant's metrics.json."""
+    model = archive.folder(model)
     if not (Path(model).is_dir() and ((Path(model) / "config.json").is_file() or read_manifest(model))):
         raise UserError(
             f"--model {model} is no model folder (no config.json or manifest.json); pass a variant "
-            "folder or an exported artifact"
+            "folder, an exported artifact or its .tar.zst archive"
         )
     recorded = (read_manifest(model) or {}).get("task")
     if recorded is None and (Path(model) / "metrics.json").is_file():
@@ -68,6 +69,13 @@ def read_inputs(task: str, texts: list[str], source: str | None, fmt: str, stdin
     if texts and source:
         raise UserError("give texts as arguments or --input, not both")
     if texts:
+        for n, t in enumerate(texts, 1):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(
+                    f"argument {n} is not UTF-8 text; pass UTF-8 or the texts in a file (--input)"
+                ) from None
         if len(texts) % len(keys):
             raise UserError(
                 f"{task} takes {len(keys)} texts per input ({', '.join(keys)}), got {len(texts)} "
@@ -104,6 +112,7 @@ def predict(
 ) -> list[dict]:
     """One dict per row: the label, its name and the class probabilities (regression: the score)."""
     spec = get_task(task)
+    model_dir = archive.folder(model_dir)
     manifest = read_manifest(model_dir)
     max_length = manifest["max_length"] if manifest else max_length
     model = load_variant(model_dir, spec.num_labels)

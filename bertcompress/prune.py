@@ -140,8 +140,8 @@ def oneshot(
 
 def _prune_embeddings(model: nn.Module, sparsity: float):
     """Zero the `sparsity` share of the word embeddings' entries of least magnitude (torch.nn.utils.prune: the
-    mask holds while recovery trains); returns the call that makes the zeros permanent. The int8 artifact stores
-    them as a bitmask (bertcompress/onnx_model.py): MiniLM's word embeddings are half its int8 bytes."""
+    mask holds while recovery trains); returns the call that makes the zeros permanent. The artifact's zstd archive
+    packs them (bertcompress/archive.py): MiniLM's word embeddings are half its int8 bytes."""
     if not sparsity:
         return lambda: None
     from torch.nn.utils import prune as torch_prune

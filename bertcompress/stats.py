@@ -50,6 +50,30 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def interval(task: str, labels, preds, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """The task's headline metric of one model's predictions with a percentile bootstrap CI over examples:
+    {'value', 'low', 'high', 'confidence', 'examples'}."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    ci = stats.bootstrap(
+        (labels, preds),
+        lambda y, p, axis=-1: metric_values(task, y, p),
+        paired=True,
+        vectorized=True,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    value = float(metric_values(task, labels, preds))
+    return {
+        "value": value,
+        "low": float(ci.low),
+        "high": float(ci.high),
+        "confidence": confidence,
+        "examples": int(len(labels)),
+    }
+
+
 def paired_bootstrap(
     task: str,
     labels,

@@ -85,7 +85,9 @@ def check_head(model_dir: str, num_labels: int) -> None:
     head yet) fits any."""
     from transformers import AutoConfig
 
-    if (Path(model_dir) / "manifest.json").is_file():
+    from . import archive
+
+    if (Path(archive.folder(model_dir)) / "manifest.json").is_file():
         return  # an exported artifact: load_variant checks its manifest
     config = AutoConfig.from_pretrained(model_dir)
     tuned = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
@@ -98,18 +100,18 @@ def check_head(model_dir: str, num_labels: int) -> None:
 
 def load_variant(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
     """Any saved model as what it was saved as: fp32 (dense, pruned), structured, int8 dynamic, half, PT2E, or an
-    exported artifact (an ONNX Runtime session, bertcompress/onnx_model.py, or a PT2E program compiled by Inductor,
-    bertcompress/compiled.py)."""
+    exported artifact, its folder or its archive (an ONNX Runtime session or OpenVINO model, bertcompress/onnx_model.py,
+    or a PT2E program compiled by Inductor, bertcompress/compiled.py)."""
+    from . import archive
+
+    model_dir = archive.folder(model_dir)
     if (Path(model_dir) / "manifest.json").is_file():
-        from .compiled import CompiledModel
-        from .onnx_model import OnnxModel
+        from .export import artifact_model
 
         manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
         if manifest["regression"] != (num_labels == 1) or len(manifest["labels"] or [None]) != num_labels:
             raise UserError(f"{model_dir} is an artifact for task {manifest['task']}; check --task")
-        if manifest["format"] == "pt2e_int8":
-            return CompiledModel(model_dir, manifest["max_length"])
-        return OnnxModel(model_dir)
+        return artifact_model(model_dir, manifest["format"], manifest["max_length"])
     check_head(model_dir, num_labels)
     v = read(model_dir)
     if v is None or (v["mode"] == "oneshot"):

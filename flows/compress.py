@@ -80,7 +80,7 @@ def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file
         evaluations = [made[r.id] for r in plan.runs(p, task) if r.step == "evaluate"]
         wait(evaluations)
         rows = [e.result() for e in evaluations]
-        steps.report(task, p, parent, made[f"tokenize {task}"]["validation"])  # the summary, the champion
+        steps.report(task, p, parent, made[f"tokenize {task}"])  # the summary, the champion
     return rows
 
 

@@ -4,14 +4,14 @@
 
 The champion is the smallest variant within experiment.champion_budget points of the baseline's headline
 metric that did not collapse (tasks/report.py `champion`); it is registered as models:/<task>-compressed
-@champion and exported to results/export/<task>, where it is evaluated with its latency on what ships.
+@champion and exported to results/export/<task> (and <task>.tar.zst) by `export --format auto`: each format timed
+here and checked on validation, the fastest within the same budget of the float model ships.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bertcompress import evaluate as core_evaluate
 from bertcompress import export as core_export
 from bertcompress import glue, io, latency, variant
 from bertcompress.params import QUANTIZE_MODES, Params
@@ -23,9 +23,10 @@ from .report import champion, summary_text
 EXPORTS = Path("results/export")  # the champion's artifact, per task: what ships
 
 
-def publish(task: str, p: Params, parent: str | None = None, validation: str | None = None) -> str:
+def publish(task: str, p: Params, parent: str | None = None, data: dict | None = None) -> str:
     """The report from MLflow, its summary printed, the champion registered and exported to results/export/<task>
-    (evaluated there when the validation split is given): the flow's report task and DVC's report stage both
+    (data: the tokenized splits, {"train": .., "validation": ..}: the export's calibration and check): the flow's
+    report task and DVC's report stage both
     end here. Writes results/report/<task>/summary.md, the summary and the champion's lines, as printed."""
     path = build_report(task, p, parent=parent)
     e, metric = p.experiment, glue.get_task(task).metric
@@ -38,7 +39,7 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
             f"  registered as models:/{task}-compressed@champion (version {version}), run {best[1]} "
             f"(seed {e.seeds[0]})"
         )
-        blocks.append(ship(task, p, best[1], validation, parent))
+        blocks.append(ship(task, p, best[1], data, parent))
     else:
         blocks.append(f"champion: none — no variant {rule} that did not collapse; nothing registered or exported")
     text = "\n\n".join(blocks)
@@ -54,37 +55,57 @@ def publish(task: str, p: Params, parent: str | None = None, validation: str | N
     return str(path)
 
 
-def ship(task: str, p: Params, run_id: str, validation: str | None, parent: str | None = None) -> str:
-    """Export the champion to results/export/<task> (int8 ONNX of its float source — made from the float model
-    when it was quantized in eager PyTorch — or a PT2E champion's program); evaluate it there, latency measured on
-    what ships (the ONNX Runtime session or the compiled program), logged to the parent run as export_*; what to
-    print."""
+def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | None = None) -> str:
+    """Export the champion to results/export/<task> and results/export/<task>.tar.zst: `--format auto` (every
+    format made from its float source timed here and checked on validation; the fastest within
+    experiment.champion_budget ships), or a PT2E champion's program. Every candidate's figures are logged to the
+    parent run (export_<format>_*), with the archive; what to print."""
     folder = tracking.client()[0].get_run(run_id).data.tags.get("model_dir")
     if not folder or not Path(folder).is_dir():
         return f"exported: nothing — the champion's folder ({folder}) is not on this machine"
     info = variant.read(folder) or {}
-    fmt = "pt2e_int8" if info.get("mode") in core_export.PT2E else "onnx_int8"  # a PT2E champion ships its program
-    source = info["base"] if info.get("mode") in QUANTIZE_MODES and fmt == "onnx_int8" else folder
-    out = EXPORTS / task
-    manifest = core_export.export(source, str(out), task, fmt, p.tokenize.max_length)
-    line = f"exported: {out} ({fmt} of {source}, {manifest['sizes']['compact_mb']:.1f} MB)"
-    if validation:
-        e = p.evaluate
-        m = core_evaluate.evaluate(str(out), task, validation, e.batch_size, e.latency_runs, threads=e.latency_threads)
-        line += "\n  on validation " + ", ".join(f"{k} {m[k]:.4f}" for k in glue.get_task(task).metrics)
-        if e.latency_runs:
+    pt2e = info.get("mode") in core_export.PT2E
+    fmt = "pt2e_int8" if pt2e or not data else "auto"  # a PT2E champion ships its program
+    source = info["base"] if info.get("mode") in QUANTIZE_MODES and not pt2e else folder
+    out, e, spec = EXPORTS / task, p.evaluate, glue.get_task(task)
+    data = data or {}
+    manifest = core_export.export(
+        source,
+        str(out),
+        task,
+        fmt,
+        p.tokenize.max_length,
+        data.get("train"),
+        data.get("validation"),
+        e.latency_threads,
+        e.latency_runs,
+        p.experiment.champion_budget,
+    )
+    chosen = manifest.get("auto", {}).get("chosen", fmt)
+    lines = [f"exported: {manifest['archive']} ({chosen} of {source}, {manifest['archive_mb']:.1f} MB archive)"]
+    logged = {"export_archive_mb": manifest["archive_mb"]}
+    for r in manifest.get("auto", {}).get("candidates", []):
+        lines.append(
+            f"  {r['format']:<9} {spec.metric} {r[spec.metric]:.4f} ({r['delta_points']:+.2f} vs float)  "
+            f"batch 1 {r['batch1_ms']:.1f} ms  batch 8 {r['batch8_ms']:.1f} ms  {r['archive_mb']:.1f} MB"
+            + ("" if r["within_budget"] else "  (over budget)")
+            + ("  <- shipped" if r["format"] == chosen else "")
+        )
+        logged |= {f"export_{r['format']}_{k}": r[k] for k in (spec.metric, "batch1_ms", "batch8_ms", "archive_mb")}
+    if v := manifest.get("validation"):
+        line = "  as shipped, on validation " + ", ".join(f"{k} {v[k]:.4f}" for k in spec.metrics if k in v)
+        if "batch1_ms" in v:
             line += (
-                f"; latency batch 1 {m['latency_batch1_ms']:.1f} ms, batch 8 {m['latency_batch8_ms']:.1f} ms "
-                f"({m['threads']} threads, length {latency.LENGTH})"
+                f"; batch 1 {v['batch1_ms']:.1f} ms, batch 8 {v['batch8_ms']:.1f} ms ({v['threads']} threads, "
+                f"length {latency.LENGTH})\n  measured on {v['machine']['cpu'][:100]}"
             )
-        if parent:
-            tracking.log_metrics(
-                parent,
-                {
-                    f"export_{k}": m[k]
-                    for k in (*glue.get_task(task).metrics, "compact_mb", "latency_batch1_ms", "latency_batch8_ms")
-                    if k in m
-                },
-            )
-    texts = " ".join(['"a sentence"', '"its pair"'][: len(glue.get_task(task).keys)])
-    return line + f"\n\n    bertcompress predict --model {out} {texts}   # README: Ship it"
+        lines.append(line)
+        logged |= {f"export_{k}": v[k] for k in (*spec.metrics, "batch1_ms", "batch8_ms") if k in v}
+    if parent:
+        tracking.log_metrics(parent, logged)
+        tracking.log_artifact(parent, manifest["archive"], "export")
+        tracking.log_artifact(parent, str(out / core_export.CARD), "export")
+        # the archive as an MLflow model of the parent run: mlflow.pyfunc.load_model(uri).predict(df) runs it
+        tracking.log_model(parent, manifest["archive"], task, p.tokenize.max_length, e.batch_size, name="export")
+    texts = " ".join(['"a sentence"', '"its pair"'][: len(spec.keys)])
+    return "\n".join(lines) + f"\n\n    bertcompress predict --model {manifest['archive']} {texts}   # README: Ship it"

@@ -154,7 +154,7 @@ def run(args, p: P.Params) -> None:
             elif args.step == "variant":
                 variant(p, args.name, parent)
             else:
-                ship.publish(args.task, p, parent, tokenized(args.task)["validation"])
+                ship.publish(args.task, p, parent, tokenized(args.task))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -256,13 +256,13 @@ def evaluate(
 
 
 @task(name="report", task_run_name="report-{task}")  # never cached: it reads the MLflow store as it is now
-def report(task: str, p: Params, parent: str | None = None, validation: str | None = None) -> str:
+def report(task: str, p: Params, parent: str | None = None, data: dict | None = None) -> str:
     """results/report/<task>/report.md and figures, built from the MLflow runs; logged to the parent run; its
     summary (read back from MLflow) printed and shown in the Prefect UI as the artifact `report-<task>`; the
     champion registered and exported."""
     from prefect.artifacts import create_markdown_artifact
 
-    path = ship.publish(task, p, parent, validation)
+    path = ship.publish(task, p, parent, data)
     create_markdown_artifact(
         key=f"report-{task}",
         markdown=Path(path).with_name("summary.md").read_text(),

@@ -249,14 +249,18 @@ def log_text(run_id: str, text: str, name: str) -> None:
     client()[0].log_text(run_id, text, name)
 
 
+def log_artifact(run_id: str, path: str, folder: str) -> None:
+    client()[0].log_artifact(run_id, path, folder)
+
+
 def log_folder(run_id: str, folder: str, name: str) -> None:
     client()[0].log_artifacts(run_id, folder, name)
 
 
-def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: int) -> str:
-    """A variant folder as an MLflow 3 logged model of its run (pyfunc from code, tasks/mlflow_model.py; the
-    bertcompress code travels with it), so `mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(df)`
-    classifies; its model id."""
+def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: int, name: str = "model") -> str:
+    """A variant folder (or an exported artifact's archive) as an MLflow 3 logged model of its run (pyfunc from
+    code, tasks/mlflow_model.py; the bertcompress code travels with it), so
+    `mlflow.pyfunc.load_model(f"runs:/{run_id}/{name}").predict(df)` classifies; its model id."""
     from importlib.metadata import version
 
     import pandas as pd
@@ -278,7 +282,8 @@ def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: 
     )
     signature = ModelSignature(Schema([ColSpec("string", k) for k in spec.keys]), Schema(outputs))
     requirements = [
-        f"{m}=={version(m)}" for m in ("torch", "transformers", "onnxruntime", "pandas", "scikit-learn", "scipy")
+        f"{m}=={version(m)}"
+        for m in ("torch", "transformers", "onnxruntime", "openvino", "zstandard", "pandas", "scikit-learn", "scipy")
     ]
     quiet = logging.getLogger("mlflow.pyfunc")
     level = quiet.level
@@ -286,7 +291,7 @@ def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: 
     try:
         with mlflow.start_run(run_id=run_id):  # resumes the variant's run; _running closes it as before
             info = mlflow.pyfunc.log_model(
-                name="model",
+                name=name,
                 python_model=str(REPO / "tasks" / "mlflow_model.py"),
                 artifacts={"model": folder},
                 code_paths=[str(REPO / "bertcompress")],

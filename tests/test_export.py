@@ -1,6 +1,7 @@
-"""Ship it: a variant folder exported as an int8 ONNX artifact (tokenizer, manifest, file hashes), and
-`predict` on variant folders and artifacts; on the validation texts predict's labels are evaluate's; every bad
-input is one line, exit 2, nothing on stdout."""
+"""Ship it: a variant folder exported in each format (int8 ONNX, fp32 ONNX, OpenVINO int8 by NNCF, PT2E) as standard
+files with tokenizer, manifest, card and archive; each loads in its own runtime alone; `auto` ships what it measured
+fastest; `predict` on variant folders, artifacts and archives; on the validation texts predict's labels are
+evaluate's; odd inputs answer in every format; every bad input is one line, exit 2, nothing on stdout."""
 
 from __future__ import annotations
 
@@ -30,12 +31,22 @@ def variants(tmp_path_factory, tiny_run, tiny_params, tiny_mrpc) -> dict[str, Pa
     return {"dense": dense, "oneshot": root / "oneshot", "structured": root / "structured"}
 
 
+FORMATS = ("onnx_int8", "openvino")  # per variant; dense also as fp32 ONNX
+
+
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory, variants) -> dict[str, Path]:
+def artifacts(tmp_path_factory, variants, tiny_mrpc) -> dict[str, Path]:
+    """{kind: its int8 ONNX artifact, f"{kind}/openvino": its OpenVINO int8 one, "dense/onnx": fp32 ONNX}."""
     from bertcompress.export import export
 
-    root = tmp_path_factory.mktemp("artifacts")
-    return {k: Path(export(str(v), str(root / k), "mrpc", max_length=32) and root / k) for k, v in variants.items()}
+    root, out = tmp_path_factory.mktemp("artifacts"), {}
+    for kind, folder in variants.items():
+        for fmt in FORMATS + (("onnx",) if kind == "dense" else ()):
+            name = kind if fmt == "onnx_int8" else f"{kind}/{fmt}"
+            path = root / name.replace("/", "-")
+            export(str(folder), str(path), "mrpc", fmt, 32, tiny_mrpc["train"], tiny_mrpc["validation"], 1)
+            out[name] = path
+    return out
 
 
 def _validation_rows(tiny_mrpc) -> list[list[str]]:
@@ -43,33 +54,182 @@ def _validation_rows(tiny_mrpc) -> list[list[str]]:
     return df[["sentence1", "sentence2"]].iloc[:64].values.tolist()
 
 
-def test_artifact_is_int8_onnx_with_tokenizer_and_manifest(artifacts, variants):
-    for kind, folder in artifacts.items():
-        manifest = json.loads((folder / "manifest.json").read_text())
-        assert manifest["task"] == "mrpc" and manifest["labels"] == ["not_equivalent", "equivalent"]
-        assert manifest["format"] == "onnx_int8" and manifest["source"] == str(variants[kind].resolve())
-        assert "val_accuracy" in manifest["source_metrics"] or kind != "dense"
-        for name, digest in manifest["files"].items():
-            assert io.content_hash(folder / name) == digest, name
-        assert {"model.onnx", "weights.npz", "tokenizer.json", "config.json"} <= set(manifest["files"])
-        mb = ((folder / "model.onnx").stat().st_size + (folder / "weights.npz").stat().st_size) / 1e6
-        assert manifest["sizes"]["compact_mb"] == pytest.approx(mb) and mb < 23  # fp32 MiniLM: 91 MB
-        assert (folder / "model.onnx").stat().st_size < 1e6  # the graph alone: every weight is in weights.npz
-    mb = {k: manifest_of(f)["sizes"]["compact_mb"] for k, f in artifacts.items()}
-    assert mb["structured"] < mb["dense"]  # heads and neurons removed: physically smaller
-    tensors = {k: manifest_of(f)["storage"]["tensors"] for k, f in artifacts.items()}
-    # 6 layers x 6 Linear weights more than dense (whose zero tensors are the per-channel zero points)
-    assert tensors["oneshot"]["bitmask"] - tensors["dense"]["bitmask"] >= 36
-    assert mb["oneshot"] < 0.85 * mb["dense"]  # half the encoder's weights zero: bitmask + values, not zeros
-    # half the word embeddings zero: ONNX Runtime's uint8 table holds its zero point there, stored as the fill
-    with np.load(artifacts["structured"] / "weights.npz") as z:
-        fills = [k for k in z.files if k.endswith("|fill.npy") or k.endswith("|fill")]
-        assert fills and all(z[k].dtype == np.uint8 for k in fills)
-    assert mb["structured"] < 0.75 * mb["dense"]  # without the embeddings pruned: 0.87 (16.4 of 18.7 MB)
-
-
 def manifest_of(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
+
+
+def _format(name: str) -> str:
+    return (name.split("/") + ["onnx_int8"])[1]
+
+
+MODEL_FILES = {
+    "onnx_int8": {"model.onnx"},
+    "onnx": {"model.onnx"},
+    "openvino": {"openvino_model.xml", "openvino_model.bin"},
+}
+
+
+def test_artifacts_are_standard_files_with_a_card_and_an_archive(artifacts, variants):
+    from bertcompress import archive
+
+    for name, folder in artifacts.items():
+        manifest = manifest_of(folder)
+        assert manifest["task"] == "mrpc" and manifest["labels"] == ["not_equivalent", "equivalent"]
+        assert manifest["format"] == _format(name)
+        assert manifest["source"] == str(variants[name.split("/")[0]].resolve())
+        tokenizer = {"tokenizer.json", "tokenizer_config.json", "config.json"}
+        assert set(manifest["files"]) == MODEL_FILES[_format(name)] | tokenizer
+        for file, digest in manifest["files"].items():
+            assert io.content_hash(folder / file) == digest, file
+        v = manifest["validation"]  # evaluated as it ships: the metric with its bootstrap CI over 64 examples
+        assert v["examples"] == 64 and v["ci"]["low"] <= v["f1"] <= v["ci"]["high"]
+        card = (folder / "README.md").read_text()
+        assert f"f1 {v['f1']:.4f} (95 % bootstrap CI" in card and "## Load it" in card and "## Provenance" in card
+        shipped = archive.path_of(folder)
+        assert shipped.is_file()
+        from bertcompress.variant import load_variant
+
+        assert load_variant(str(folder), 2).sizes()["compact_mb"] == pytest.approx(shipped.stat().st_size / 1e6)
+    mb = {k: archive.path_of(f).stat().st_size / 1e6 for k, f in artifacts.items()}
+    assert mb["dense"] < 23 and mb["dense/onnx"] > 3 * mb["dense"]  # int8: about a quarter of fp32
+    assert mb["structured"] < 0.75 * mb["dense"]  # heads, neurons and half the word embeddings removed
+    assert mb["oneshot"] < 0.9 * mb["dense"]  # half the encoder's weights zero: zstd in the archive packs them
+    assert mb["structured/openvino"] < mb["dense/openvino"]
+
+
+LOAD_ALONE = """
+import json, sys
+import numpy as np
+from transformers import AutoTokenizer
+folder, fmt, rows = sys.argv[1], sys.argv[2], json.loads(sys.stdin.read())
+tok = AutoTokenizer.from_pretrained(folder)
+x = tok([r[0] for r in rows], [r[1] for r in rows], padding=True, truncation=True, max_length=32, return_tensors="np")
+feed = {k: x[k].astype(np.int64) for k in ("input_ids", "token_type_ids", "attention_mask")}
+if fmt == "openvino":
+    import openvino as ov
+    core = ov.Core()
+    logits = core.compile_model(core.read_model(folder + "/openvino_model.xml"), "CPU")(feed)[0]
+else:
+    import onnxruntime as ort
+    logits = ort.InferenceSession(folder + "/model.onnx").run(None, feed)[0]
+assert not [m for m in sys.modules if m.startswith("bertcompress")]
+print(json.dumps(np.asarray(logits).argmax(-1).tolist()))
+"""
+
+
+def test_each_artifact_loads_in_its_own_runtime_alone(artifacts, tiny_mrpc, tmp_path):
+    """Plain ONNX Runtime or OpenVINO and the tokenizer, in a process where this project cannot be imported: the
+    labels are evaluate's."""
+    import os
+    import subprocess
+    import sys
+
+    from bertcompress.evaluate import evaluate
+
+    rows = _validation_rows(tiny_mrpc)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for name, folder in artifacts.items():
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD_ALONE, str(folder), _format(name)],
+            input=json.dumps(rows),
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        expected = evaluate(str(folder), "mrpc", tiny_mrpc["validation"], 64, keep_predictions=True)["predictions"]
+        assert json.loads(done.stdout) == expected, name
+
+
+def test_the_archive_round_trips(artifacts, tiny_mrpc, tmp_path, capsys, monkeypatch):
+    """The .tar.zst holds the folder's files byte for byte; predict and evaluate read it as the folder; a damaged
+    one is one line."""
+    from bertcompress import archive
+    from bertcompress.evaluate import evaluate
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in ("dense", "structured/openvino"):
+        folder = artifacts[name]
+        unpacked = Path(archive.folder(archive.path_of(folder)))
+        assert {f.name: io.content_hash(f) for f in unpacked.iterdir()} == {
+            f.name: io.content_hash(f) for f in folder.iterdir()
+        }
+        got = evaluate(str(archive.path_of(folder)), "mrpc", tiny_mrpc["validation"], 64, keep_predictions=True)
+        ref = evaluate(str(folder), "mrpc", tiny_mrpc["validation"], 64, keep_predictions=True)
+        assert got["predictions"] == ref["predictions"] and got["compact_mb"] == ref["compact_mb"]
+    assert main(["predict", "--model", str(archive.path_of(artifacts["dense"])), "a", "b"]) == 0
+    assert json.loads(capsys.readouterr().out)["label_name"] in ("not_equivalent", "equivalent")
+    broken = tmp_path / "broken.tar.zst"
+    broken.write_bytes(b"not an archive")
+    assert main(["predict", "--model", str(broken), "a", "b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a tar + zstd archive" in err
+
+
+def test_auto_ships_the_fastest_format_as_measured(variants, tiny_mrpc, tmp_path, monkeypatch):
+    """--format auto times every candidate here: the format made artificially slow is never the one shipped, and
+    the manifest and card hold every candidate's figures."""
+    import time
+
+    from bertcompress import onnx_model
+    from bertcompress.export import export
+
+    def slow(cls):
+        call = cls.__call__
+        monkeypatch.setattr(cls, "__call__", lambda self, **b: (time.sleep(0.05), call(self, **b))[1])
+
+    train, validation = tiny_mrpc["train"], tiny_mrpc["validation"]
+    picked = {}
+    for slowed in (onnx_model.OnnxModel, onnx_model.OpenVinoModel):
+        monkeypatch.undo()
+        slow(slowed)
+        out = tmp_path / slowed.__name__
+        m = export(str(variants["dense"]), str(out), "mrpc", "auto", 32, train, validation, 1, 2, budget=100.0)
+        rows = {r["format"]: r for r in m["auto"]["candidates"]}
+        assert set(rows) == {"onnx", "onnx_int8", "openvino"} and m["format"] == m["auto"]["chosen"]
+        best = min(rows.values(), key=lambda r: (r["batch1_ms"] * r["batch8_ms"]) ** 0.5)
+        assert m["format"] == best["format"] and manifest_of(out)["auto"]["candidates"] == m["auto"]["candidates"]
+        assert "| openvino |" in (out / "README.md").read_text()
+        picked[slowed.__name__] = m["format"]
+    assert picked["OnnxModel"] == "openvino" and picked["OpenVinoModel"] in ("onnx", "onnx_int8")
+
+
+ODD = [
+    ["", ""],  # empty
+    [" ".join(["word"] * 10000), "a short one"],  # far past max_length: truncated as evaluation truncates
+    ["tabs\tand\nnewlines, \x00 a NUL, emoji \U0001f642 and \u00fcmlauts", "x"],
+]
+
+
+@pytest.mark.parametrize("name", ["dense", "dense/openvino", "dense/onnx", "variant"])
+def test_odd_inputs_never_crash_any_format(name, artifacts, variants, pt2e, capsys):
+    """Empty, huge and odd texts: one JSON line each, in every format (the torch variant and PT2E too)."""
+    models = (variants["dense"], pt2e[1]) if name == "variant" else (artifacts[name],)
+    for model in models:
+        assert main(["predict", "--model", str(model), *[t for row in ODD for t in row]]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == len(ODD)
+        assert all(json.loads(x)["label_name"] in ("not_equivalent", "equivalent") for x in lines)
+    assert main(["predict", "--model", str(models[0]), "\udcff bad bytes", "b"]) == 2  # a shell's non-UTF-8
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "argument 1 is not UTF-8 text" in err
+
+
+def test_a_text_of_50_kb_on_the_command_line_is_answered(artifacts):
+    """onnxruntime 1.30 crashed on import (segmentation fault) once the command line passed 32 KB."""
+    import subprocess
+    import sys
+
+    long = " ".join(["word"] * 10000)
+    done = subprocess.run(
+        [sys.executable, "-m", "bertcompress.cli", "predict", "--model", str(artifacts["dense"]), long, "short one"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["label_name"] in ("not_equivalent", "equivalent")
 
 
 @pytest.mark.parametrize("kind", ["dense", "oneshot", "structured"])
@@ -78,7 +238,7 @@ def test_predict_equals_evaluate_on_the_validation_texts(kind, variants, artifac
     from bertcompress.predict import predict
 
     rows = _validation_rows(tiny_mrpc)
-    for folder in (variants[kind], artifacts[kind]):  # the torch variant, and the int8 artifact of it
+    for folder in (variants[kind], artifacts[kind], artifacts[f"{kind}/openvino"]):  # torch, ONNX int8, OpenVINO
         expected = evaluate(str(folder), "mrpc", tiny_mrpc["validation"], 64, keep_predictions=True)["predictions"]
         got = predict(str(folder), "mrpc", rows, max_length=32)
         assert [r["label"] for r in got] == expected, folder
@@ -89,14 +249,14 @@ def test_predict_equals_evaluate_on_the_validation_texts(kind, variants, artifac
 
 @pytest.mark.parametrize("kind", ["dense", "oneshot", "structured"])
 def test_the_artifact_stays_close_to_its_float_model(kind, variants, artifacts, tiny_mrpc):
-    """int8 ONNX read back from its stored form (the pruned one from bitmask + values) predicts as its float
-    model does: a weight restored to the wrong places would not."""
+    """int8 ONNX and OpenVINO int8 predict as their float model does."""
     from bertcompress.predict import predict
 
     rows = _validation_rows(tiny_mrpc)
     fp32 = np.array([r["probabilities"] for r in predict(str(variants[kind]), "mrpc", rows, max_length=32)])
-    int8 = np.array([r["probabilities"] for r in predict(str(artifacts[kind]), "mrpc", rows, max_length=32)])
-    assert np.abs(fp32 - int8).max() < 0.05
+    for name in (kind, f"{kind}/openvino"):
+        int8 = np.array([r["probabilities"] for r in predict(str(artifacts[name]), "mrpc", rows, max_length=32)])
+        assert np.abs(fp32 - int8).max() < 0.05, name
 
 
 def test_predict_cli_reads_arguments_tsv_and_jsonl(artifacts, tmp_path, capsys, monkeypatch):

@@ -32,7 +32,7 @@ def ws(tmp_path_factory):
     pr.write_params(root / "params.yaml", data={"max_train_samples": 64, "max_eval_samples": 32})
     cli(root, "finetune", "--out", "ref")
     cli(root, "quantize", "--model-dir", "ref", "--out", "ref-int8", "-S", "quantize.mode=dynamic")
-    cli(root, "export", "--model-dir", "ref", "--out", "ref-export")
+    cli(root, "export", "--model-dir", "ref", "--out", "ref-export", "-S", "evaluate.latency_runs=0")
     yield root
     print(f"\nfault suite: injected {dict(INJECTED)}")
 
@@ -116,7 +116,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_run_starts_over(ws):
     "command_args,reference",
     [
         (("quantize", "--model-dir", "ref", "-S", "quantize.mode=dynamic"), "ref-int8"),
-        (("export", "--model-dir", "ref"), "ref-export"),
+        (("export", "--model-dir", "ref", "-S", "evaluate.latency_runs=0"), "ref-export"),  # no timings: same bytes
     ],
 )
 def test_killed_at_a_commit_leaves_nothing_or_all_of_it(ws, command_args, reference):

@@ -177,8 +177,9 @@ def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
 
 
 def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
-    """The report task exports the champion (its float source, as int8 ONNX) to results/export/mrpc, evaluated
-    there, and publishes summary.md (the summary table and the champion's lines) as the Prefect markdown
+    """The report task exports the champion (its float source, --format auto) to results/export/mrpc and its
+    archive, evaluated there, every candidate's figures logged, and publishes summary.md (the summary table and
+    the champion's lines) as the Prefect markdown
     artifact `report-mrpc` of the flow run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
@@ -208,14 +209,28 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
             info = variant.read(folder) or {}
             source = info["base"] if info.get("mode") in QUANTIZE_MODES else folder  # dynamic int8: its float source
             manifest = json.loads((exported / "manifest.json").read_text())
-            assert manifest["format"] == "onnx_int8"
+            assert manifest["format"] == manifest["auto"]["chosen"] in ("onnx", "onnx_int8", "openvino")
             assert manifest["source"] == str((grid["root"] / source).resolve())
-            assert "exported: results/export/mrpc (onnx_int8 of" in summary and "on validation f1 " in summary
-            assert "; latency batch 1 " in summary and " ms (1 threads, length " in summary  # of what ships
+            shipped = grid["root"] / "results" / "export" / "mrpc.tar.zst"
+            assert f"exported: results/export/mrpc.tar.zst ({manifest['format']} of" in summary
+            assert "as shipped, on validation f1 " in summary and " ms (1 threads, length " in summary
+            assert summary.count("<- shipped") == 1  # every candidate's line, the one shipped marked
             logged = client.get_run(runs_of(grid)[1]["run_id"]).data.metrics
-            assert logged["export_latency_batch1_ms"] > 0 and logged["export_compact_mb"] == pytest.approx(
-                manifest["sizes"]["compact_mb"], rel=1e-6
+            assert logged["export_batch1_ms"] > 0 and logged["export_archive_mb"] == pytest.approx(
+                shipped.stat().st_size / 1e6, rel=1e-6
             )
+            assert {f"export_{f}_batch8_ms" for f in ("onnx", "onnx_int8", "openvino")} <= set(logged)
+            import mlflow
+
+            parent = runs_of(grid)[1]["run_id"]
+            (model,) = client.search_logged_models(
+                [client.get_run(parent).info.experiment_id], f"source_run_id = '{parent}' AND name = 'export'"
+            )
+            mlflow.set_tracking_uri(tracking.tracking_uri())  # the archive as an MLflow model: it predicts
+            got = mlflow.pyfunc.load_model(f"models:/{model.model_id}").predict(
+                pd.DataFrame({"sentence1": ["The cat sat."], "sentence2": ["A cat was sitting."]})
+            )
+            assert got["label_name"].iloc[0] in ("not_equivalent", "equivalent")
             assert f"f1 {logged['export_f1']:.4f}" in summary
 
 
