@@ -6,12 +6,13 @@ and for params.yaml's `structured` variant made from it. Latency at batch 1, 8 a
 over the real validation split at its own lengths, and accuracy / F1 on the whole validation split beside every
 row; then the issue's goals as measured ratios, met or missed.
 
-    # 1. the models, on a lent GPU (one call; .carry from ../shared/tools/make_gpu_carry.py):
+    # 1. the models, on a lent GPU (one call; .carry from ../shared/tools/make_gpu_carry.py), or here with
+    #    bertcompress finetune / prune into outputs/peers/mrpc/{dense,structured} (slow on 2 cores):
     python3 -m bench.peers gpu --out $OUT          # dense (params.yaml's lr sweep, seed 42), then `structured`
     .venv/bin/python -m bench.peers unpack /work/.device/N     # -> outputs/peers/mrpc/{dense,structured}
     # 2. the peers' artifacts, each by its own documented path, in their own venv (they pin other transformers):
-    .venv/bin/python -m bench.peers peers          # makes .venv-peers (PEER_PINS) on first use, then builds
-    # 3. the bench (builds what is missing of 1.-2. here, exports our formats, times everything):
+    .venv/bin/python -m bench.peers peers          # makes .venv-peers/{onnx,intel} (VENVS) on first use
+    # 3. the bench (builds what is missing of 2. and of our artifacts, then times everything):
     .venv/bin/python -m bench.peers bench --threads 2
 
 Timing is bench/inference.py's: latency.measure (synthetic full-length pairs, 3 warm-ups, median of --runs) in
@@ -36,18 +37,6 @@ from pathlib import Path
 TASK = "mrpc"
 ROOT = Path("outputs/peers")
 PEERS_VENV = Path(".venv-peers")
-# The peers' own packages, pinned; torch first (CPU wheel) so that nothing pulls a CUDA build.
-PEER_PINS = {
-    "torch": "2.13.0",
-    "optimum-onnx": "0.1.0",
-    "optimum-intel": "2.2.0",
-    "optimum": None,  # whatever optimum-onnx / optimum-intel resolve to; recorded in the JSON
-    "openvino": "2026.4.1",
-    "nncf": "3.4.0",
-    "onnxruntime": "1.32.0",
-    "datasets": None,
-}
-TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 CALIBRATION = 300  # OVQuantizer's calibration examples, from the train split
 PART = 15 * 2**20
 REFERENCE = ".carry/minilm/model.safetensors"  # the pretrained weights as fp16: the codec's reference, both sides
