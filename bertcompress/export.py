@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
-import json
 import logging
 import math
 import platform
@@ -38,17 +37,17 @@ from torch import nn
 from transformers import AutoConfig
 
 from . import archive, io, variant
-from .compiled import PROGRAM, CompiledModel
+from .artifact import CARD, MANIFEST, artifact_model
+from .compiled import PROGRAM
 from .glue import get_task
 from .latency import machine
 from .model import load_tokenizer
-from .onnx_model import INPUTS, MODEL, OPENVINO, OnnxModel, OpenVinoModel
+from .onnx_model import INPUTS, MODEL, OPENVINO
 from .params import QUANTIZE_MODES, UserError
 
 FORMATS = ("onnx_int8", "onnx", "openvino", "pt2e_int8", "auto")
 CANDIDATES = ("onnx", "onnx_int8", "openvino")  # what auto tries: every format made from a float variant
 PT2E = ("static", "qat")  # the quantize modes whose folder holds a PT2E int8 program
-MANIFEST, CARD = "manifest.json", "README.md"
 CALIBRATION = 300  # train examples NNCF calibrates on (Optimum-Intel's default subset size)
 ONNX_INLINE = 2**31 - 2**27  # past this many bytes of weights ONNX's protobuf limit (2 GB) needs external data
 
@@ -250,14 +249,6 @@ def _finish(tmp: Path, manifest: dict) -> None:
     (tmp / CARD).write_text(card.text(manifest))
 
 
-def artifact_model(folder: str | Path, fmt: str, max_length: int, threads: int | None = None):
-    """The runnable model of an artifact: an ONNX Runtime session, an OpenVINO compiled model, or the PT2E
-    program compiled by Inductor."""
-    if fmt == "pt2e_int8":
-        return CompiledModel(folder, max_length, threads)
-    return OpenVinoModel(folder, threads) if fmt == "openvino" else OnnxModel(folder, threads)
-
-
 def figures(
     folder: Path, fmt: str, task: str, max_length: int, validation: str, threads: int | None, runs: int
 ) -> dict:
@@ -338,8 +329,3 @@ def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest | {"archive": str(shipped), "archive_mb": shipped.stat().st_size / 1e6}
-
-
-def read_manifest(folder: str | Path) -> dict | None:
-    path = Path(archive.folder(folder)) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import archive, loop
-from .export import read_manifest
+from .artifact import read_manifest
 from .glue import TASKS, get_task
 from .model import load_tokenizer
 from .params import UserError, unknown

@@ -106,7 +106,7 @@ def load_variant(model_dir: str, num_labels: int, **kwargs) -> nn.Module:
 
     model_dir = archive.folder(model_dir)
     if (Path(model_dir) / "manifest.json").is_file():
-        from .export import artifact_model
+        from .artifact import artifact_model
 
         manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
         if manifest["regression"] != (num_labels == 1) or len(manifest["labels"] or [None]) != num_labels:
