@@ -8,8 +8,8 @@ Optimum's, and the same folder as one tar + zstd archive beside it (bertcompress
 Formats (each made from a float variant: fine-tuned, gradual or one-shot pruned, structured):
 - onnx: the fp32 graph (torch.onnx, dynamo; dynamic batch and length), run by ONNX Runtime;
 - onnx_int8: ONNX Runtime's dynamic int8 quantization of it (per channel, embeddings included);
-- openvino: OpenVINO IR of the same graph, int8 by NNCF's post-training quantization (transformer preset),
-  calibrated on the train split, never validation;
+- openvino: OpenVINO IR converted from the torch model (fused attention), int8 by NNCF's post-training
+  quantization (transformer preset), calibrated on the train split, never validation;
 - pt2e_int8: a static/qat variant's PT2E program as quantize saved it, compiled by Inductor on load (torch);
 - auto: every format above that is made from a float variant, each checked on the validation split and timed
   here (batch 1 and 8, length 128, the given threads); ships the fastest (geometric mean of the two
@@ -66,7 +66,7 @@ class _Logits(nn.Module):
 @contextlib.contextmanager
 def _quiet():
     """The exporters' and quantizers' advice (torchvision ops, axis names, pre-processing): not for users."""
-    names = ("", "torch.onnx", "torch.onnx._internal.exporter._registration", "nncf")
+    names = ("", "torch.onnx", "torch.onnx._internal.exporter._registration", "nncf", "transformers")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
@@ -108,9 +108,10 @@ def _onnx_int8(fp32: Path, out: Path) -> None:
     quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
 
 
-def _openvino(fp32: Path, out: Path, train: str, max_length: int) -> dict:
-    """NNCF's post-training int8 quantization of the graph's OpenVINO IR, calibrated on `CALIBRATION` train
-    examples (shuffled with a fixed seed, each at its own length)."""
+def _openvino(model: nn.Module, tokenizer, out: Path, train: str, max_length: int) -> dict:
+    """The model converted by OpenVINO from torch (as Optimum-Intel converts it: attention becomes OpenVINO's fused
+    ScaledDotProductAttention, which the ONNX graph's MatMul + Softmax do not), then NNCF's post-training int8
+    quantization, calibrated on `CALIBRATION` train examples (shuffled with a fixed seed, each at its own length)."""
     import nncf
     import numpy as np
     import openvino as ov
@@ -130,10 +131,12 @@ def _openvino(fp32: Path, out: Path, train: str, max_length: int) -> dict:
                 "attention_mask": np.ones_like(ids),
             }
         )
-    model = ov.convert_model(str(fp32))
+    example = tokenizer(["a first example sentence", "two"], ["and its pair", "b"], padding=True, return_tensors="pt")
+    converted = ov.convert_model(_Logits(model.eval()), example_input={k: example[k] for k in INPUTS})
+    converted.outputs[0].get_tensor().set_names({"logits"})  # the name Optimum-Intel's from_pretrained reads
     with contextlib.redirect_stdout(_io.StringIO()):  # NNCF's progress bars (rich): not for a pipeline's log
         quantized = nncf.quantize(
-            model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items)
+            converted, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items)
         )
     ov.save_model(quantized, str(out / OPENVINO))
     return {"calibration": f"{len(items)} train examples", "nncf": nncf.__version__, "openvino": ov.__version__}
@@ -189,20 +192,21 @@ def export(
             storage = {"program": PROGRAM, "compile": "torch.compile(freezing=True), shapes bucketed"}
         else:
             model = variant.load_float(model_dir, spec.num_labels)
-            work = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=f".{tmp.name}-fp32-"))
-            try:
-                fp32 = work / MODEL
-                _onnx(model, tokenizer, fp32, min(max_length, config.max_position_embeddings))
-                if fmt == "onnx":
-                    for f in work.iterdir():
-                        shutil.move(f, tmp / f.name)
-                elif fmt == "onnx_int8":
-                    _onnx_int8(fp32, tmp / MODEL)
-                    storage = {"quantization": "onnxruntime quantize_dynamic, int8 per channel"}
-                else:
-                    storage = _openvino(fp32, tmp, train, max_length)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+            if fmt == "openvino":
+                storage = _openvino(model, tokenizer, tmp, train, max_length)
+            else:
+                work = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=f".{tmp.name}-fp32-"))
+                try:
+                    fp32 = work / MODEL
+                    _onnx(model, tokenizer, fp32, min(max_length, config.max_position_embeddings))
+                    if fmt == "onnx":
+                        for f in work.iterdir():
+                            shutil.move(f, tmp / f.name)
+                    else:
+                        _onnx_int8(fp32, tmp / MODEL)
+                        storage = {"quantization": "onnxruntime quantize_dynamic, int8 per channel"}
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
         tokenizer.save_pretrained(tmp)
         config.save_pretrained(tmp)  # the architecture and labels: Optimum's from_pretrained reads it
         source = Path(model_dir)
