@@ -50,13 +50,11 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def interval(task: str, labels, preds, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """The task's headline metric of one model's predictions with a percentile bootstrap CI over examples:
-    {'value', 'low', 'high', 'confidence', 'examples'}."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
+def _percentile_ci(samples: tuple, statistic, n_resamples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """scipy's paired, vectorised percentile bootstrap of statistic over samples: (low, high)."""
     ci = stats.bootstrap(
-        (labels, preds),
-        lambda y, p, axis=-1: metric_values(task, y, p),
+        samples,
+        statistic,
         paired=True,
         vectorized=True,
         n_resamples=n_resamples,
@@ -64,14 +62,18 @@ def interval(task: str, labels, preds, n_resamples: int = 1000, confidence: floa
         method="percentile",
         rng=np.random.default_rng(seed),
     ).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def interval(task: str, labels, preds, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """The task's headline metric of one model's predictions with a percentile bootstrap CI over examples:
+    {'value', 'low', 'high', 'confidence', 'examples'}."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    low, high = _percentile_ci(
+        (labels, preds), lambda y, p, axis=-1: metric_values(task, y, p), n_resamples, confidence, seed
+    )
     value = float(metric_values(task, labels, preds))
-    return {
-        "value": value,
-        "low": float(ci.low),
-        "high": float(ci.high),
-        "confidence": confidence,
-        "examples": int(len(labels)),
-    }
+    return {"value": value, "low": low, "high": high, "confidence": confidence, "examples": int(len(labels))}
 
 
 def paired_bootstrap(
@@ -108,17 +110,7 @@ def paired_bootstrap(
     if (dense == variant).all():  # no example differs: every resample gives 0
         low = high = observed
     else:
-        ci = stats.bootstrap(
-            samples,
-            delta,
-            paired=True,
-            vectorized=True,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        ).confidence_interval
-        low, high = float(ci.low), float(ci.high)
+        low, high = _percentile_ci(samples, delta, n_resamples, confidence, seed)
     verdict = "within noise" if low <= 0 <= high else ("better" if low > 0 else "worse")
     return {"delta": observed, "low": low, "high": high, "verdict": verdict}
 
