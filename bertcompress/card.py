@@ -94,11 +94,15 @@ def text(m: dict) -> str:
     if "auto" in m:
         a = m["auto"]
         lines += ["", f"Chosen by `--format auto`: {a['rule']} (float: {a['float_' + metric]:.4f}). Candidates:", ""]
-        lines += [f"| format | {metric} | Δ points | batch 1 ms | batch 8 ms | archive MB | within budget |"]
-        lines += ["|---|---|---|---|---|---|---|"]
+        on = a.get("chosen_on", "validation")
+        also = f" | validation {metric}" if on == "dev" else ""
+        lines += [f"| format | {on} {metric} | Δ points{also} | batch 1 ms | batch 8 ms | archive MB | within budget |"]
+        lines += ["|---|---|---|---|---|---|---|" + "---|" * bool(also)]
         lines += [
-            f"| {r['format']} | {r[metric]:.4f} | {r['delta_points']:+.2f} | {r['batch1_ms']:.1f} | "
-            f"{r['batch8_ms']:.1f} | {r['archive_mb']:.1f} | {'yes' if r['within_budget'] else 'no'} |"
+            f"| {r['format']} | {r[metric]:.4f} | {r['delta_points']:+.2f}"
+            + (f" | {r[f'validation_{metric}']:.4f}" if also else "")
+            + f" | {r['batch1_ms']:.1f} | {r['batch8_ms']:.1f} | {r['archive_mb']:.1f} | "
+            f"{'yes' if r['within_budget'] else 'no'} |"
             for r in a["candidates"]
         ]
     lines += [

@@ -16,6 +16,7 @@ import typing
 PRUNE_METHODS = ("none", "gradual", "oneshot", "structured")
 CRITERIA = ("magnitude", "movement", "first_order")
 QUANTIZE_MODES = ("none", "dynamic", "dynamic_emb", "fp16", "bf16", "static", "qat")
+CHOOSE_ON = ("auto", "dev", "validation")  # experiment.choose_on
 RESERVED = ("pretrained", "sweep", "flow", "bench", "eval")  # folders beside the variants' under outputs/
 
 
@@ -139,6 +140,20 @@ def validate(p, table: bool = True) -> None:
         v = getattr(p.data, key)
         if v is not None and v <= 0:
             raise UserError(f"data.{key} must be > 0 or null, got {v}")
+    if p.data.dev_fraction is not None and not 0 < p.data.dev_fraction <= 0.5:
+        raise UserError(
+            f"data.dev_fraction must be in (0, 0.5] or null (no dev split), got {p.data.dev_fraction}; "
+            "0.1 carves a tenth of train"
+        )
+    if p.experiment.choose_on not in CHOOSE_ON:
+        raise UserError(
+            f"experiment.choose_on '{p.experiment.choose_on}' is unknown; choose one of: {', '.join(CHOOSE_ON)}"
+        )
+    if p.experiment.choose_on == "dev" and not p.data.dev_fraction:
+        raise UserError(
+            "experiment.choose_on=dev, but the run has no dev split (data.dev_fraction is null); "
+            "set data.dev_fraction=0.1, or experiment.choose_on=validation"
+        )
     if p.evaluate.latency_runs < 0:
         raise UserError(f"evaluate.latency_runs must be >= 0 (0 = no latency), got {p.evaluate.latency_runs}")
     _validate_prune(p.prune)

@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--input", help="a TSV or JSONL file of inputs, one per line; - for stdin")
             cmd.add_argument("--input-format", default="tsv", help="tsv (default; tab between a pair) or jsonl")
         if name == "evaluate":
-            cmd.add_argument("--split", default="validation", choices=glue.SPLITS)
+            cmd.add_argument("--split", default="validation", choices=("train", "dev", "validation"))
         if name in ("finetune", "prune", "quantize", "evaluate", "export"):
             cmd.add_argument(
                 "--out",
@@ -132,6 +132,8 @@ def run(args, p: P.Params) -> int:
         from .export import check
 
         check(args.model_dir, args.format, "train")
+    if args.command == "evaluate" and args.split == "dev" and not p.data.dev_fraction:
+        raise P.UserError("--split dev needs a dev split; set -S data.dev_fraction=0.1 (a tenth of train)")
     preflight(task, p)
     io.check_writable("data")  # every place this command writes, before any work
     if out := _out(args, p):
@@ -155,6 +157,7 @@ def run(args, p: P.Params) -> int:
             e.latency_threads,
             e.latency_runs,
             p.experiment.champion_budget,
+            paths["dev"] if P.choice_split(p) == "dev" else None,
         )
     elif args.command == "evaluate":
         from .evaluate import evaluate

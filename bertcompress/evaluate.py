@@ -54,16 +54,23 @@ def evaluate(
     latency_runs: int = 0,
     keep_predictions: bool = False,
     threads: int | None = None,
+    dev: str | None = None,
 ) -> dict:
     """Load a saved model, any variant (fine-tuned, pruned, quantized), and evaluate it on one tokenized split:
     the metrics, sizes three ways and, with latency_runs, CPU latency (ms) at batch 1 and 8 on `threads` torch
-    threads (None: torch's default), reported beside it."""
+    threads (None: torch's default), reported beside it. With dev (the tokenized dev split), its loss and metrics
+    too, as dev_<metric>: what the experiment's choices read."""
     model = load_variant(model_dir, get_task(task).num_labels)
     data = Encoded.load(tokenized_path)
     result = {
         **evaluate_model(model, data, task, batch_size, keep_predictions=keep_predictions),
         **(sizes.measure(model) if hasattr(model, "state_dict") else model.sizes()),
     }  # an artifact: its file
+    if dev:
+        data = Encoded.load(dev)
+        loss, preds = loop.predict(model, data, batch_size)
+        scores = {"loss": loss, **metrics.compute(task, data.labels, preds), "examples": len(data)}
+        result |= {f"dev_{k}": v for k, v in scores.items()}
     if latency_runs:
         from .latency import measure
 

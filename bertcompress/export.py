@@ -11,10 +11,10 @@ Formats (each made from a float variant: fine-tuned, gradual or one-shot pruned,
 - openvino: OpenVINO IR converted from the torch model (fused attention), int8 by NNCF's post-training
   quantization (transformer preset), calibrated on the train split, never validation;
 - pt2e_int8: a static/qat variant's PT2E program as quantize saved it, compiled by Inductor on load (torch);
-- auto: every format above that is made from a float variant, each checked on the validation split and timed
-  here (batch 1 and 8, length 128, the given threads); ships the fastest (geometric mean of the two
-  latencies) within `budget` points of the float model's metric. Every candidate's figures go in the manifest
-  and the card.
+- auto: every format above that is made from a float variant, each checked on the dev split (validation when
+  the run has none) and timed here (batch 1 and 8, length 128, the given threads); ships the fastest (geometric
+  mean of the two latencies) within `budget` points of the float model's metric on that split. Every
+  candidate's figures go in the manifest and the card.
 
 With the validation split, the artifact is evaluated as it ships (its metric with a bootstrap CI, and latency
 when latency_runs > 0), and the figures go in the manifest and the card.
@@ -175,13 +175,16 @@ def export(
     threads: int | None = None,
     latency_runs: int = 0,
     budget: float = 1.0,
+    choose: str | None = None,
 ) -> dict:
     """Write the artifact of the variant in model_dir to out_dir (atomically) and its archive beside it; its
     manifest. train: the tokenized train split (NNCF's calibration); validation: the tokenized validation split
-    (the artifact evaluated as it ships; auto needs it)."""
+    (the artifact evaluated as it ships; auto needs it); choose: the tokenized dev split auto chooses on (None:
+    it chooses on validation)."""
     info = check(model_dir, fmt, train)
     if fmt == "auto":
-        return _auto(model_dir, out_dir, task, max_length, train, validation, threads, latency_runs or 10, budget)
+        runs = latency_runs or 10
+        return _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs, budget, choose)
     spec = get_task(task)
     tokenizer = load_tokenizer(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
@@ -254,10 +257,17 @@ def _finish(tmp: Path, manifest: dict) -> None:
 
 
 def figures(
-    folder: Path, fmt: str, task: str, max_length: int, validation: str, threads: int | None, runs: int
+    folder: Path,
+    fmt: str,
+    task: str,
+    max_length: int,
+    validation: str,
+    threads: int | None,
+    runs: int,
+    split: str = "validation",
 ) -> dict:
-    """The artifact as it ships, on the validation split: every metric, the headline's bootstrap CI over
-    examples; with runs, latency at batch 1 and 8 (length 128, `threads`) on this machine."""
+    """The artifact as it ships, on the validation split (or the named one): every metric, the headline's
+    bootstrap CI over examples; with runs, latency at batch 1 and 8 (length 128, `threads`) on this machine."""
     from . import latency, loop, metrics, stats
     from .tokenize import Encoded
 
@@ -265,7 +275,7 @@ def figures(
     data = Encoded.load(validation)
     _, preds = loop.predict(model, data, 32)
     out = {
-        "split": "validation",
+        "split": split,
         "examples": len(data.labels),
         **metrics.compute(task, data.labels, preds),
         "ci": stats.interval(task, data.labels, preds),
@@ -286,23 +296,27 @@ def _float_metric(model_dir: str, task: str, validation: str) -> float:
     return metrics.headline(task, metrics.compute(task, data.labels, preds))
 
 
-def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs, budget) -> dict:
-    """Every candidate format exported, checked and timed here; the fastest within budget ships."""
+def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs, budget, choose=None) -> dict:
+    """Every candidate format exported, checked (on choose, the dev split, when given) and timed here; the
+    fastest within budget ships, and is reported on validation."""
     if not validation:
         raise UserError("--format auto checks every format on the validation split; give it (validation=...)")
-    name = get_task(task).metric
-    reference = _float_metric(model_dir, task, validation)
+    name, split = get_task(task).metric, "dev" if choose else "validation"
+    reference = _float_metric(model_dir, task, choose or validation)
     work = Path(tempfile.mkdtemp(dir=Path(out_dir).resolve().parent, prefix=f".{Path(out_dir).name}-auto-"))
     try:
         rows, made = [], {}
         for fmt in CANDIDATES:
             made[fmt] = export(model_dir, str(work / fmt), task, fmt, max_length, train, validation, threads, runs)
             v = made[fmt]["validation"]
+            c = figures(work / fmt, fmt, task, max_length, choose, threads, 0, "dev") if choose else v
             rows.append(
                 {
                     "format": fmt,
-                    name: v[name],
-                    "delta_points": 100 * (v[name] - reference),
+                    "split": split,
+                    name: c[name],
+                    **({f"validation_{name}": v[name]} if choose else {}),
+                    "delta_points": 100 * (c[name] - reference),
                     "batch1_ms": v["batch1_ms"],
                     "batch8_ms": v["batch8_ms"],
                     "archive_mb": made[fmt]["archive_mb"],
@@ -319,7 +333,8 @@ def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs
         manifest = {k: v for k, v in made[best["format"]].items() if k not in ("archive", "archive_mb", "files")}
         manifest["auto"] = {
             "rule": f"the fastest (geometric mean of batch 1 and 8 ms) within {budget:g} point"
-            f"{'s' * (budget != 1)} of the float model's {name} on validation",
+            f"{'s' * (budget != 1)} of the float model's {name} on {split}",
+            "chosen_on": split,
             "float_" + name: reference,
             "machine": machine(),
             "threads": made[best["format"]]["validation"].get("threads"),

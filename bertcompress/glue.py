@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -151,6 +152,29 @@ def content_hash(df: pd.DataFrame, task: str) -> str:
     for row in zip(*cols):
         h.update(("\t".join(row) + "\n").encode())
     return h.hexdigest()
+
+
+def dev_rows(df: pd.DataFrame, task: str, fraction: float) -> np.ndarray:
+    """Which rows of a train split form the dev split (a boolean mask): per class (STS-B: per whole score), the
+    rows whose text hashes lowest, max(1, round(fraction x the class's rows)) of them. Keyed by content: a row's
+    side depends on its text, not its position, so a reordered file gives the same split and identical sentences
+    land on the same side. Every class present must keep rows on both sides (UserError naming the fix)."""
+    spec = get_task(task)
+    texts = df[list(spec.keys)].astype(str).agg("\t".join, axis=1)
+    keys = np.array([hashlib.sha256(t.encode()).hexdigest() for t in texts])
+    strata = np.rint(df["label"].to_numpy()).astype(int) if spec.regression else df["label"].to_numpy().astype(int)
+    dev = np.zeros(len(df), dtype=bool)
+    for c in np.unique(strata):
+        rows = np.flatnonzero(strata == c)
+        if len(rows) < 2:
+            what = f"score {c}" if spec.regression else f"class '{spec.names[c] if spec.names else c}'"
+            raise UserError(
+                f"data.dev_fraction={fraction:g} leaves {what} of {task} train empty on one side ({len(rows)} "
+                "row); raise data.max_train_samples or set data.dev_fraction=null"
+            )
+        order = rows[np.lexsort((df["idx"].to_numpy()[rows], keys[rows]))]
+        dev[order[: min(len(rows) - 1, max(1, round(fraction * len(rows))))]] = True
+    return dev
 
 
 def load_split(task: str, split: str, source: str = "auto") -> pd.DataFrame:

@@ -30,6 +30,7 @@ class Data:
     source: str
     max_train_samples: int | None
     max_eval_samples: int | None
+    dev_fraction: float | None
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Experiment:
     lr_candidates: list[float]
     bootstrap_samples: int
     champion_budget: float
+    choose_on: str
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,13 @@ class Params:
         changes |= {f"{s}.{k}": val for s, kv in v.overrides.items() for k, val in kv.items()}
         changes |= {"finetune.seed": seed, "quantize.mode": mode}
         return self.replace(changes)
+
+
+def choice_split(p: Params) -> str:
+    """The split every choice of the experiment is made on (the lr sweep, the champion, the shipped format):
+    experiment.choose_on, where auto = dev when data.dev_fraction carves one, else validation."""
+    on = p.experiment.choose_on
+    return ("dev" if p.data.dev_fraction else "validation") if on == "auto" else on
 
 
 def _types(cls) -> dict:

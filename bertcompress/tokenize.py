@@ -30,7 +30,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def reads(p: Params) -> list[str]:
-    return ["data.source", "data.max_train_samples", "data.max_eval_samples", "model.name", "tokenize.max_length"]
+    return [
+        "data.source",
+        "data.max_train_samples",
+        "data.max_eval_samples",
+        "data.dev_fraction",
+        "model.name",
+        "tokenize.max_length",
+    ]
 
 
 def tokenize(
@@ -41,11 +48,16 @@ def tokenize(
     max_length: int,
     cache_dir: str | os.PathLike = "data/tokenized",
     limit: int | None = None,
+    dev_fraction: float | None = None,
 ) -> tuple[Path, bool]:
-    """Return (path of the tokenized split, True if it came from the cache); limit keeps the first rows."""
+    """Return (path of the tokenized split, True if it came from the cache); limit keeps the first rows. With
+    dev_fraction, split "dev" is that share of those train rows (glue.dev_rows) and "train" the rest."""
     spec = glue.get_task(task)
     check_max_length(model_name, max_length)
-    df = glue.read_prepared(data_dir, split).iloc[:limit]
+    df = glue.read_prepared(data_dir, "train" if split == "dev" else split).iloc[:limit]
+    if dev_fraction and split in ("train", "dev"):
+        dev = glue.dev_rows(df, task, dev_fraction)
+        df = df[dev if split == "dev" else ~dev]
     tokenizer = load_tokenizer(model_name)
     key = hashlib.sha256(
         "|".join([glue.content_hash(df, task), tokenizer_fingerprint(tokenizer), str(max_length)]).encode()
@@ -78,15 +90,23 @@ def encode(tokenizer, columns: list[list[str]], max_length: int, labels: np.ndar
     )
 
 
+def splits(p: Params) -> tuple[str, ...]:
+    """The tokenized splits a run has: train and validation, and dev when data.dev_fraction carves one."""
+    return ("train", "dev", "validation") if p.data.dev_fraction else glue.SPLITS
+
+
 def prepared(task: str, p: Params, data_root: str = "data/glue", cache_dir: str = "data/tokenized") -> dict:
-    """Download the task if it is not there yet, tokenize train and validation (cached); return their paths."""
+    """Download the task if it is not there yet, tokenize its splits (cached); return their paths."""
     data_dir = Path(data_root) / task
     if not glue.is_current(data_dir, task, p.data.source):  # another source, or its files changed since
         glue.download(task, data_dir, p.data.source)
-    limits = {"train": p.data.max_train_samples, "validation": p.data.max_eval_samples}
+    d = p.data
+    limits = {"train": d.max_train_samples, "dev": d.max_train_samples, "validation": d.max_eval_samples}
     return {
-        s: str(tokenize(data_dir, task, s, p.model.name, p.tokenize.max_length, cache_dir, limits[s])[0])
-        for s in glue.SPLITS
+        s: str(
+            tokenize(data_dir, task, s, p.model.name, p.tokenize.max_length, cache_dir, limits[s], d.dev_fraction)[0]
+        )
+        for s in splits(p)
     }
 
 

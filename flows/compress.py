@@ -25,7 +25,6 @@ from prefect.runtime import flow_run
 
 from bertcompress import io, stop
 from bertcompress import params as P
-from bertcompress.metrics import headline
 from bertcompress.model import preflight
 from tasks import plan, steps, tracking
 from tasks.runner import task_runner
@@ -45,11 +44,14 @@ def sweep(task: str, p: P.Params, made: dict, parent: str) -> P.Params:
     """The seed's lr sweep: the baseline (first seed) at each candidate; p with the best lr (its run is reused)."""
     for r in plan.sweep(p, task):
         made[r.id] = run(r, p, made, parent)
-    scores = {r.lr: headline(task, made[r.id].result()) for r in plan.sweep(p, task) if r.step == "evaluate"}
+    scores = {r.lr: plan.score(task, p, made[r.id].result()) for r in plan.sweep(p, task) if r.step == "evaluate"}
     if not scores:
         return p
     chosen = plan.best_lr(scores)
-    print(f"lr sweep ({task}, {p.experiment.baseline}, seed {p.experiment.seeds[0]}): {scores}; chosen {chosen:g}")
+    print(
+        f"lr sweep ({task}, {p.experiment.baseline}, seed {p.experiment.seeds[0]}, on {P.choice_split(p)}): "
+        f"{scores}; chosen {chosen:g}"
+    )
     tracking.log_params(parent, {"lr_selected": chosen})
     return plan.with_lr(p, chosen)
 

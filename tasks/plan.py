@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertcompress import evaluate, finetune, glue, model, prune, quantize, record, tokenize
-from bertcompress.params import PRETRAINED, Params, UserError
+from bertcompress.params import PRETRAINED, Params, UserError, choice_split
 
 MODULES = {
     "download": glue,
@@ -35,7 +35,7 @@ MODULES = {
     "quantize": quantize,
     "evaluate": evaluate,
 }
-FILES = ("data_dir", "base", "model_dir", "train", "validation", "teacher")  # task arguments that name inputs
+FILES = ("data_dir", "base", "model_dir", "train", "dev", "validation", "teacher")  # task arguments that name inputs
 FLOW_OUTPUTS = Path("outputs/flow")
 # What Params.variant sets per run of the experiment, and the value a params file or override must leave them at
 # there: each variant's entry (prune.method, distill.teacher), experiment.seeds and the entry's quantize list say it.
@@ -131,10 +131,10 @@ def arguments(r: Run, p: Params, made: dict) -> dict:
         "finetune": ("train", "validation"),
         "prune": ("train",),
         "quantize": ("train",),
-        "evaluate": ("validation",),
+        "evaluate": ("validation", "dev"),
     }[r.step]
     teacher = {"teacher": made[r.teacher] if r.teacher else None} if r.step in ("finetune", "prune") else {}
-    return a | model_dir | {s: data[s] for s in splits} | teacher
+    return a | model_dir | {s: data[s] for s in splits if s in data} | teacher
 
 
 def reads(step: str, q: Params) -> dict:
@@ -228,9 +228,17 @@ def with_lr(p: Params, lr: float) -> Params:
     return p.replace({"finetune.lr": lr})
 
 
+def score(task: str, p: Params, row: dict) -> float:
+    """What a choice reads of an evaluation (a row, or a run's MLflow metrics): the headline metric on the split
+    choices are made on (params.choice_split: dev when data.dev_fraction carves one)."""
+    name = glue.get_task(task).metric
+    return row[f"dev_{name}" if choice_split(p) == "dev" else name]
+
+
 def best_lr(scores: dict[float, float]) -> float:
-    """The seed's rule: the candidate lr with the best validation metric of the baseline; ties go to the
-    candidate listed first. The flow and DVC apply it to the sweep's results, the report to the same runs."""
+    """The seed's rule: the candidate lr with the best metric of the baseline on the choice split (`score`); ties
+    go to the candidate listed first. The flow and DVC apply it to the sweep's results, the report to the same
+    runs."""
     return max(scores, key=lambda lr: scores[lr])
 
 

@@ -104,26 +104,56 @@ def lr_sweep(task: str, p: P.Params) -> pd.DataFrame:
                 f"lr {lr:g} in {tracking.tracking_uri()}; run `python -m flows.compress --task {task}` "
                 "first, or set experiment.lr_candidates=[]"
             )
-        rows.append({"lr": lr, **{f"{e.baseline} {m}": r["metrics"][m] for m in get_task(task).metrics}})
+        row = {"lr": lr, **{f"{e.baseline} {m}": r["metrics"][m] for m in get_task(task).metrics}}
+        if P.choice_split(p) == "dev":
+            row[f"{e.baseline} dev {metric}"] = r["metrics"].get(f"dev_{metric}", np.nan)
+        rows.append(row | {"score": plan.score(task, p, r["metrics"]) if choosable(task, p, r["metrics"]) else np.nan})
     table = pd.DataFrame(rows)
-    chosen = plan.best_lr(dict(zip(table["lr"], table[f"{e.baseline} {metric}"])))
+    chosen = plan.best_lr(dict(zip(table["lr"], table.pop("score"))))
     table["chosen"] = np.where(table["lr"] == chosen, "yes", "")
     return table
 
 
+def choosable(task: str, p: P.Params, metrics: dict) -> bool:
+    """Does a run's record hold the number choices read (a run evaluated before the dev split existed does not)?"""
+    name = get_task(task).metric
+    return (f"dev_{name}" if P.choice_split(p) == "dev" else name) in metrics
+
+
 def champion(task: str, p: P.Params, folder: str | Path) -> tuple[str, str] | None:
-    """(method, run id of its first seed) of the smallest variant (compressed size) whose headline metric is
-    within experiment.champion_budget points of the baseline's and that did not collapse; None if none is."""
+    """(method, run id of its first seed) of the smallest variant (compressed size) whose headline metric on the
+    choice split (dev when the run has one: P.choice_split) is within experiment.champion_budget points of the
+    baseline's on it, and that did not collapse; None if none is."""
     e, metric = p.experiment, get_task(task).metric
+    column = f"{'dev ' if P.choice_split(p) == 'dev' else ''}{metric} mean"
     s = pd.read_csv(Path(folder) / "summary.csv", index_col="method")
     s = s[s["verdict"] != "baseline"]
-    floor = s.loc[e.baseline, f"{metric} mean"] - e.champion_budget / 100
-    ok = s[(s[f"{metric} mean"] >= floor) & ~s["verdict"].str.startswith("collapsed")]
+    floor = s.loc[e.baseline, column] - e.champion_budget / 100
+    ok = s[(s[column] >= floor) & ~s["verdict"].str.startswith("collapsed")]
     if ok.empty:
         return None
     method = ok["compressed_mb"].idxmin()
     runs = pd.read_csv(Path(folder) / "runs.csv")
     return method, runs[(runs["method"] == method) & (runs["seed"] == e.seeds[0])]["run_id"].iloc[0]
+
+
+def protocol(p: P.Params, records: list[dict]) -> str:
+    """Which split chose (the lr sweep, the champion, the shipped format) and which reports: the report's first
+    words after its header."""
+    if P.choice_split(p) == "dev":
+        rows = int(records[0]["metrics"].get("dev_examples", 0))
+        return (
+            f"**Chosen on dev, reported on validation.** The lr sweep, the champion and the shipped format were "
+            f"chosen on the dev split ({rows} examples: data.dev_fraction={p.data.dev_fraction:g} of train, "
+            "stratified and carved by content, never trained on); every table below reports the validation "
+            "split, which no choice read. Each variant's dev metric is in summary.csv beside it."
+        )
+    why = "experiment.choose_on=validation" if p.data.dev_fraction else "data.dev_fraction is null"
+    return (
+        f"**Chosen and reported on validation ({why}).** The lr sweep, the champion and the shipped format were "
+        "chosen on the validation split that the tables below report: their numbers are in sample, and the "
+        "chosen variants' are biased upwards. Set data.dev_fraction=0.1 to choose on a dev split instead."
+    )
 
 
 def summary_markdown(folder: str | Path) -> str:
@@ -204,6 +234,8 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
             "target the params ask for, the zeros reached in the pruned scope's Linear weights, the zeros over all "
             "parameters.",
             "",
+            protocol(p, records),
+            "",
             f"## Summary: every variant ({split}, mean ± std over {n})",
             "",
             summary_markdown(tmp),
@@ -225,8 +257,8 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
             lines += [f"No sweep: finetune.lr = {p.finetune.lr:g} for every variant.", ""]
         else:
             lines += [
-                f"The baseline ({e.baseline}), seed {e.seeds[0]}, at each candidate; the best validation {metric} "
-                "is used for every variant that sets no lr of its own.",
+                f"The baseline ({e.baseline}), seed {e.seeds[0]}, at each candidate; the lr with the best "
+                f"{P.choice_split(p)} {metric} is used for every variant that sets no lr of its own.",
                 "",
                 markdown(lrs, index=False),
                 "",

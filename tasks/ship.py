@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bertcompress import export as core_export
 from bertcompress import glue, io, latency, variant
-from bertcompress.params import QUANTIZE_MODES, Params
+from bertcompress.params import QUANTIZE_MODES, Params, choice_split
 
 from . import tracking
 from .report import build as build_report
@@ -80,13 +80,15 @@ def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | Non
         e.latency_threads,
         e.latency_runs,
         p.experiment.champion_budget,
+        data.get("dev") if choice_split(p) == "dev" else None,  # auto chooses on dev, reports on validation
     )
     chosen = manifest.get("auto", {}).get("chosen", fmt)
     lines = [f"exported: {manifest['archive']} ({chosen} of {source}, {manifest['archive_mb']:.1f} MB archive)"]
     logged = {"export_archive_mb": manifest["archive_mb"]}
     for r in manifest.get("auto", {}).get("candidates", []):
         lines.append(
-            f"  {r['format']:<9} {spec.metric} {r[spec.metric]:.4f} ({r['delta_points']:+.2f} vs float)  "
+            f"  {r['format']:<9} {r.get('split', 'validation')} {spec.metric} {r[spec.metric]:.4f} "
+            f"({r['delta_points']:+.2f} vs float)  "
             f"batch 1 {r['batch1_ms']:.1f} ms  batch 8 {r['batch8_ms']:.1f} ms  {r['archive_mb']:.1f} MB"
             + ("" if r["within_budget"] else "  (over budget)")
             + ("  <- shipped" if r["format"] == chosen else "")

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from bertcompress import io, record, stop
 from bertcompress import params as P
-from bertcompress.metrics import headline
 from bertcompress.model import preflight
 
 from . import plan, ship, steps, tracking
@@ -32,10 +31,13 @@ TOKENIZED, PRETRAINED, SWEEP = "data/dvc/tokenized", "outputs/pretrained", "resu
 
 def tokenized(task: str) -> dict:
     """The split files the tokenize stage wrote (its out folder holds exactly one per split)."""
-    found = {s: sorted(Path(TOKENIZED, task).glob(f"{s}-*.npz")) for s in ("train", "validation")}
+    found = {s: sorted(Path(TOKENIZED, task).glob(f"{s}-*.npz")) for s in ("train", "dev", "validation")}
+    if not found["dev"]:
+        del found["dev"]  # data.dev_fraction null: no dev split
     if any(len(f) != 1 for f in found.values()):
         raise P.UserError(
-            f"{TOKENIZED}/{task} must hold one train and one validation file; run `dvc repro tokenize@{task}`"
+            f"{TOKENIZED}/{task} must hold one train and one validation file (and at most one dev file); "
+            f"run `dvc repro tokenize@{task}`"
         )
     return {s: str(f[0]) for s, f in found.items()}
 
@@ -91,9 +93,10 @@ def sweep(p: P.Params, parent: str) -> None:
         for r in plan.sweep(p, task):
             if r.step in ("finetune", "evaluate"):
                 outs[r.id] = made(r, p, outs, parent)
-                scores |= {r.lr: headline(task, outs[r.id])} if r.step == "evaluate" else {}
+                scores |= {r.lr: plan.score(task, p, outs[r.id])} if r.step == "evaluate" else {}
         chosen[task] = {
             "lr": plan.best_lr(scores) if scores else p.finetune.lr,
+            "chosen_on": P.choice_split(p),
             "scores": {f"{lr:g}": s for lr, s in scores.items()},
         }
     Path("outputs/sweep").mkdir(parents=True, exist_ok=True)  # the stage's out, also with no candidates

@@ -224,12 +224,15 @@ def evaluate(
     validation: str,
     parent: str | None = None,
     out: str | None = None,
+    dev: str | None = None,
 ) -> dict:
-    """Metrics, sizes and CPU latency of one variant (and mode) on the validation split; the row also in out."""
+    """Metrics, sizes and CPU latency of one variant (and mode) on the validation split, and its metrics on the
+    dev split when the run has one (dev_<metric>: what choices read); the row also in out."""
     q = p.variant(name, seed, mode)
+    splits = {"validation": validation} | ({"dev": dev} if dev else {})
 
     def make(out: str, rec: dict) -> dict:
-        with tracking.variant_run(parent, task, p, name, seed, mode, _tags(rec, validation=validation)) as run:
+        with tracking.variant_run(parent, task, p, name, seed, mode, _tags(rec, **splits)) as run:
             result = core_evaluate.evaluate(
                 model_dir,
                 task,
@@ -238,8 +241,9 @@ def evaluate(
                 q.evaluate.latency_runs,
                 keep_predictions=True,
                 threads=q.evaluate.latency_threads,
+                dev=dev,
             )
-            tracking.log_datasets(run, task, validation=validation)
+            tracking.log_datasets(run, task, **splits)
             tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
             tracking.log_result(run, "evaluate", result)
             tracking.set_tags(

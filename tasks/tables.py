@@ -133,6 +133,10 @@ def summary_table(task: str, records: list[dict], n_resamples: int, baseline: st
         row = {"method": method, "seeds": len(rs)}
         for m in names:
             row[f"{m} mean"], row[f"{m} std"] = stats.mean_std([r["metrics"].get(m, np.nan) for r in rs])
+        if any(f"dev_{names[0]}" in r["metrics"] for r in records):  # the split choices are made on
+            row[f"dev {names[0]} mean"], row[f"dev {names[0]} std"] = stats.mean_std(
+                [r["metrics"].get(f"dev_{names[0]}", np.nan) for r in rs]
+            )
         row |= _sparsity(rs)
         row |= {k: np.mean([r["metrics"].get(k, np.nan) for r in rs]) for k in SIZES}
         row |= {
