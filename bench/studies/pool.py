@@ -45,7 +45,9 @@ def prepared_data(args: argparse.Namespace, tasks: list[str], root: Path) -> dic
 def save(path: str, info: dict, started: float) -> None:
     """The study's JSON as it stands (info holds the rows list), with the wall time since `started`."""
     info["wall_seconds"] = time.time() - started
-    Path(path).write_text(json.dumps(info, indent=1))
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(path)  # whole or not at all: a call cut short mid-write keeps the last whole file
 
 
 def run_pool(ready: list, call: Callable, done: Callable, jobs: int, key: Callable = lambda job: job) -> None:
