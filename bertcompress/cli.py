@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, p: P.Params) -> int:
-    from .tokenize import prepared
+    from .tokenize import check_dev, prepared
 
     if args.command == "predict":
         return _predict(args, p)
@@ -135,6 +135,7 @@ def run(args, p: P.Params) -> int:
     if args.command == "evaluate" and args.split == "dev" and not p.data.dev_fraction:
         raise P.UserError("--split dev needs a dev split; set -S data.dev_fraction=0.1 (a tenth of train)")
     preflight(task, p)
+    check_dev(task, p)
     io.check_writable("data")  # every place this command writes, before any work
     if out := _out(args, p):
         io.check_writable(out, folder=args.command != "evaluate")

@@ -90,6 +90,14 @@ def encode(tokenizer, columns: list[list[str]], max_length: int, labels: np.ndar
     )
 
 
+def check_dev(task: str, p: Params) -> None:
+    """Before any work: does data.dev_fraction leave every class of the train rows the run reads on both sides?
+    (Read from a local GLUE directory; from the hub the tokenize step checks it, still before any training.)"""
+    if not p.data.dev_fraction or (where := glue.resolve_source(p.data.source)) == "hub":
+        return
+    glue.dev_rows(glue.load_split(task, "train", where).iloc[: p.data.max_train_samples], task, p.data.dev_fraction)
+
+
 def splits(p: Params) -> tuple[str, ...]:
     """The tokenized splits a run has: train and validation, and dev when data.dev_fraction carves one."""
     return ("train", "dev", "validation") if p.data.dev_fraction else glue.SPLITS

@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from bertcompress import io, stop
 from bertcompress import params as P
 from bertcompress.model import preflight
+from bertcompress.tokenize import check_dev
 from tasks import plan, steps, tracking
 from tasks.runner import task_runner
 
@@ -57,11 +58,12 @@ def sweep(task: str, p: P.Params, made: dict, parent: str) -> P.Params:
 
 
 def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
-    """The params, and every check that needs no data (task, ranges, keys the experiment sets per run, model
-    config, writable outputs)."""
+    """The params, and every check before work (task, ranges, keys the experiment sets per run, model config, a
+    dev split that empties no class, writable outputs)."""
     p = P.load(params_file, overrides)
     plan.refuse_per_run_keys(p)
     preflight(task, p)
+    check_dev(task, p)
     for where in ("data", "outputs", "results"):
         io.check_writable(where)
     return p

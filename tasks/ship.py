@@ -30,7 +30,10 @@ def publish(task: str, p: Params, parent: str | None = None, data: dict | None =
     end here. Writes results/report/<task>/summary.md, the summary and the champion's lines, as printed."""
     path = build_report(task, p, parent=parent)
     e, metric = p.experiment, glue.get_task(task).metric
-    rule = f"within {e.champion_budget:g} point{'s' * (e.champion_budget != 1)} of {e.baseline}'s {metric}"
+    rule = (
+        f"within {e.champion_budget:g} point{'s' * (e.champion_budget != 1)} of {e.baseline}'s {metric} "
+        f"on {choice_split(p)}"
+    )
     blocks = [f"## {task}: compression summary", summary_text(path.parent)]
     if best := champion(task, p, path.parent):
         version = tracking.register_champion(best[1], f"{task}-compressed")

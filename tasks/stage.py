@@ -23,6 +23,7 @@ from pathlib import Path
 from bertcompress import io, record, stop
 from bertcompress import params as P
 from bertcompress.model import preflight
+from bertcompress.tokenize import check_dev
 
 from . import plan, ship, steps, tracking
 
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.refuse_per_run_keys(p)  # `dvc exp run -S prune.method=...` would change nothing: refused
         for task in p.experiment.tasks:
             preflight(task, p)
+            check_dev(task, p)
         if args.step == "variant" and args.name not in p.variants:
             raise P.UserError(
                 f"variant '{args.name}' is not in params.yaml's table; choose one of: {', '.join(p.variants)}"

@@ -86,6 +86,13 @@ def test_a_runtime_knob_reruns_nothing(flow):
         ("mrpc", ["finetune.lr=-1"], ["finetune.lr=-1"]),
         ("mrcp", [], []),
         ("mrpc", ["variants.dense.quantize=[int3]"], ["variants.dense.quantize=[int3]"]),
+        ("mrpc", ["data.dev_fraction=0.7"], ["data.dev_fraction=0.7"]),  # outside (0, 0.5]
+        (
+            "mrpc",
+            ["data.dev_fraction=null", "experiment.choose_on=dev"],  # choosing on a split the run does not have
+            ["data.dev_fraction=null", "experiment.choose_on=dev"],
+        ),
+        ("mrpc", ["data.max_train_samples=3"], ["data.max_train_samples=3"]),  # one 'not_equivalent' row: no dev side
     ],
 )
 def test_bad_params_fail_with_the_cli_message(flow, capsys, task, overrides, cli_overrides):

@@ -42,15 +42,26 @@ def test_lr_sweep_choice_is_recorded_and_used_by_every_variant(grid):
         runs, parent = runs_of(grid)
     sweep = runs[(runs["tags.method"] == "dense") & (runs["tags.seed"] == "42")]
     scores = dict(zip(sweep["params.finetune.lr"].astype(float), sweep["metrics.f1"]))
-    assert sorted(scores) == [2e-5, 5e-5]
-    chosen = max(scores, key=scores.get)
+    chooser = dict(zip(sweep["params.finetune.lr"].astype(float), sweep["metrics.dev_f1"]))  # data.dev_fraction
+    assert sorted(scores) == [2e-5, 5e-5] and all(0 <= v <= 1 for v in chooser.values())
+    from bertcompress import glue
+
+    rows = glue.load_split("mrpc", "train").iloc[:32]  # the run's 32 train rows: a tenth per class is dev
+    n = int(glue.dev_rows(rows, "mrpc", 0.1).sum())
+    assert (sweep["metrics.dev_examples"] == n).all() and n == sum(
+        max(1, round(c / 10)) for c in rows.label.value_counts()
+    )
+    # the sweep reads dev, never validation; a tie (likely on a few dev pairs) goes to the lr listed first
+    chosen = next(lr for lr in (2e-5, 5e-5) if chooser[lr] == max(chooser.values()))
     assert float(parent["params.lr_selected"]) == chosen
     others = runs[~((runs["tags.method"] == "dense") & (runs["tags.seed"] == "42"))]
     assert set(others["params.finetune.lr"].astype(float)) == {chosen} and len(others) == 4 * 2 - 1
     table = json.loads((grid["report"] / "tables.json").read_text())["lr_sweep"]
-    assert [(r["lr"], r["dense f1"], r["chosen"]) for r in table] == [
-        (lr, scores[lr], "yes" if lr == chosen else "") for lr in (2e-5, 5e-5)
+    assert [(r["lr"], r["dense f1"], r["dense dev f1"], r["chosen"]) for r in table] == [
+        (lr, scores[lr], chooser[lr], "yes" if lr == chosen else "") for lr in (2e-5, 5e-5)
     ]
+    report = (grid["report"] / "report.md").read_text()
+    assert "**Chosen on dev, reported on validation.**" in report and f"({n} examples: data.dev_fraction=0.1" in report
 
 
 def test_summary_equals_mlflow_search_runs(grid):
@@ -152,13 +163,14 @@ def test_cli_rebuilds_the_same_summary_and_names_a_missing_variant(grid, capsys)
 
 def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
     """The flow registers the smallest non-collapsed variant within experiment.champion_budget (1 point) of
-    dense's F1 as mrpc-compressed@champion; it loads from MLflow and predicts."""
+    dense's F1 on the dev split (choices read dev) as mrpc-compressed@champion; it loads from MLflow and predicts."""
     import mlflow
     from tasks import tracking
 
     summary = pd.read_csv(grid["report"] / "summary.csv", index_col="method").drop("majority class (constant)")
     ok = summary[
-        (summary["f1 mean"] >= summary.loc["dense", "f1 mean"] - 0.01) & ~summary["verdict"].str.startswith("collapsed")
+        (summary["dev f1 mean"] >= summary.loc["dense", "dev f1 mean"] - 0.01)
+        & ~summary["verdict"].str.startswith("collapsed")
     ]
     with pr.isolated(grid["root"]):
         client = tracking.client()[0]
