@@ -49,6 +49,7 @@ class GraphedTrainStep:
             "input_ids": batch["input_ids"],
             "token_type_ids": batch["token_type_ids"],
             "attention_mask": mask_4d(batch["attention_mask"]),
+            **({"teacher_logits": batch["teacher_logits"]} if "teacher_logits" in batch else {}),  # distill.py's
         }
         loss, logits = self.objective(self.model, inputs, labels)
         loss.backward()

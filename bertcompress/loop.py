@@ -135,15 +135,19 @@ def train(
     objective: Callable = plain,
 ) -> dict:
     """Train from start_epoch until total_steps on objective(model, inputs, labels) -> (loss, logits) (plain, or
-    distillation). after_step(step) runs after every optimizer step, the step's gradients still in .grad (pruning
-    masks and scores); end_of_epoch(epoch, step, stats) after every epoch, stats = training loss and accuracy over it
-    (summed over DDP ranks). Returns {'steps', 'loss', 'seen', 'seconds', 'epoch_seconds'}."""
+    distillation; an objective with `cached(data, device, visits)` gets to add per-example columns to the split
+    first: distill.Distiller's teacher logits). after_step(step) runs after every optimizer step, the step's
+    gradients still in .grad (pruning masks and scores); end_of_epoch(epoch, step, stats) after every epoch, stats =
+    training loss and accuracy over it (summed over DDP ranks). Returns {'steps', 'loss', 'seen', 'seconds',
+    'epoch_seconds'}."""
     graphed = GraphedTrainStep(model, optimizer, objective) if use_graphs(f, r, device) else None
     pad = max(f.pad_to_multiple, 32) if graphed else f.pad_to_multiple  # each width is one graph capture
     bf16, kind = f.precision == "bf16", device.split(":")[0]
     trained, world = distributed.wrap(model, device), distributed.world_size()
     steps_per_epoch = math.ceil(len(data) / f.batch_size)
     step, loss_all, seen, epoch_seconds, t0 = start_epoch * steps_per_epoch, 0.0, 0, [], time.perf_counter()
+    if hasattr(objective, "cached"):  # a Distiller: the teacher's logits on the split, computed once
+        data = objective.cached(data, device, visits=(total_steps - step) * f.batch_size)
     model.train()
     with matmul_precision(f.precision, device):
         for epoch in range(start_epoch, math.ceil(total_steps / steps_per_epoch)):

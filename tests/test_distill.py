@@ -102,6 +102,73 @@ def test_teacher_frozen_student_trained(teacher_dir, tiny_params, tiny_mrpc, tmp
     assert made["reads"]["distill.weight"] == 0.5 and "teacher" in made["inputs"]
 
 
+def test_cached_teacher_logits_make_the_step_the_hand_computation_without_a_teacher_forward(
+    teacher_dir, tiny_mrpc, tiny_params
+):
+    """Logits-only distillation runs the frozen teacher once over the split; a step then reads its batch's cached
+    logits (no teacher forward) and its loss is the KL of the student's logits against those, by hand."""
+    from bertcompress.tokenize import Encoded
+
+    data = Encoded.load(tiny_mrpc["train"])
+    torch.manual_seed(0)  # the student: the pretrained model with a fresh head, far from the teacher
+    teacher, student = load_model(str(teacher_dir), 2), load_model(tiny_params.model.name, 2)
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(len(o.logits)))
+    d = d_of(temperature=2.0, weight=1.0, hidden_weight=0.0)
+    objective = distill.Distiller(teacher, d)
+    assert objective.cached(data, visits=len(data)) is data and not calls  # no more visits than a pass: no cache
+    cached = objective.cached(data, visits=10 * len(data))
+    assert sum(calls) == len(data)  # one inference pass over the split
+    assert objective.cached(data, visits=1).logits is cached.logits and sum(calls) == len(data)  # kept for reuse
+    idx = np.array([5, 0, 17, 3])
+    batch = cached.batch(idx, 8)
+    labels = batch.pop("labels")
+    with torch.no_grad():  # the teacher's logits on these rows, padded as this batch is
+        want = teacher(**{k: v for k, v in batch.items() if k != "teacher_logits"}).logits
+    assert torch.allclose(batch["teacher_logits"], want, atol=1e-5)
+    calls.clear()
+    student.train()
+    torch.manual_seed(0)
+    got, logits = objective(student, batch, labels)
+    assert not calls  # the step ran no teacher
+    T = 2.0
+    logp, logq = torch.log_softmax(batch["teacher_logits"] / T, -1), torch.log_softmax(logits.detach() / T, -1)
+    hand = (logp.exp() * (logp - logq)).sum(-1).mean() * T * T
+    assert float(hand) > 1e-4 and float(got.detach()) == pytest.approx(float(hand), rel=1e-5)
+    got.backward()  # the student learns from it; the teacher holds no gradient
+    assert student.classifier.weight.grad is not None and not any(w.grad is not None for w in teacher.parameters())
+    hidden = distill.Distiller(teacher, d_of(hidden_weight=1.0))  # hidden states: the teacher stays in the step
+    assert hidden.cached(data, visits=10 * len(data)) is data
+
+
+def test_a_cached_distilled_fine_tune_trains_as_the_in_step_teacher_does(
+    teacher_dir, tiny_params, tiny_mrpc, tmp_path, monkeypatch
+):
+    """A few distilled steps with the teacher's logits cached give the losses and weights of the same steps with
+    the teacher run inside each step (the padding of the cache pass differs: float noise only)."""
+    p = tiny_params.replace(
+        {"finetune.max_steps": 6, "finetune.epochs": 2, "distill.teacher": str(teacher_dir), "distill.weight": 0.7}
+    )
+    losses, objective = {}, F.Distiller.__call__
+    for way in ("cached", "in_step"):
+        if way == "in_step":
+            monkeypatch.setattr(distill.Distiller, "cached", lambda self, data, device="cpu", visits=None: data)
+        seen = []
+
+        def recording(self, model, inputs, labels, seen=seen, objective=objective):
+            seen.append("teacher_logits" in inputs)
+            loss, logits = objective(self, model, inputs, labels)
+            losses.setdefault(way, []).append(float(loss.detach()))
+            return loss, logits
+
+        monkeypatch.setattr(F.Distiller, "__call__", recording)
+        F.finetune(p, "mrpc", tiny_mrpc["train"], tiny_mrpc["validation"], str(tmp_path / way), base=str(teacher_dir))
+        assert seen == [way == "cached"] * 6
+    assert losses["cached"] == pytest.approx(losses["in_step"], abs=1e-5)
+    a, b = load_file(tmp_path / "cached" / "model.safetensors"), load_file(tmp_path / "in_step" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
 @pytest.mark.parametrize("criterion", ["movement", "first_order"])
 def test_scores_follow_their_definition_and_rank_the_mask(criterion):
     torch.manual_seed(0)
