@@ -5,6 +5,7 @@
 #     bash bench/studies/pruning_dev.sh choose $OUT      # call 1
 #     bash bench/studies/pruning_dev.sh report $OUT      # call 2 (the recipes chosen from call 1's rows)
 #     bash bench/studies/pruning_dev.sh final $OUT       # what was run instead of call 2 (see the final branch)
+#     bash bench/studies/pruning_dev.sh final2 $OUT      # a later session's one call (see the final2 branch)
 set -euo pipefail
 role=$1 out=$2 jobs=${JOBS:-14} limit=${LIMIT:-560}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -62,6 +63,19 @@ if [ "$role" = final ]; then
     echo "report1 exited $?"
   wait
   for f in choose2 report1 report2; do grep -v '^epoch=' "$out/$f.log" | grep -v Warn | tail -n 40; done
+  exit 0
+fi
+if [ "$role" = final2 ]; then
+  # session 15's one study call: the MRPC >= 3x recipe (chosen on dev in the final call) on all 5 report seeds,
+  # and SST-2 reported on the same fresh seeds with recipes fixed beforehand (MRPC's dev choices with SST-2's
+  # recovery epochs and lr; no SST-2 choice on dev fits the device time): structured heads 0.5 / FFN 0.625 (the
+  # >= 2x shape) and first-order 90 % with logits KD; each seed's dense trained once and shared by its pruned runs
+  S=45,46,47,48,49
+  specs=(sst2:$S:structured@4:0.5/0.625:kd:hidden_weight=0 mrpc:$S:structured@4:0.67/0.75:kd:hidden_weight=0
+    sst2:$S:first_order:0.9:kd:hidden_weight=0)
+  timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs "$jobs" "${specs[@]}" \
+    --json "$out/final2.json" >"$out/final2.log" 2>&1 || echo "study exited $?"
+  grep -v '^epoch=' "$out/final2.log" | grep -v Warn | tail -n 60
   exit 0
 fi
 if [ "$role" = report ]; then
