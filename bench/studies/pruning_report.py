@@ -333,6 +333,15 @@ is 1.8–1.9× here, short of 2×, so the candidates were heads 0.5 / FFN 0.625 
 (3.29×). MRPC's 2× recipe was chosen by the fallback (no candidate was within 0.5 point on dev: −0.56); on
 validation it is −0.10 F1 but −0.34 accuracy, and every MRPC interval holds both 0 and −1 point: 408 pairs and 5
 seeds cannot tell these recipes from dense, or from a one-point loss.
+
+A later session's one call (`pruning_dev.sh final2`, 25 runs, 15 processes on one H100, 353 s) ran the 3× MRPC
+recipe on all five report seeds with their own dense models (seeds 45–47 thus ran twice, in two calls, each run
+paired with its own call's dense: n=8 runs over 5 seeds), and reported two SST-2 recipes fixed beforehand on the
+same fresh seeds, MRPC's dev choices with SST-2's recovery (2 epochs, lr 5e-5) and epochs (3): structured heads 0.5
+/ FFN 0.625 and first-order 90 % with logits KD. Nothing was chosen on SST-2's dev split; both fixed SST-2
+structured recipes appear in the goals, each its own row, since picking between them by their validation
+numbers would choose on the report split. SST-2 first-order 90 % trained 3 epochs, MRPC's 15: a 90 % recipe for
+SST-2 needs its own (longer) schedule chosen on dev.
 """
 
 
@@ -602,6 +611,24 @@ def rte_section(study: dict, rows: pd.DataFrame, t: pd.DataFrame, chosen: dict) 
     return "\n".join(lines) + f"\n\nMajority class on validation: accuracy {r.majority_accuracy.iloc[0]:.3f}.\n"
 
 
+def structured_goal(study: dict, t: pd.DataFrame, rep: pd.DataFrame, task: str, variant: str, goal: float,
+                    budget: float, note: str) -> list[str]:
+    """One goal row: a structured recipe's report seeds against ≥ goal× within budget points."""
+    g = rep[(rep.task == task) & (rep.variant == variant)]
+    if g.empty:
+        return [f"| {task.upper()} structured: ≥ {goal:g}× within {budget:g} point | {variant} | not run | |"]
+    s, d = g.speedup_b8.mean(), g.d.mean()
+    verdict = "met" if s >= goal and d >= -budget else "missed"
+    if g.seed.nunique() < 5:
+        verdict = f"not shown: only {g.seed.nunique()} of 5 report seeds finished ({verdict} on those)"
+    ci = f"; CI {bootstrap(study, t, task, variant, 'report')}" if task == "mrpc" else ""
+    return [
+        f"| {task.upper()} structured: ≥ {goal:g}× eager fp32 b8, within {budget:g} point | "
+        f"{recipe_of(g.iloc[0])}{note} | {s:.2f}×, Δ {HEADLINE[task]} {mean_se(g.d)}{ci}; "
+        f"Δ acc {g.d_acc.mean():+.2f} | {verdict} |"
+    ]
+
+
 def dev_goals(study: dict, t: pd.DataFrame, chosen: dict) -> str:
     rep = t[t.role == "report"]
     lines = ["| goal | recipe (chosen on dev) | measured (report seeds, validation) | |", "|---|---|---|---|"]
@@ -610,41 +637,34 @@ def dev_goals(study: dict, t: pd.DataFrame, chosen: dict) -> str:
             key = (task, f"structured within {budget:g}")
             note = ""
             if key in chosen:
-                variant = chosen[key][0]
+                picks = [chosen[key][0]]
                 note = "" if chosen[key][1].startswith("fastest") else f" ({chosen[key][1]})"
-            else:  # nothing chosen on dev for this task: the recipe fixed beforehand, if one was reported
+            else:  # nothing chosen on dev for this task: every recipe fixed beforehand that is fast enough, each
+                # its own row (picking one by its validation numbers would choose on the report split)
                 fixed = rep[(rep.task == task) & (rep.criterion == "structured")]
-                if fixed.empty:
+                picks = [v for v, g in fixed.groupby("variant") if g.speedup_b8.mean() >= goal]
+                if not picks:
                     lines.append(
                         f"| {task.upper()} structured: ≥ {goal:g}× within {budget:g} point | — | not run | — |"
                     )
                     continue
-                variant, note = fixed.variant.iloc[0], " (fixed beforehand: no dev choice ran for this task)"
-            g = rep[(rep.task == task) & (rep.variant == variant)]
-            if g.empty:
-                lines.append(
-                    f"| {task.upper()} structured: ≥ {goal:g}× within {budget:g} point | {variant} | not run | |"
-                )
-                continue
-            s, d = g.speedup_b8.mean(), g.d.mean()
-            verdict = "met" if s >= goal and d >= -budget else "missed"
-            if len(g) < 5:
-                verdict = f"not shown: only {len(g)} of 5 report seeds finished ({verdict} on those)"
-            ci = f"; CI {bootstrap(study, t, task, variant, 'report')}" if task == "mrpc" else ""
-            lines.append(
-                f"| {task.upper()} structured: ≥ {goal:g}× eager fp32 b8, within {budget:g} point | "
-                f"{recipe_of(g.iloc[0])}{note} | {s:.2f}×, Δ {HEADLINE[task]} {mean_se(g.d)}{ci}; "
-                f"Δ acc {g.d_acc.mean():+.2f} | {verdict} |"
-            )
+                note = " (fixed beforehand: no dev choice ran for this task)"
+            for variant in picks:
+                lines += structured_goal(study, t, rep, task, variant, goal, budget, note)
         key = (task, "unstructured 90 %")
-        if key not in chosen:
-            lines.append(f"| {task.upper()} unstructured 90 %: within 1.0 point | — | not run | — |")
+        fixed = rep[(rep.task == task) & (rep.criterion != "structured") & (rep.target_sparsity == 0.9)]
+        if key in chosen:
+            picks, note = [chosen[key][0]], ""
         else:
-            g = rep[(rep.task == task) & (rep.variant == chosen[key][0])]
+            picks, note = sorted(fixed.variant.unique()), " (fixed beforehand: no dev choice ran for this task)"
+        if not picks:
+            lines.append(f"| {task.upper()} unstructured 90 %: within 1.0 point | — | not run | — |")
+        for variant in picks:
+            g = rep[(rep.task == task) & (rep.variant == variant)]
             if len(g):
-                ci = f"; CI {bootstrap(study, t, task, chosen[key][0], 'report')}" if task == "mrpc" else ""
+                ci = f"; CI {bootstrap(study, t, task, variant, 'report')}" if task == "mrpc" else ""
                 lines.append(
-                    f"| {task.upper()} unstructured 90 %: within 1.0 point | {recipe_of(g.iloc[0])} | "
+                    f"| {task.upper()} unstructured 90 %: within 1.0 point | {recipe_of(g.iloc[0])}{note} | "
                     f"Δ {HEADLINE[task]} {mean_se(g.d)}{ci}; Δ acc {g.d_acc.mean():+.2f} | "
                     f"{'met' if g.d.mean() >= -1.0 else 'missed'} |"
                 )
