@@ -6,6 +6,7 @@
 #     bash bench/studies/pruning_dev.sh report $OUT      # call 2 (the recipes chosen from call 1's rows)
 #     bash bench/studies/pruning_dev.sh final $OUT       # what was run instead of call 2 (see the final branch)
 #     bash bench/studies/pruning_dev.sh final2 $OUT      # a later session's one call (see the final2 branch)
+#     bash bench/studies/pruning_dev.sh final3 $OUT      # its second: SST-2's structured choice on dev
 set -euo pipefail
 role=$1 out=$2 jobs=${JOBS:-14} limit=${LIMIT:-560}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -76,6 +77,22 @@ if [ "$role" = final2 ]; then
   timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs "$jobs" "${specs[@]}" \
     --json "$out/final2.json" >"$out/final2.log" 2>&1 || echo "study exited $?"
   grep -v '^epoch=' "$out/final2.log" | grep -v Warn | tail -n 60
+  exit 0
+fi
+if [ "$role" = final3 ]; then
+  # SST-2's structured choice on dev (seeds 42-44): the two shapes at SST-2's recovery (2 epochs, lr 5e-5) and the
+  # 3x shape with 4 recovery epochs at lr 1e-4; beside it, in the same call, the new candidate on the report seeds
+  # (45-49; the 2-epoch candidates' report rows are final2's and the call before), so whichever dev chooses has
+  # its report rows. The choice reads only the choose rows.
+  C=(sst2:42,43,44:structured@4:0.5/0.625,0.67/0.75:kd:hidden_weight=0
+    sst2:42,43,44:structured@4:0.67/0.75:kd:hidden_weight=0,structured_epochs=4,lr=0.0001)
+  R=(sst2:45,46,47,48,49:structured@4:0.67/0.75:kd:hidden_weight=0,structured_epochs=4,lr=0.0001)
+  STUDY_ROOT=/dev/shm/pruning-choose timeout "$limit" python3 -m bench.studies.pruning_study run --role choose --jobs 9 \
+    "${C[@]}" --json "$out/choose3.json" >"$out/choose3.log" 2>&1 || echo "choose3 exited $?" &
+  timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs 8 "${R[@]}" \
+    --json "$out/report3.json" >"$out/report3.log" 2>&1 || echo "report3 exited $?"
+  wait
+  for f in choose3 report3; do grep -v '^epoch=' "$out/$f.log" | grep -v Warn | tail -n 30; done
   exit 0
 fi
 if [ "$role" = report ]; then
