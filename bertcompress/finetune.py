@@ -45,6 +45,7 @@ RECIPE = (
     "group_by_length",
     "pad_to_multiple",
     "precision",
+    "unpad",
 )
 GRADUAL = (
     "method",

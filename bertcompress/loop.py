@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import distributed, stop
+from . import distributed, stop, unpad
 from .cuda_graphs import GraphedTrainStep
 from .params import Finetune, Runtime
 from .tokenize import Encoded
@@ -143,7 +143,11 @@ def train(
     graphed = GraphedTrainStep(model, optimizer, objective) if use_graphs(f, r, device) else None
     pad = max(f.pad_to_multiple, 32) if graphed else f.pad_to_multiple  # each width is one graph capture
     bf16, kind = f.precision == "bf16", device.split(":")[0]
-    trained, world = distributed.wrap(model, device), distributed.world_size()
+    if f.unpad and not graphed and unpad.supports(model):  # a captured step replays fixed shapes: stays padded
+        trained = distributed.wrap(unpad.Unpadded(model), device)
+    else:
+        trained = distributed.wrap(model, device)
+    world = distributed.world_size()
     steps_per_epoch = math.ceil(len(data) / f.batch_size)
     step, loss_all, seen, epoch_seconds, t0 = start_epoch * steps_per_epoch, 0.0, 0, [], time.perf_counter()
     if hasattr(objective, "cached"):  # a Distiller: the teacher's logits on the split, computed once
@@ -211,6 +215,7 @@ STEPS_READ = (
     "group_by_length",
     "pad_to_multiple",
     "precision",
+    "unpad",
 )
 
 

@@ -55,6 +55,7 @@ class Finetune:
     group_by_length: int
     pad_to_multiple: int
     precision: str
+    unpad: bool
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,15 @@ RECIPE = {
     "finetune.group_by_length": 50,
     "finetune.pad_to_multiple": 8,
     "finetune.precision": "fp32",
+    "finetune.unpad": True,
     "runtime.threads": 1,
 }
-# Re-pinned after data.dev_fraction (the dev split cut from train changes the rows trained on) with torch 2.13.0+cpu,
+# Re-pinned after finetune.unpad (steps 1-3 kept their values to 5e-7; from step 4, a batch with padding, dropout
+# draws its masks over the real tokens only, so the losses move by up to 1.1e-2), and before it after data.dev_fraction (the dev split cut from train changes the rows trained on) with torch 2.13.0+cpu,
 # fp32 on one thread of an Intel Xeon with AVX-512 (avx512f/bw/vl/vnni/bf16/fp16, AMX); the earlier pin (commit
 # 50b62ce, AMD EPYC AVX-512, no dev split) agreed with its CPU bit for bit. Other CPUs (AVX2 kernels) can differ in
 # the last digits, hence TOLERANCE.
-EXPECTED = [0.688854, 0.685611, 0.689001, 0.702569, 0.651513, 0.736183, 0.681435, 0.697083]
+EXPECTED = [0.688854, 0.685611, 0.689001, 0.691264, 0.646253, 0.736649, 0.683208, 0.6956]
 TOLERANCE = 1e-3
 
 
