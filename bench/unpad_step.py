@@ -112,20 +112,28 @@ def main(argv=None) -> int:
             "mean_length": float(data.lengths.mean()),
             "real_token_share": {f"group{g}": s for g, s in share.items()},
             "samples_per_s": rate,
-            "unpadded_over_padded": {f"group{g}": rate[f"group{g}_unpadded"] / rate[f"group{g}_padded"] for g in (50, 0)},
+            "unpadded_over_padded": {
+                f"group{g}": rate[f"group{g}_unpadded"] / rate[f"group{g}_padded"] for g in (50, 0)
+            },
             "max_logit_difference_eval": diff,
             "mean_loss_no_dropout": {"padded": loss[False], "unpadded": loss[True]},
             "seconds": seconds,
         }
-        print(f"\n{machine}, {task} train {len(data)} examples (mean length {data.lengths.mean():.1f}), batch "
-              f"{base.finetune.batch_size}, {a.steps} steps, median of {a.rounds} interleaved rounds")
+        print(
+            f"\n{machine}, {task} train {len(data)} examples (mean length {data.lengths.mean():.1f}), batch "
+            f"{base.finetune.batch_size}, {a.steps} steps, median of {a.rounds} interleaved rounds"
+        )
         for k in kinds:
             print(f"  {k:28s} {rate[k]:8.1f} samples/s")
         for g in (50, 0):
-            print(f"  group_by_length {g}: real tokens {share[g]:.1%} of computed; unpadded "
-                  f"{rate[f'group{g}_unpadded'] / rate[f'group{g}_padded']:.2f}x padded")
-        print(f"  agreement: max |logit difference| {diff:.1e} (eval); mean loss without dropout padded "
-              f"{loss[False]:.6f} unpadded {loss[True]:.6f}")
+            print(
+                f"  group_by_length {g}: real tokens {share[g]:.1%} of computed; unpadded "
+                f"{rate[f'group{g}_unpadded'] / rate[f'group{g}_padded']:.2f}x padded"
+            )
+        print(
+            f"  agreement: max |logit difference| {diff:.1e} (eval); mean loss without dropout padded "
+            f"{loss[False]:.6f} unpadded {loss[True]:.6f}"
+        )
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

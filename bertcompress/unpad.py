@@ -88,5 +88,7 @@ class Unpadded(nn.Module):
         logits = m.classifier(m.dropout(pooled))
         hidden = None
         if output_hidden_states:  # padded again, zeros at padding (the distillation loss masks padding out)
-            hidden = tuple(s.new_zeros(batch * width, s.shape[-1]).index_copy(0, rows, s).view(batch, width, -1) for s in states)
+            hidden = tuple(
+                s.new_zeros(batch * width, s.shape[-1]).index_copy(0, rows, s).view(batch, width, -1) for s in states
+            )
         return SequenceClassifierOutput(logits=logits, hidden_states=hidden)

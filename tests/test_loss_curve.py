@@ -44,7 +44,8 @@ RECIPE = {
     "runtime.threads": 1,
 }
 # Re-pinned after finetune.unpad (steps 1-3 kept their values to 5e-7; from step 4, a batch with padding, dropout
-# draws its masks over the real tokens only, so the losses move by up to 1.1e-2), and before it after data.dev_fraction (the dev split cut from train changes the rows trained on) with torch 2.13.0+cpu,
+# draws its masks over the real tokens only, so the losses move by up to 1.1e-2), and before it after
+# data.dev_fraction (the dev split cut from train changes the rows trained on) with torch 2.13.0+cpu,
 # fp32 on one thread of an Intel Xeon with AVX-512 (avx512f/bw/vl/vnni/bf16/fp16, AMX); the earlier pin (commit
 # 50b62ce, AMD EPYC AVX-512, no dev split) agreed with its CPU bit for bit. Other CPUs (AVX2 kernels) can differ in
 # the last digits, hence TOLERANCE.

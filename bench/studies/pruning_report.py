@@ -611,8 +611,9 @@ def rte_section(study: dict, rows: pd.DataFrame, t: pd.DataFrame, chosen: dict) 
     return "\n".join(lines) + f"\n\nMajority class on validation: accuracy {r.majority_accuracy.iloc[0]:.3f}.\n"
 
 
-def structured_goal(study: dict, t: pd.DataFrame, rep: pd.DataFrame, task: str, variant: str, goal: float,
-                    budget: float, note: str) -> list[str]:
+def dev_structured_goal(
+    study: dict, t: pd.DataFrame, rep: pd.DataFrame, task: str, variant: str, goal: float, budget: float, note: str
+) -> list[str]:
     """One goal row: a structured recipe's report seeds against ≥ goal× within budget points."""
     g = rep[(rep.task == task) & (rep.variant == variant)]
     if g.empty:
@@ -650,7 +651,7 @@ def dev_goals(study: dict, t: pd.DataFrame, chosen: dict) -> str:
                     continue
                 note = " (fixed beforehand: no dev choice ran for this task)"
             for variant in picks:
-                lines += structured_goal(study, t, rep, task, variant, goal, budget, note)
+                lines += dev_structured_goal(study, t, rep, task, variant, goal, budget, note)
         key = (task, "unstructured 90 %")
         fixed = rep[(rep.task == task) & (rep.criterion != "structured") & (rep.target_sparsity == 0.9)]
         if key in chosen:
