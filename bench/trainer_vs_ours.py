@@ -167,6 +167,13 @@ def main() -> None:
         "-S", "--set", action="append", default=[], help="extra override for our side (e.g. finetune.precision=tf32)"
     )
     ap.add_argument("--trainer-tf32", action="store_true", help="Trainer with tf32=True (TF32 matmuls on CUDA)")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        help="another run of ours, in its own process after the others, with these comma-separated overrides on top "
+        "of --set (e.g. finetune.precision=bf16); repeatable",
+    )
     ap.add_argument("--side", choices=["ours", "trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
@@ -176,33 +183,46 @@ def main() -> None:
         return
     import torch
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    from bench.distill_step import cpu_name
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"{cpu_name()}, {os.cpu_count()} cores"
     results = {}
+    sides = [("trainer", "trainer", []), ("ours", "ours", [])]
+    sides += [(f"ours {extra}", "ours", [x for o in extra.split(",") for x in ("-S", o)]) for extra in args.also]
+    base = [a for a in sys.argv[1:]]
+    while "--also" in base:  # the extra runs' overrides go to their own process only
+        i = base.index("--also")
+        del base[i : i + 2]
     with tempfile.TemporaryDirectory() as work:
-        for side in ("trainer", "ours"):
-            cmd = [sys.executable, "-m", "bench.trainer_vs_ours", *sys.argv[1:], "--side", side, "--work", work]
+        for name, side, extra in sides:
+            cmd = [sys.executable, "-m", "bench.trainer_vs_ours", *base, *extra, "--side", side, "--work", work]
             done = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
             if done.returncode or not lines:
-                sys.exit(f"{side} failed:\n{done.stderr[-3000:]}")
-            results[side] = json.loads(lines[-1][7:])
+                sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+            results[name] = json.loads(lines[-1][7:])
     t, o = results["trainer"], results["ours"]
     print(
         f"{args.task}, {args.model}, {args.epochs} epochs, lr {args.lr}, seed {args.seed}, on {device}, "
         f"torch threads {torch.get_num_threads()}, ours {' '.join(args.set) or 'defaults'}, Trainer "
         f"{'tf32' if args.trainer_tf32 else 'fp32'}"
     )
-    print(f"{'':10} {'wall s':>8} {'samples/s':>10} {'steady/s':>9} {'peak MB':>9} {'val acc':>8} {'val metric':>10}")
+    print(f"{'':40} {'wall s':>8} {'samples/s':>10} {'steady/s':>9} {'peak MB':>9} {'val acc':>8} {'val metric':>10}")
     for side, r in results.items():
         print(
-            f"{side:10} {r['wall_s']:8.1f} {r['samples_per_s']:10.1f} {r['steady_samples_per_s']:9.1f} "
+            f"{side:40} {r['wall_s']:8.1f} {r['samples_per_s']:10.1f} {r['steady_samples_per_s']:9.1f} "
             f"{r['peak_mb']:9.0f} {r['val_accuracy']:8.4f} {r['val_metric']:10.4f}"
         )
-    print(
-        f"ratio ours/trainer: samples/s {o['samples_per_s'] / t['samples_per_s']:.2f}x, steady "
-        f"{o['steady_samples_per_s'] / t['steady_samples_per_s']:.2f}x, "
-        f"wall {t['wall_s'] / o['wall_s']:.2f}x faster, val metric {o['val_metric'] - t['val_metric']:+.4f}"
-    )
+    for name, o in results.items():
+        if name != "trainer":
+            print(
+                f"ratio {name}/trainer: samples/s {o['samples_per_s'] / t['samples_per_s']:.2f}x, steady "
+                f"{o['steady_samples_per_s'] / t['steady_samples_per_s']:.2f}x, "
+                f"wall {t['wall_s'] / o['wall_s']:.2f}x faster, val metric {o['val_metric'] - t['val_metric']:+.4f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "args": vars(args), **results}, indent=2))
 

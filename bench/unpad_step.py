@@ -58,6 +58,27 @@ def run(p: P.Params, data, model_name: str, steps: int, device: str, dropout: bo
     return time.perf_counter() - t0, float(done["loss"])
 
 
+def busy_share(p: P.Params, data, model_name: str, steps: int, device: str) -> dict:
+    """The profiler's view of `steps` steps on a GPU: wall ms per step, and the share of it the device spent in
+    kernels and copies (torch.profiler's device time summed over events). A low share: the step waits on the host
+    (kernel launches, Python), which CUDA graphs remove and unpadding does not."""
+    from torch.profiler import ProfilerActivity, profile
+
+    f = dataclasses.replace(p.finetune, max_steps=steps)
+    loop.seed_everything(f.seed)
+    model = load_model(model_name, 2).to(device)
+    opt, sched = loop.optimizer_and_schedule(model, f, steps, loop.use_graphs(f, p.runtime, device))
+    loop.train(model, data, dataclasses.replace(f, max_steps=3), p.runtime, 3, opt, sched, device)  # capture, warm
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        loop.train(model, data, f, p.runtime, steps, opt, sched, device)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    device_s = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+    return {"ms_per_step": 1000 * wall / steps, "device_busy_share": device_s / wall}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=P.defaults().model.name)
@@ -67,6 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default="mrpc,sst2")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="GPU: also the profiler's device-busy share per step")
     ap.add_argument("--json", default="bench/results/unpad-step.json")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -107,7 +129,17 @@ def main(argv=None) -> int:
         for unpad in (False, True):
             _, loss[unpad] = run(base.replace({"finetune.unpad": unpad}), data, a.model, a.steps, a.device, False)
         share = {g: real_share(data, base.replace({"finetune.group_by_length": g}).finetune) for g in (50, 0)}
+        profiled = {}
+        if gpu and a.profile:
+            for k in ("group50_padded", "group50_unpadded", "group50_padded_cuda_graphs"):
+                profiled[k] = busy_share(kinds[k], data, a.model, 20, a.device)
+                print(
+                    f"  profiled {k:28s} {profiled[k]['ms_per_step']:6.2f} ms/step, device busy "
+                    f"{profiled[k]['device_busy_share']:.0%} of it",
+                    flush=True,
+                )
         result["tasks"][task] = {
+            "profiled": profiled,
             "train_examples": len(data),
             "mean_length": float(data.lengths.mean()),
             "real_token_share": {f"group{g}": s for g, s in share.items()},
