@@ -7,6 +7,7 @@
 #     bash bench/studies/pruning_dev.sh final $OUT       # what was run instead of call 2 (see the final branch)
 #     bash bench/studies/pruning_dev.sh final2 $OUT      # a later session's one call (see the final2 branch)
 #     bash bench/studies/pruning_dev.sh final3 $OUT      # its second: SST-2's structured choice on dev
+#     bash bench/studies/pruning_dev.sh final4 $OUT      # its third: RTE's dense recipe on dev, longer schedules
 set -euo pipefail
 role=$1 out=$2 jobs=${JOBS:-14} limit=${LIMIT:-560}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -93,6 +94,21 @@ if [ "$role" = final3 ]; then
     --json "$out/report3.json" >"$out/report3.log" 2>&1 || echo "report3 exited $?"
   wait
   for f in choose3 report3; do grep -v '^epoch=' "$out/$f.log" | grep -v Warn | tail -n 30; done
+  exit 0
+fi
+if [ "$role" = final4 ]; then
+  # RTE's dense recipe chosen on dev (seeds 42-44) among longer schedules than call 1's 3 epochs, every candidate
+  # also run on the report seeds (45-49) in the same call, so the chosen one has its report rows
+  cands=(dense_lr=2e-5,dense_epochs=10 dense_lr=5e-5,dense_epochs=10 dense_lr=1e-4,dense_epochs=10
+    dense_lr=3e-5,dense_epochs=20 dense_lr=5e-5,dense_epochs=20)
+  C=() R=()
+  for c in "${cands[@]}"; do C+=("rte:42,43,44:dense:-:none:$c"); R+=("rte:45,46,47,48,49:dense:-:none:$c"); done
+  STUDY_ROOT=/dev/shm/pruning-choose timeout "$limit" python3 -m bench.studies.pruning_study run --role choose --jobs 8 \
+    "${C[@]}" --json "$out/choose4.json" >"$out/choose4.log" 2>&1 || echo "choose4 exited $?" &
+  timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs 8 "${R[@]}" \
+    --json "$out/report4.json" >"$out/report4.log" 2>&1 || echo "report4 exited $?"
+  wait
+  for f in choose4 report4; do grep -v '^epoch=' "$out/$f.log" | grep -v Warn | tail -n 45; done
   exit 0
 fi
 if [ "$role" = report ]; then
