@@ -99,13 +99,12 @@ fi
 if [ "$role" = final4 ]; then
   # RTE's dense recipe chosen on dev (seeds 42-44) among longer schedules than call 1's 3 epochs, every candidate
   # also run on the report seeds (45-49) in the same call, so the chosen one has its report rows
-  cands=(dense_lr=2e-5,dense_epochs=10 dense_lr=5e-5,dense_epochs=10 dense_lr=1e-4,dense_epochs=10
-    dense_lr=3e-5,dense_epochs=20 dense_lr=5e-5,dense_epochs=20)
+  cands=(${CANDS:-dense_lr=5e-5,dense_epochs=10 dense_lr=1e-4,dense_epochs=10 dense_lr=3e-5,dense_epochs=20})
   C=() R=()
   for c in "${cands[@]}"; do C+=("rte:42,43,44:dense:-:none:$c"); R+=("rte:45,46,47,48,49:dense:-:none:$c"); done
-  STUDY_ROOT=/dev/shm/pruning-choose timeout "$limit" python3 -m bench.studies.pruning_study run --role choose --jobs 8 \
+  STUDY_ROOT=/dev/shm/pruning-choose timeout "$limit" python3 -m bench.studies.pruning_study run --role choose --jobs 9 \
     "${C[@]}" --json "$out/choose4.json" >"$out/choose4.log" 2>&1 || echo "choose4 exited $?" &
-  timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs 8 "${R[@]}" \
+  timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs 15 "${R[@]}" \
     --json "$out/report4.json" >"$out/report4.log" 2>&1 || echo "report4 exited $?"
   wait
   for f in choose4 report4; do grep -v '^epoch=' "$out/$f.log" | grep -v Warn | tail -n 45; done
