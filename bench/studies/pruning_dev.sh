@@ -7,7 +7,7 @@
 #     bash bench/studies/pruning_dev.sh final $OUT       # what was run instead of call 2 (see the final branch)
 #     bash bench/studies/pruning_dev.sh final2 $OUT      # a later session's one call (see the final2 branch)
 #     bash bench/studies/pruning_dev.sh final3 $OUT      # its second: SST-2's structured choice on dev
-#     bash bench/studies/pruning_dev.sh final4 $OUT      # its third: RTE's dense recipe on dev, longer schedules
+#     bash bench/studies/pruning_dev.sh final4 $OUT      # RTE dense on dev, longer schedules (not run yet: no machine)
 set -euo pipefail
 role=$1 out=$2 jobs=${JOBS:-14} limit=${LIMIT:-560}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
