@@ -192,7 +192,7 @@ def main() -> None:
     results = {}
     sides = [("trainer", "trainer", []), ("ours", "ours", [])]
     sides += [(f"ours {extra}", "ours", [x for o in extra.split(",") for x in ("-S", o)]) for extra in args.also]
-    base = [a for a in sys.argv[1:]]
+    base = list(sys.argv[1:])
     while "--also" in base:  # the extra runs' overrides go to their own process only
         i = base.index("--also")
         del base[i : i + 2]
@@ -204,7 +204,7 @@ def main() -> None:
             if done.returncode or not lines:
                 sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
             results[name] = json.loads(lines[-1][7:])
-    t, o = results["trainer"], results["ours"]
+    t = results["trainer"]
     print(
         f"{args.task}, {args.model}, {args.epochs} epochs, lr {args.lr}, seed {args.seed}, on {device}, "
         f"torch threads {torch.get_num_threads()}, ours {' '.join(args.set) or 'defaults'}, Trainer "

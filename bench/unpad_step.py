@@ -44,13 +44,18 @@ def real_share(data, f) -> float:
     return real / computed
 
 
-def run(p: P.Params, data, model_name: str, steps: int, device: str, dropout: bool = True) -> tuple[float, float]:
-    """(seconds of `steps` training steps, their mean loss)."""
+def fresh(p: P.Params, model_name: str, steps: int, device: str, **config) -> tuple:
+    """(model, finetune params, optimizer, schedule) for `steps` steps of p's recipe, seeded as a run is."""
     f = dataclasses.replace(p.finetune, max_steps=steps)
     loop.seed_everything(f.seed)
+    model = load_model(model_name, 2, **config).to(device)
+    return (model, f, *loop.optimizer_and_schedule(model, f, steps, loop.use_graphs(f, p.runtime, device)))
+
+
+def run(p: P.Params, data, model_name: str, steps: int, device: str, dropout: bool = True) -> tuple[float, float]:
+    """(seconds of `steps` training steps, their mean loss)."""
     extra = {} if dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    model = load_model(model_name, 2, **extra).to(device)
-    opt, sched = loop.optimizer_and_schedule(model, f, steps, loop.use_graphs(f, p.runtime, device))
+    model, f, opt, sched = fresh(p, model_name, steps, device, **extra)
     t0 = time.perf_counter()
     done = loop.train(model, data, f, p.runtime, steps, opt, sched, device)
     if device.startswith("cuda"):
@@ -64,10 +69,7 @@ def busy_share(p: P.Params, data, model_name: str, steps: int, device: str) -> d
     (kernel launches, Python), which CUDA graphs remove and unpadding does not."""
     from torch.profiler import ProfilerActivity, profile
 
-    f = dataclasses.replace(p.finetune, max_steps=steps)
-    loop.seed_everything(f.seed)
-    model = load_model(model_name, 2).to(device)
-    opt, sched = loop.optimizer_and_schedule(model, f, steps, loop.use_graphs(f, p.runtime, device))
+    model, f, opt, sched = fresh(p, model_name, steps, device)
     loop.train(model, data, dataclasses.replace(f, max_steps=3), p.runtime, 3, opt, sched, device)  # capture, warm
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

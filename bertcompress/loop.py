@@ -143,11 +143,8 @@ def train(
     graphed = GraphedTrainStep(model, optimizer, objective) if use_graphs(f, r, device) else None
     pad = max(f.pad_to_multiple, 32) if graphed else f.pad_to_multiple  # each width is one graph capture
     bf16, kind = f.precision == "bf16", device.split(":")[0]
-    if f.unpad and not graphed and unpad.supports(model):  # a captured step replays fixed shapes: stays padded
-        trained = distributed.wrap(unpad.Unpadded(model), device)
-    else:
-        trained = distributed.wrap(model, device)
-    world = distributed.world_size()
+    unpadded = f.unpad and not graphed and unpad.supports(model)  # a captured step replays fixed shapes: padded
+    trained, world = distributed.wrap(unpad.Unpadded(model) if unpadded else model, device), distributed.world_size()
     steps_per_epoch = math.ceil(len(data) / f.batch_size)
     step, loss_all, seen, epoch_seconds, t0 = start_epoch * steps_per_epoch, 0.0, 0, [], time.perf_counter()
     if hasattr(objective, "cached"):  # a Distiller: the teacher's logits on the split, computed once

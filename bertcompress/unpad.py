@@ -55,6 +55,9 @@ class Unpadded(nn.Module):
         lengths = keep.sum(1)
         first = F.pad(lengths.cumsum(0)[:-1], (1, 0))  # each sequence's [CLS] among the real tokens
 
+        def grid(x: torch.Tensor) -> torch.Tensor:  # (tokens, n) -> (batch × width, n), zeros at padding
+            return x.new_zeros(batch * width, x.shape[-1]).index_copy(0, rows, x)
+
         e = bert.embeddings
         positions = torch.arange(width, device=input_ids.device).expand(batch, width)
         types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
@@ -68,8 +71,7 @@ class Unpadded(nn.Module):
             heads, d = att.num_attention_heads, att.attention_head_size  # heads: fewer after structured pruning
 
             def spread(x: torch.Tensor) -> torch.Tensor:  # (tokens, heads·d) -> (batch, heads, width, d)
-                grid = x.new_zeros(batch * width, x.shape[-1]).index_copy(0, rows, x)
-                return grid.view(batch, width, heads, d).transpose(1, 2)
+                return grid(x).view(batch, width, heads, d).transpose(1, 2)
 
             ctx = F.scaled_dot_product_attention(
                 spread(att.query(h)),
@@ -88,7 +90,5 @@ class Unpadded(nn.Module):
         logits = m.classifier(m.dropout(pooled))
         hidden = None
         if output_hidden_states:  # padded again, zeros at padding (the distillation loss masks padding out)
-            hidden = tuple(
-                s.new_zeros(batch * width, s.shape[-1]).index_copy(0, rows, s).view(batch, width, -1) for s in states
-            )
+            hidden = tuple(grid(s).view(batch, width, -1) for s in states)
         return SequenceClassifierOutput(logits=logits, hidden_states=hidden)

@@ -43,6 +43,15 @@ if ! python3 -c "import zstandard" 2>/dev/null; then  # bertcompress.sizes needs
   export PYTHONPATH=/tmp/zstd-stand-in
 fi
 study() { python3 -m bench.studies.pruning_study "$@"; }
+choose_beside_report() {  # TAG CHOOSE_JOBS REPORT_JOBS LINES: the specs in C (--role choose, own root) and in R
+  # (--role report) in one call side by side; then each log's last LINES lines
+  STUDY_ROOT=/dev/shm/pruning-choose timeout "$limit" python3 -m bench.studies.pruning_study run --role choose \
+    --jobs "$2" "${C[@]}" --json "$out/choose$1.json" >"$out/choose$1.log" 2>&1 || echo "choose$1 exited $?" &
+  timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs "$3" "${R[@]}" \
+    --json "$out/report$1.json" >"$out/report$1.log" 2>&1 || echo "report$1 exited $?"
+  wait
+  for f in "choose$1" "report$1"; do grep -v '^epoch=' "$out/$f.log" | grep -v Warn | tail -n "$4"; done
+}
 if [ "$role" = final ]; then
   # the one call the device time left allowed after call 1 (choose) lost its structured runs: three studies at
   # once on the one GPU. B reports what call 1 chose (MRPC first-order 90 % recipe, RTE dense recipe) and, for
@@ -88,12 +97,7 @@ if [ "$role" = final3 ]; then
   C=(sst2:42,43,44:structured@4:0.5/0.625,0.67/0.75:kd:hidden_weight=0
     sst2:42,43,44:structured@4:0.67/0.75:kd:hidden_weight=0,structured_epochs=4,lr=0.0001)
   R=(sst2:45,46,47,48,49:structured@4:0.67/0.75:kd:hidden_weight=0,structured_epochs=4,lr=0.0001)
-  STUDY_ROOT=/dev/shm/pruning-choose timeout "$limit" python3 -m bench.studies.pruning_study run --role choose --jobs 9 \
-    "${C[@]}" --json "$out/choose3.json" >"$out/choose3.log" 2>&1 || echo "choose3 exited $?" &
-  timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs 8 "${R[@]}" \
-    --json "$out/report3.json" >"$out/report3.log" 2>&1 || echo "report3 exited $?"
-  wait
-  for f in choose3 report3; do grep -v '^epoch=' "$out/$f.log" | grep -v Warn | tail -n 30; done
+  choose_beside_report 3 9 8 30
   exit 0
 fi
 if [ "$role" = final4 ]; then
@@ -102,12 +106,7 @@ if [ "$role" = final4 ]; then
   cands=(${CANDS:-dense_lr=5e-5,dense_epochs=10 dense_lr=1e-4,dense_epochs=10 dense_lr=3e-5,dense_epochs=20})
   C=() R=()
   for c in "${cands[@]}"; do C+=("rte:42,43,44:dense:-:none:$c"); R+=("rte:45,46,47,48,49:dense:-:none:$c"); done
-  STUDY_ROOT=/dev/shm/pruning-choose timeout "$limit" python3 -m bench.studies.pruning_study run --role choose --jobs 9 \
-    "${C[@]}" --json "$out/choose4.json" >"$out/choose4.log" 2>&1 || echo "choose4 exited $?" &
-  timeout "$limit" python3 -m bench.studies.pruning_study run --role report --jobs 15 "${R[@]}" \
-    --json "$out/report4.json" >"$out/report4.log" 2>&1 || echo "report4 exited $?"
-  wait
-  for f in choose4 report4; do grep -v '^epoch=' "$out/$f.log" | grep -v Warn | tail -n 45; done
+  choose_beside_report 4 9 15 45
   exit 0
 fi
 if [ "$role" = report ]; then
