@@ -297,36 +297,43 @@ def _float_metric(model_dir: str, task: str, validation: str) -> float:
 
 
 def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs, budget, choose=None) -> dict:
-    """Every candidate format exported, checked (on choose, the dev split, when given) and timed here; the
-    fastest within budget ships, and is reported on validation."""
+    """Every candidate format exported, checked on one split (choose, the dev split, when given; else validation)
+    against the float model on that same split, and timed here; the fastest within budget ships. With choose, each
+    candidate's validation figures and its delta there are reported beside, never read."""
     if not validation:
         raise UserError("--format auto checks every format on the validation split; give it (validation=...)")
     name, split = get_task(task).metric, "dev" if choose else "validation"
     reference = _float_metric(model_dir, task, choose or validation)
-    work = Path(tempfile.mkdtemp(dir=Path(out_dir).resolve().parent, prefix=f".{Path(out_dir).name}-auto-"))
-    try:
+    reported = _float_metric(model_dir, task, validation) if choose else reference
+    # the candidates in a scratch folder beside out_dir (whose parent it makes: a fresh clone has no results/export)
+    with io.scratch_dir(Path(out_dir).with_name(f"{Path(out_dir).name}-auto")) as work:
         rows, made = [], {}
         for fmt in CANDIDATES:
             made[fmt] = export(model_dir, str(work / fmt), task, fmt, max_length, train, validation, threads, runs)
             v = made[fmt]["validation"]
             c = figures(work / fmt, fmt, task, max_length, choose, threads, 0, "dev") if choose else v
+            delta = 100 * (c[name] - reference)  # like with like: the candidate and the float model on one split
             rows.append(
                 {
                     "format": fmt,
                     "split": split,
                     name: c[name],
-                    **({f"validation_{name}": v[name]} if choose else {}),
-                    "delta_points": 100 * (c[name] - reference),
+                    "delta_points": delta,
+                    **(
+                        {f"validation_{name}": v[name], "validation_delta_points": 100 * (v[name] - reported)}
+                        if choose
+                        else {}
+                    ),
                     "batch1_ms": v["batch1_ms"],
                     "batch8_ms": v["batch8_ms"],
                     "archive_mb": made[fmt]["archive_mb"],
-                    "within_budget": 100 * (v[name] - reference) >= -budget,
+                    "within_budget": delta >= -budget,
                 }
             )
         fits = [r for r in rows if r["within_budget"]]
         if not fits:
             raise UserError(
-                f"no format keeps {name} within {budget:g} points of the float model ({reference:.4f}): "
+                f"no format keeps {name} on {split} within {budget:g} points of the float model's ({reference:.4f}): "
                 + ", ".join(f"{r['format']} {r['delta_points']:+.2f}" for r in rows)
             )
         best = min(fits, key=lambda r: math.sqrt(r["batch1_ms"] * r["batch8_ms"]))
@@ -336,6 +343,7 @@ def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs
             f"{'s' * (budget != 1)} of the float model's {name} on {split}",
             "chosen_on": split,
             "float_" + name: reference,
+            **({f"float_validation_{name}": reported} if choose else {}),
             "machine": machine(),
             "threads": made[best["format"]]["validation"].get("threads"),
             "candidates": rows,
@@ -345,6 +353,4 @@ def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs
         _finish(chosen, manifest)
         shipped = archive.pack(chosen, archive.path_of(out_dir))
         io.replace_dir(chosen, Path(out_dir))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return manifest | {"archive": str(shipped), "archive_mb": shipped.stat().st_size / 1e6}

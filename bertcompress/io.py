@@ -78,11 +78,12 @@ def read_json(path: str | os.PathLike):
 
 
 @contextmanager
-def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temp folder beside `out`; on success it replaces `out` whole, on failure it is removed."""
+def scratch_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder beside `out`, removed when the block ends, however it ends; one left by a
+    killed run (its pid in the name, the process gone) is removed first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for old in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed run (its pid in the name) of this out
+    for old in out.parent.glob(f".{out.name}.*.tmp"):
         if (pid := old.name[len(out.name) + 2 : -4]).isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -90,10 +91,16 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder beside `out`; on success it replaces `out` whole, on failure it is removed."""
+    with scratch_dir(out) as tmp:
+        yield tmp
+        replace_dir(tmp, Path(out))
 
 
 def _alive(pid: int) -> bool:

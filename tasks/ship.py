@@ -1,19 +1,22 @@
-"""The end of a run: the report printed, the champion registered in MLflow and exported as what ships.
+"""The end of a run: the report printed, the champion exported as what ships and registered in MLflow as that.
 
     python -m flows.compress --task mrpc      # its report task ends here (tasks/steps.py), as DVC's report stage does
 
 The champion is the smallest variant within experiment.champion_budget points of the baseline's headline
-metric that did not collapse (tasks/report.py `champion`); it is registered as models:/<task>-compressed
-@champion and exported to results/export/<task> (and <task>.tar.zst) by `export --format auto`: each format timed
-here and checked on validation, the fastest within the same budget of the float model ships.
+metric that did not collapse (tasks/report.py `champion`). It is exported to results/export/<task> (and
+<task>.tar.zst) by `export --format auto` (each format timed here and checked on the choice split against the
+float model on that split; the fastest within the same budget ships), unless that folder already holds the
+export's record (results/export/<task>.step.json: the same model, data, params and code): then it is not
+exported or timed again. The archive is an MLflow logged model (found again by that record's key, logged again
+when missing), registered as models:/<task>-compressed@champion: serving the champion serves what ships.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from bertcompress import archive, artifact, glue, io, latency, record, variant
 from bertcompress import export as core_export
-from bertcompress import glue, io, latency, variant
 from bertcompress.params import QUANTIZE_MODES, Params, choice_split
 
 from . import tracking
@@ -24,10 +27,10 @@ EXPORTS = Path("results/export")  # the champion's artifact, per task: what ship
 
 
 def publish(task: str, p: Params, parent: str | None = None, data: dict | None = None) -> str:
-    """The report from MLflow, its summary printed, the champion registered and exported to results/export/<task>
-    (data: the tokenized splits, {"train": .., "validation": ..}: the export's calibration and check): the flow's
-    report task and DVC's report stage both
-    end here. Writes results/report/<task>/summary.md, the summary and the champion's lines, as printed."""
+    """The report from MLflow, its summary printed, the champion exported to results/export/<task> and registered
+    (data: the tokenized splits, {"train": .., "dev": .., "validation": ..}: the export's calibration, choice and
+    report): the flow's report task and DVC's report stage both end here. Writes results/report/<task>/summary.md,
+    the summary and the champion's lines, as printed."""
     path = build_report(task, p, parent=parent)
     e, metric = p.experiment, glue.get_task(task).metric
     rule = (
@@ -36,12 +39,7 @@ def publish(task: str, p: Params, parent: str | None = None, data: dict | None =
     )
     blocks = [f"## {task}: compression summary", summary_text(path.parent)]
     if best := champion(task, p, path.parent):
-        version = tracking.register_champion(best[1], f"{task}-compressed")
-        blocks.append(
-            f"champion: {best[0]}: the smallest variant (compressed_mb) {rule}, not collapsed\n"
-            f"  registered as models:/{task}-compressed@champion (version {version}), run {best[1]} "
-            f"(seed {e.seeds[0]})"
-        )
+        blocks.append(f"champion: {best[0]}: the smallest variant (compressed_mb) {rule}, not collapsed")
         blocks.append(ship(task, p, best[1], data, parent))
     else:
         blocks.append(f"champion: none — no variant {rule} that did not collapse; nothing registered or exported")
@@ -58,45 +56,68 @@ def publish(task: str, p: Params, parent: str | None = None, data: dict | None =
     return str(path)
 
 
+def export_record(task: str, p: Params, source: str, fmt: str, data: dict) -> dict:
+    """The export's step record: the model and splits it reads (by content), the params and code it runs."""
+    e = p.evaluate
+    reads = {
+        "export.format": fmt,
+        "tokenize.max_length": p.tokenize.max_length,
+        "evaluate.latency_threads": e.latency_threads,
+        "evaluate.latency_runs": e.latency_runs,
+        "experiment.champion_budget": p.experiment.champion_budget,
+        "experiment.choose_on": choice_split(p),
+    }
+    splits = {s: data[s] for s in ("train", "validation", *(["dev"] if choice_split(p) == "dev" else [])) if s in data}
+    return record.make("export", reads, {"model": source, **splits}, "export", {"task": task})
+
+
 def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | None = None) -> str:
-    """Export the champion to results/export/<task> and results/export/<task>.tar.zst: `--format auto` (every
-    format made from its float source timed here and checked on validation; the fastest within
-    experiment.champion_budget ships), or a PT2E champion's program. Every candidate's figures are logged to the
-    parent run (export_<format>_*), with the archive; what to print."""
+    """Export the champion (run_id: its first seed's run) to results/export/<task> and <task>.tar.zst, unless its
+    record says that is done: `--format auto`, or a PT2E champion's program. Every candidate's figures are logged
+    to the parent run (export_<format>_*); the archive is registered as the champion. What to print."""
     folder = tracking.client()[0].get_run(run_id).data.tags.get("model_dir")
     if not folder or not Path(folder).is_dir():
-        return f"exported: nothing — the champion's folder ({folder}) is not on this machine"
+        return f"exported: nothing — the champion's folder ({folder}) is not on this machine; nothing registered"
     info = variant.read(folder) or {}
     pt2e = info.get("mode") in core_export.PT2E
     fmt = "pt2e_int8" if pt2e or not data else "auto"  # a PT2E champion ships its program
     source = info["base"] if info.get("mode") in QUANTIZE_MODES and not pt2e else folder
-    out, e, spec = EXPORTS / task, p.evaluate, glue.get_task(task)
-    data = data or {}
-    manifest = core_export.export(
-        source,
-        str(out),
-        task,
-        fmt,
-        p.tokenize.max_length,
-        data.get("train"),
-        data.get("validation"),
-        e.latency_threads,
-        e.latency_runs,
-        p.experiment.champion_budget,
-        data.get("dev") if choice_split(p) == "dev" else None,  # auto chooses on dev, reports on validation
-    )
+    out, e, spec, data = EXPORTS / task, p.evaluate, glue.get_task(task), data or {}
+    rec = export_record(task, p, source, fmt, data)
+    if record.done(out, rec):
+        shipped = archive.path_of(out)
+        manifest = artifact.read_manifest(out) | {"archive": str(shipped), "archive_mb": shipped.stat().st_size / 1e6}
+        done = f"; up to date (key {rec['key'][:12]}): not exported again"
+    else:
+        manifest = core_export.export(
+            source,
+            str(out),
+            task,
+            fmt,
+            p.tokenize.max_length,
+            data.get("train"),
+            data.get("validation"),
+            e.latency_threads,
+            e.latency_runs,
+            p.experiment.champion_budget,
+            data.get("dev") if choice_split(p) == "dev" else None,  # auto chooses on dev, reports on validation
+        )
+        record.write(out, rec, {"folder": str(out), "archive": manifest["archive"]})
+        done = ""
     chosen = manifest.get("auto", {}).get("chosen", fmt)
-    lines = [f"exported: {manifest['archive']} ({chosen} of {source}, {manifest['archive_mb']:.1f} MB archive)"]
+    lines = [f"exported: {manifest['archive']} ({chosen} of {source}, {manifest['archive_mb']:.1f} MB archive){done}"]
     logged = {"export_archive_mb": manifest["archive_mb"]}
     for r in manifest.get("auto", {}).get("candidates", []):
+        beside = f", validation {r['validation_delta_points']:+.2f}" if "validation_delta_points" in r else ""
         lines.append(
             f"  {r['format']:<9} {r.get('split', 'validation')} {spec.metric} {r[spec.metric]:.4f} "
-            f"({r['delta_points']:+.2f} vs float)  "
+            f"({r['delta_points']:+.2f} vs float{beside})  "
             f"batch 1 {r['batch1_ms']:.1f} ms  batch 8 {r['batch8_ms']:.1f} ms  {r['archive_mb']:.1f} MB"
             + ("" if r["within_budget"] else "  (over budget)")
             + ("  <- shipped" if r["format"] == chosen else "")
         )
         logged |= {f"export_{r['format']}_{k}": r[k] for k in (spec.metric, "batch1_ms", "batch8_ms", "archive_mb")}
+    shipped = {"archive_mb": manifest["archive_mb"]}
     if v := manifest.get("validation"):
         line = "  as shipped, on validation " + ", ".join(f"{k} {v[k]:.4f}" for k in spec.metrics if k in v)
         if "batch1_ms" in v:
@@ -105,12 +126,24 @@ def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | Non
                 f"length {latency.LENGTH})\n  measured on {v['machine']['cpu'][:100]}"
             )
         lines.append(line)
-        logged |= {f"export_{k}": v[k] for k in (*spec.metrics, "batch1_ms", "batch8_ms") if k in v}
+        shipped |= {k: v[k] for k in (*spec.metrics, "batch1_ms", "batch8_ms") if k in v}
+        logged |= {f"export_{k}": val for k, val in shipped.items() if k != "archive_mb"}
     if parent:
         tracking.log_metrics(parent, logged)
-        tracking.log_artifact(parent, manifest["archive"], "export")
         tracking.log_artifact(parent, str(out / core_export.CARD), "export")
-        # the archive as an MLflow model of the parent run: mlflow.pyfunc.load_model(uri).predict(df) runs it
-        tracking.log_model(parent, manifest["archive"], task, p.tokenize.max_length, e.batch_size, name="export")
+    # the archive as an MLflow model: mlflow.pyfunc.load_model(uri).predict(df) and `mlflow models serve` run it
+    model_id = tracking.shipped_model(
+        parent or run_id, manifest["archive"], rec["key"], task, p.tokenize.max_length, e.batch_size, shipped
+    )
+    version = tracking.register_champion(
+        model_id,
+        f"{task}-compressed",
+        description=(out / core_export.CARD).read_text(),
+        tags={"format": chosen, "source_run": run_id, "archive": manifest["archive"], **shipped},
+    )
+    lines.append(
+        f"  registered as models:/{task}-compressed@champion (version {version}): this archive ({chosen}), "
+        f"made from run {run_id} (seed {p.experiment.seeds[0]})"
+    )
     texts = " ".join(['"a sentence"', '"its pair"'][: len(spec.keys)])
     return "\n".join(lines) + f"\n\n    bertcompress predict --model {manifest['archive']} {texts}   # README: Ship it"

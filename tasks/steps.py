@@ -9,7 +9,9 @@ its output as <out>.step.json once the output is complete. The task is cached by
 persisted as JSON in $PREFECT_HOME/storage (.prefect/ in the project), so a second flow run with the same inputs
 takes every result from the cache and a changed pruning param reruns only what reads it; a cache entry whose
 output is gone (outputs/ or data/ deleted) is a miss, and a call whose output already holds its record (made by
-an earlier run whose cache entry is gone) returns it without work. Outputs go to
+an earlier run whose cache entry is gone) returns it without work. The MLflow store is an output like any other:
+a step whose output is done but whose FINISHED run is missing from the store (moved aside, a fresh store) logs
+that run again from its output, without redoing the work. Outputs go to
 outputs/flow/<task>/<variant>-s<seed>[+<mode>]-<key>: a folder per key, never overwritten by other params.
 """
 
@@ -68,20 +70,34 @@ class StepKey(CachePolicy):
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str:
         step = task_ctx.task.name
         rec = plan.step_record(step, inputs)
-        if not record.done(plan.out_dir(step, inputs, rec["key"]), rec):
-            _forget(rec["key"])
+        if not record.done(plan.out_dir(step, inputs, rec["key"]), rec) or not _tracked(step, inputs, rec):
+            _forget(rec["key"])  # the task body runs: it makes the output, or logs its lost run again (made)
         return rec["key"]
 
 
+LOGGED = ("finetune", "prune", "quantize", "evaluate")  # the steps that log an MLflow run
 CACHED = {"cache_policy": StepKey(), "persist_result": True, "result_serializer": "json"}
 
 
-def made(step: str, a: dict, make: Callable[[str, dict], object]):
+def _tracked(step: str, a: dict, rec: dict) -> bool:
+    """Does the MLflow store hold this step call's FINISHED run (steps that log one, under a parent run)?"""
+    return step not in LOGGED or not a.get("parent") or tracking.has_step(step, rec["key"])
+
+
+def made(step: str, a: dict, make: Callable[[str, dict], object], log: Callable[[str, dict], None] | None = None):
     """The one way a step runs: make(out, record) unless out already holds this call's record; then the record is
-    written beside out with the result (a path, the tokenized splits, an evaluation row), which it returns."""
+    written beside out with the result (a path, the tokenized splits, an evaluation row), which it returns. An
+    output already made whose MLflow run the store lacks is logged again: log(out, record)."""
     rec = plan.step_record(step, a)
     out = plan.out_dir(step, a, rec["key"])
     if record.done(out, rec):
+        if log and not _tracked(step, a, rec):
+            print(
+                f"{step} {a['task']} {plan.method(a['name'], a.get('mode', 'none'))} s{a['seed']}: made, but not in "
+                f"{tracking.tracking_uri()}: its run logged again from {out}",
+                flush=True,
+            )
+            log(out, rec)
         return record.read(out).get("result", out)
     result = make(out, rec)
     record.write(out, rec, result)
@@ -146,19 +162,24 @@ def finetune(
     as they come."""
     q = p.variant(name, seed)
 
-    def make(out: str, rec: dict) -> str:
+    def make(out: str, rec: dict, again: bool = False) -> str:
         with tracking.variant_run(
             parent, task, p, name, seed, tags=_tags(rec, train=train, validation=validation)
         ) as run:
             tracking.log_datasets(run, task, training=train, validation=validation)
-            result = core_finetune.finetune(
-                q, task, train, validation, out, tracking.epoch_logger(run), base=base, teacher=teacher, step=rec
-            )
+            if again:  # the run lost from the store: its per-epoch rows from the output
+                result = io.read_json(Path(out) / "metrics.json")
+                for row in result["history"]:
+                    tracking.epoch_logger(run)(row["epoch"], row)
+            else:
+                result = core_finetune.finetune(
+                    q, task, train, validation, out, tracking.epoch_logger(run), base=base, teacher=teacher, step=rec
+                )
             tracking.log_result(run, "finetune", result)
             tracking.log_figure(run, figures.history(result["history"]), "plots/history.png")
         return out
 
-    return made("finetune", locals(), make)
+    return made("finetune", locals(), make, lambda out, rec: make(out, rec, again=True))
 
 
 @task(name="prune", task_run_name=_run_name, **CACHED)
@@ -176,15 +197,18 @@ def prune(
     """Prune the model of the variant this one is made from (prune.method = oneshot | structured); its recovery
     steps distilled from `teacher` when the variant names one."""
 
-    def make(out: str, rec: dict) -> str:
+    def make(out: str, rec: dict, again: bool = False) -> str:
         with tracking.variant_run(parent, task, p, name, seed, tags=_tags(rec, train=train)) as run:
             tracking.log_datasets(run, task, training=train)  # importance scores and recovery steps read it
-            tracking.log_result(
-                run, "prune", core_prune.prune(model_dir, out, p.variant(name, seed), task, train, teacher)
+            result = (
+                io.read_json(Path(out) / "metrics.json")
+                if again
+                else core_prune.prune(model_dir, out, p.variant(name, seed), task, train, teacher)
             )
+            tracking.log_result(run, "prune", result)
         return out
 
-    return made("prune", locals(), make)
+    return made("prune", locals(), make, lambda out, rec: make(out, rec, again=True))
 
 
 @task(name="quantize", task_run_name=_run_name, **CACHED)
@@ -201,16 +225,19 @@ def quantize(
 ) -> str:
     """Quantize one variant's model in one mode; static calibration and QAT read the training split."""
 
-    def make(out: str, rec: dict) -> str:
+    def make(out: str, rec: dict, again: bool = False) -> str:
         with tracking.variant_run(parent, task, p, name, seed, mode, _tags(rec, train=train)) as run:
             if mode in ("static", "qat"):  # calibration / QAT training read the training split
                 tracking.log_datasets(run, task, calibration=train)
-            tracking.log_result(
-                run, "quantize", core_quantize.quantize(model_dir, out, p.variant(name, seed, mode), task, train)
+            result = (
+                io.read_json(Path(out) / "metrics.json")
+                if again
+                else core_quantize.quantize(model_dir, out, p.variant(name, seed, mode), task, train)
             )
+            tracking.log_result(run, "quantize", result)
         return out
 
-    return made("quantize", locals(), make)
+    return made("quantize", locals(), make, lambda out, rec: make(out, rec, again=True))
 
 
 @task(name="evaluate", task_run_name=_run_name, **CACHED)
@@ -231,20 +258,26 @@ def evaluate(
     q = p.variant(name, seed, mode)
     splits = {"validation": validation} | ({"dev": dev} if dev else {})
 
-    def make(out: str, rec: dict) -> dict:
+    def make(out: str, rec: dict, again: bool = False) -> dict:
         with tracking.variant_run(parent, task, p, name, seed, mode, _tags(rec, **splits)) as run:
-            result = core_evaluate.evaluate(
-                model_dir,
-                task,
-                validation,
-                q.evaluate.batch_size,
-                q.evaluate.latency_runs,
-                keep_predictions=True,
-                threads=q.evaluate.latency_threads,
-                dev=dev,
-            )
+            stored = io.read_json(out) if again else {}
+            if "per_example" in stored:  # the run lost from the store: the row and its predictions from the output
+                result = {k: v for k, v in stored.items() if k not in ROW}
+                result |= result.pop("per_example")
+            else:
+                result = core_evaluate.evaluate(
+                    model_dir,
+                    task,
+                    validation,
+                    q.evaluate.batch_size,
+                    q.evaluate.latency_runs,
+                    keep_predictions=True,
+                    threads=q.evaluate.latency_threads,
+                    dev=dev,
+                )
             tracking.log_datasets(run, task, **splits)
-            tracking.log_dict(run, {k: result.pop(k) for k in ("labels", "predictions")}, tracking.PREDICTIONS)
+            per_example = {k: result.pop(k) for k in ("labels", "predictions")}
+            tracking.log_dict(run, per_example, tracking.PREDICTIONS)
             tracking.log_result(run, "evaluate", result)
             tracking.set_tags(
                 run,
@@ -253,10 +286,14 @@ def evaluate(
             # an MLflow model: mlflow.pyfunc.load_model(...).predict(df), encoded and batched as evaluated here
             tracking.log_model(run, model_dir, task, q.tokenize.max_length, q.evaluate.batch_size)
         row = {"task": task, "variant": name, "mode": mode, "method": plan.method(name, mode), "seed": seed, **result}
-        io.write_json(out, row)
+        if "per_example" not in stored:
+            io.write_json(out, row | {"per_example": per_example})  # what logging the run again reads
         return row
 
-    return made("evaluate", locals(), make)
+    return made("evaluate", locals(), make, lambda out, rec: make(out, rec, again=True))
+
+
+ROW = ("task", "variant", "mode", "method", "seed")  # what evaluate's row adds to the evaluation
 
 
 @task(name="report", task_run_name="report-{task}")  # never cached: it reads the MLflow store as it is now

@@ -67,7 +67,14 @@ def _client(uri: str):
 
 
 def client():
-    return _client(tracking_uri())
+    """The store's client and experiment id. MLflow resolves a models:/<id> source (registering a logged model)
+    with a client of its *global* URI, not this one's: it is set to the same store, every time (without it, a
+    process that had logged no model registered against ./mlruns and failed: issue 35)."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return _client(uri)
 
 
 def runs_url(base: str = UI) -> str:
@@ -107,6 +114,13 @@ def _find(c, exp: str, tags: dict) -> str | None:
     where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     found = c.search_runs([exp], where, max_results=1)
     return found[0].info.run_id if found else None
+
+
+def has_step(step: str, key: str) -> bool:
+    """Does the store hold a FINISHED run of the step call with this record key (its tag step_key.<step>)?"""
+    c, exp = client()
+    where = f"tags.`step_key.{step}` = '{key}' and attributes.status = 'FINISHED'"
+    return bool(c.search_runs([exp], where, max_results=1))
 
 
 @contextmanager
@@ -271,7 +285,7 @@ def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: 
     import mlflow
     from bertcompress.glue import get_task
 
-    mlflow.set_tracking_uri(tracking_uri())
+    client()  # the global URI
     spec = get_task(task)
     example = pd.DataFrame({k: ["a short example text"] for k in spec.keys})
     # the signature given, not inferred from a prediction: inference warns of the integer `label` column
@@ -305,29 +319,62 @@ def log_model(run_id: str, folder: str, task: str, max_length: int, batch_size: 
     return info.model_id
 
 
-def register_champion(run_id: str, name: str) -> str:
-    """The run's logged model (its latest, models:/<model id>: an MLflow 3 model is no run artifact) as a new
-    version of registered model `name`, alias `champion`; its version. The client's calls, not
+def shipped_model(run_id: str, archive: str, key: str, task: str, max_length: int, batch_size: int, figures: dict):
+    """The MLflow logged model of a shipped artifact (its archive), found by the export's record key (tag
+    export_key); logged under run_id when there is none, or when the one found cannot be resolved (its files gone):
+    the store is an output like any other. Its metrics are the artifact's (figures); its model id."""
+    from mlflow.entities import Metric
+
+    c, exp = client()
+    found = c.search_logged_models(
+        [exp],
+        f"tags.export_key = '{key}' AND name = 'export'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+    )
+    for model in found:
+        try:
+            if any(f.path == "MLmodel" for f in c.list_logged_model_artifacts(model.model_id)):
+                return model.model_id
+        except Exception:  # an artifact location that no longer exists: log it again below
+            continue
+    model_id = log_model(run_id, archive, task, max_length, batch_size, name="export")
+    c.set_logged_model_tags(model_id, {"export_key": key})
+    now = int(time.time() * 1000)
+    c.log_batch(
+        run_id, metrics=[Metric(k, v, now, 0, model_id=model_id) for k, v in _numbers(figures).items()]
+    )  # on the run and on the model (its Metrics tab)
+    return model_id
+
+
+def register_champion(model_id: str, name: str, description: str = "", tags: dict | None = None) -> str:
+    """The logged model models:/<model_id> as the version of registered model `name` aliased `champion`; its
+    version. Idempotent: a model already registered under `name` keeps its version (the alias moves to it), so a
+    rerun, or a run after an interrupted one, registers nothing new. The client's calls, not
     mlflow.register_model, which prints what the flow's champion line says."""
     from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-    c, exp = client()
-    (model,) = c.search_logged_models(
-        [exp],
-        f"source_run_id = '{run_id}' AND name = 'model'",
-        max_results=1,
-        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
-    )
+    c, _ = client()
+    model = c.get_logged_model(model_id)
     try:
         c.get_registered_model(name)
     except MlflowException:
         c.create_registered_model(name)
-    version = c.create_model_version(name, f"models:/{model.model_id}", run_id, model_id=model.model_id).version
+    same = [v for v in c.search_model_versions(f"name = '{name}'") if v.source == f"models:/{model_id}"]
+    if same:
+        version = str(min(int(v.version) for v in same))
+    else:
+        version = str(
+            c.create_model_version(
+                name, f"models:/{model_id}", model.source_run_id, model_id=model_id, description=description
+            ).version
+        )
+        for k, v in (tags or {}).items():
+            c.set_model_version_tag(name, version, k, str(v))
+        linked = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS, "[]")) + [{"name": name, "version": int(version)}]
+        c.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})  # as register_model does
     c.set_registered_model_alias(name, "champion", version)
-    linked = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS, "[]")) + [{"name": name, "version": version}]
-    c.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})  # as register_model does
-    return str(version)
+    return version
 
 
 def log_figure(run_id: str, fig, name: str) -> None:

@@ -367,3 +367,34 @@ def test_pt2e_artifact_is_compiled_by_inductor_and_predicts_as_evaluate_and_its_
     assert [r["label"] for r in got] == expected
     eager = np.array([r["probabilities"] for r in predict(str(static), "mrpc", rows, max_length=32, batch_size=64)])
     assert np.abs(np.array([r["probabilities"] for r in got]) - eager).max() < 0.02
+
+
+def test_auto_makes_its_folder_and_chooses_on_the_split_it_is_given(variants, tiny_mrpc, tmp_path):
+    """Issue 35, two failures of a fresh clone: auto exports into a folder whose parent does not exist yet
+    (results/export/ on a fresh clone), and with a dev split it compares every candidate with the float model on
+    dev, like with like, never dev's float against validation's candidates (SST-2's dev sits points above its
+    validation, and every format was refused). Here dev is validation relabelled by the float model's own
+    predictions: the float model scores 1.0 there and far less on validation; every candidate is near it on dev."""
+    from bertcompress import loop, metrics, variant
+    from bertcompress.export import export
+    from bertcompress.tokenize import Encoded
+
+    data = Encoded.load(tiny_mrpc["validation"])
+    _, preds = loop.predict(variant.load_float(str(variants["dense"]), 2), data, 32)
+    dev = tmp_path / "dev.npz"
+    np.savez(dev, input_ids=data.input_ids, token_type_ids=data.token_type_ids, offsets=data.offsets, labels=preds)
+    float_validation = metrics.compute("mrpc", data.labels, preds)["f1"]
+    assert float_validation < 0.9  # else this test could not tell the splits apart
+
+    out = tmp_path / "results" / "export" / "mrpc"
+    m = export(
+        str(variants["dense"]), str(out), "mrpc", "auto", 32, tiny_mrpc["train"], tiny_mrpc["validation"], 1, 1,
+        budget=10.0, choose=str(dev),
+    )  # fmt: skip
+    assert m["auto"]["chosen_on"] == "dev" and m["auto"]["float_f1"] == 1.0
+    assert m["auto"]["float_validation_f1"] == pytest.approx(float_validation)
+    for r in m["auto"]["candidates"]:
+        assert r["within_budget"] == (r["delta_points"] >= -10.0) and r["delta_points"] == 100 * (r["f1"] - 1.0)
+        assert r["validation_delta_points"] == pytest.approx(100 * (r["validation_f1"] - float_validation))
+    assert (out / "manifest.json").is_file() and (out.parent / "mrpc.tar.zst").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mrpc", "mrpc.tar.zst"]  # no scratch left behind

@@ -5,6 +5,8 @@ a runtime knob: nothing), bad params fail before any work with the CLI's message
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pipeline_runs as pr
@@ -193,3 +195,49 @@ def test_a_cache_entry_whose_output_is_gone_is_a_miss(flow):
         f.write(" ")
     assert status(flow)["prune oneshot-s42"] == ("will run", "its output changed since it was made")
     assert rerun(flow)["prune-mrpc-oneshot-s42"] == "Completed" and status(flow)["prune oneshot-s42"][0] == "done"
+
+
+def test_a_tracking_store_moved_aside_is_logged_again_from_the_outputs(tmp_path_factory):
+    """Issue 35: every output made, the MLflow store moved aside (or lost). The next run, a new process as a user's
+    is, redoes no work (no training, no export) yet logs every step's run again from its output and step record,
+    so the report, the champion and its registration come back as they were; the run after is all cache hits.
+    SST-2 (dev above validation): its flow ships."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    variants = {"dense": {"from": "pretrained", "quantize": ["dynamic"]}}
+    enough = {"max_train_samples": 400, "max_eval_samples": 64}  # beats the majority class: there is a champion
+    ws = pr.flow_once(
+        tmp_path_factory, "aside", "sst2", variants=variants, data=enough, finetune={"lr": 1e-4, "epochs": 2}
+    )
+    root, report = ws["root"], ws["report"]
+    before = pd.read_csv(report / "summary.csv", index_col="method")
+    assert "registered as models:/sst2-compressed@champion (version 1)" in (report / "summary.md").read_text()
+    made = {f: f.stat().st_mtime_ns for f in (root / "outputs").rglob("*") if f.is_file()}
+    shutil.move(root / "mlflow", root / "mlflow-aside")
+    (root / "mlflow").mkdir()
+    home = root / "prefect"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow/mlflow.db",
+        "PYTHONPATH": str(pr.REPO),
+    }
+    command = [sys.executable, "-m", "flows.compress", "--task", "sst2", "--params", str(ws["params"])]
+    again = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "logged again from" in again.stdout + again.stderr
+    third = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    states = re.findall(r"Task run '([^']+)' - Finished in state (\w+)", third.stdout + third.stderr)
+    assert {n for n, s in states if s != "Cached"} == {"report-sst2"} and len(states) == 8, states
+    assert {f: f.stat().st_mtime_ns for f in (root / "outputs").rglob("*") if f.is_file()} == made  # no work
+    after = pd.read_csv(report / "summary.csv", index_col="method")
+    timed = [c for c in before.columns if c.endswith("ms")]
+    pd.testing.assert_frame_equal(before.drop(columns=timed), after.drop(columns=timed))
+    summary = (report / "summary.md").read_text()
+    assert "not exported again" in summary and "registered as models:/sst2-compressed@champion (version 1)" in summary

@@ -162,8 +162,9 @@ def test_cli_rebuilds_the_same_summary_and_names_a_missing_variant(grid, capsys)
 
 
 def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
-    """The flow registers the smallest non-collapsed variant within experiment.champion_budget (1 point) of
-    dense's F1 on the dev split (choices read dev) as mrpc-compressed@champion; it loads from MLflow and predicts."""
+    """The flow ships the smallest non-collapsed variant within experiment.champion_budget (1 point) of dense's F1
+    on the dev split (choices read dev) and registers what ships, its archive, as mrpc-compressed@champion (tagged
+    with the variant's run): it loads from MLflow and predicts."""
     import mlflow
     from tasks import tracking
 
@@ -181,7 +182,8 @@ def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
         method = ok["compressed_mb"].idxmin()
         expected = runs[(runs["method"] == method) & (runs["seed"] == 42)]["run_id"].iloc[0]
         version = client.get_model_version_by_alias("mrpc-compressed", "champion")
-        assert version.run_id == expected
+        assert version.tags["source_run"] == expected and version.tags["archive"] == "results/export/mrpc.tar.zst"
+        assert client.get_logged_model(version.model_id).name == "export"  # the archive's model, not the folder's
         mlflow.set_tracking_uri(tracking.tracking_uri())
         model = mlflow.pyfunc.load_model("models:/mrpc-compressed@champion")
         got = model.predict(pd.DataFrame({"sentence1": ["The cat sat."], "sentence2": ["A cat was sitting."]}))
@@ -216,7 +218,7 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
         if not client.search_registered_models():
             assert "champion: none" in summary and not exported.exists()
         else:
-            run_id = client.get_model_version_by_alias("mrpc-compressed", "champion").run_id
+            run_id = client.get_model_version_by_alias("mrpc-compressed", "champion").tags["source_run"]
             folder = client.get_run(run_id).data.tags["model_dir"]
             info = variant.read(folder) or {}
             source = info["base"] if info.get("mode") in QUANTIZE_MODES else folder  # dynamic int8: its float source

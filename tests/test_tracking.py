@@ -104,10 +104,12 @@ def test_every_variant_is_an_mlflow_model_that_predicts_its_labels(flow):
             assert len(models) == 1 and models[0].name == "model"
 
 
-def test_the_champion_is_registered_from_its_logged_model_without_a_word(flow, capfd):
-    """register_champion makes a version of the run's MLflow 3 logged model (models:/<model id>: no "has no
-    artifacts at artifact path 'model'" warning, nothing printed: the flow's champion line says it), aliased
-    champion, linked from the logged model as mlflow.register_model links it, and loadable."""
+def test_the_champion_is_registered_from_its_logged_model_without_a_word(flow, capfd, monkeypatch):
+    """register_champion makes a version of an MLflow 3 logged model (models:/<model id>: no "has no artifacts at
+    artifact path 'model'" warning, nothing printed: the flow's champion line says it), aliased champion, linked
+    from the logged model as mlflow.register_model links it, and loadable. Registering it again is idempotent (a
+    rerun, or a run after an interrupted one), and works in a process whose global MLflow URI is not the store's
+    (issue 35: a second `make run`, all cache hits, logged no model first and failed to resolve it)."""
     import json
 
     import pandas as pd
@@ -119,18 +121,21 @@ def test_the_champion_is_registered_from_its_logged_model_without_a_word(flow, c
         client, experiment = tracking.client()
         (parent,) = client.search_runs([experiment], f"tags.invocation = '{flow['first'].state_details.flow_run_id}'")
         run_id = children(client, experiment, parent.info.run_id)["dense+dynamic"].info.run_id
-        capfd.readouterr()
-        versions = [tracking.register_champion(run_id, "test-champion") for _ in range(2)]
-        said = capfd.readouterr()
-        assert versions == ["1", "2"] and said.out == said.err == "", said
         (model,) = mlflow.search_logged_models(
             experiment_ids=[experiment], output_format="list", filter_string=f"source_run_id = '{run_id}'"
         )
+        # a fresh process of a fresh clone: no MLFLOW_TRACKING_URI, MLflow's global URI unset, the store in mlflow/
+        monkeypatch.setattr(tracking, "REPO", flow["root"])
+        mlflow.set_tracking_uri(None)
+        capfd.readouterr()
+        versions = [tracking.register_champion(model.model_id, "test-champion", "its card", {"k": 1}) for _ in "ab"]
+        said = capfd.readouterr()
+        assert versions == ["1", "1"] and said.out == said.err == "", said
         champion = client.get_model_version_by_alias("test-champion", "champion")
-        assert (str(champion.version), champion.run_id, champion.source) == ("2", run_id, f"models:/{model.model_id}")
-        assert json.loads(model.tags["mlflow.modelVersions"]) == [
-            {"name": "test-champion", "version": int(v)} for v in versions
-        ]
+        assert (str(champion.version), champion.run_id, champion.source) == ("1", run_id, f"models:/{model.model_id}")
+        assert champion.description == "its card" and champion.tags == {"k": "1"}
+        linked = client.get_logged_model(model.model_id).tags["mlflow.modelVersions"]
+        assert json.loads(linked) == [{"name": "test-champion", "version": 1}]
         mlflow.set_tracking_uri(tracking.tracking_uri())
         got = mlflow.pyfunc.load_model("models:/test-champion@champion").predict(
             pd.DataFrame({"sentence1": ["The cat sat."], "sentence2": ["A cat was sitting."]})
