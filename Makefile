@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup run experiment lint test
+.PHONY: setup run experiment smoke lint test
 setup: $(VENV)/.installed
 
 # torch first, pinned: its CPU wheel is on disk here; an unpinned torch would pull a multi-GB CUDA build.
@@ -25,6 +25,9 @@ run: setup  # fine-tune, prune, quantize, evaluate, report, register and export 
 
 experiment: setup  # the full experiment on MRPC: params.yaml's variant table, 3 seeds, the lr sweep
 	$(BIN)/python -m flows.compress --task mrpc
+
+smoke: setup  # the README's commands on tiny SST-2 slices, as a newcomer runs them, each result checked (~6 min)
+	bash scripts/smoke.sh
 
 lint: setup  # the house format (ruff format) and lint (ruff check), as CI runs them
 	$(BIN)/ruff format --check --quiet .

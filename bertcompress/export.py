@@ -28,7 +28,6 @@ import logging
 import math
 import platform
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -176,11 +175,12 @@ def export(
     latency_runs: int = 0,
     budget: float = 1.0,
     choose: str | None = None,
+    onnx_fp32: str | None = None,
 ) -> dict:
     """Write the artifact of the variant in model_dir to out_dir (atomically) and its archive beside it; its
     manifest. train: the tokenized train split (NNCF's calibration); validation: the tokenized validation split
     (the artifact evaluated as it ships; auto needs it); choose: the tokenized dev split auto chooses on (None:
-    it chooses on validation)."""
+    it chooses on validation); onnx_fp32: an fp32 ONNX graph of this model that onnx_int8 quantizes (auto's)."""
     info = check(model_dir, fmt, train)
     if fmt == "auto":
         runs = latency_runs or 10
@@ -197,9 +197,11 @@ def export(
             model = variant.load_float(model_dir, spec.num_labels)
             if fmt == "openvino":
                 storage = _openvino(model, tokenizer, tmp, train, max_length)
+            elif fmt == "onnx_int8" and onnx_fp32:  # auto made the fp32 graph already: quantized, not exported again
+                _onnx_int8(Path(onnx_fp32), tmp / MODEL)
+                storage = {"quantization": "onnxruntime quantize_dynamic, int8 per channel"}
             else:
-                work = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=f".{tmp.name}-fp32-"))
-                try:
+                with io.scratch_dir(tmp.with_name(f"{tmp.name}-fp32")) as work:
                     fp32 = work / MODEL
                     _onnx(model, tokenizer, fp32, min(max_length, config.max_position_embeddings))
                     if fmt == "onnx":
@@ -208,8 +210,6 @@ def export(
                     else:
                         _onnx_int8(fp32, tmp / MODEL)
                         storage = {"quantization": "onnxruntime quantize_dynamic, int8 per channel"}
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
         tokenizer.save_pretrained(tmp)
         config.save_pretrained(tmp)  # the architecture and labels: Optimum's from_pretrained reads it
         source = Path(model_dir)
@@ -308,8 +308,11 @@ def _auto(model_dir, out_dir, task, max_length, train, validation, threads, runs
     # the candidates in a scratch folder beside out_dir (whose parent it makes: a fresh clone has no results/export)
     with io.scratch_dir(Path(out_dir).with_name(f"{Path(out_dir).name}-auto")) as work:
         rows, made = [], {}
-        for fmt in CANDIDATES:
-            made[fmt] = export(model_dir, str(work / fmt), task, fmt, max_length, train, validation, threads, runs)
+        for fmt in CANDIDATES:  # onnx first: onnx_int8 quantizes its graph
+            graph = str(work / "onnx" / MODEL) if fmt == "onnx_int8" else None
+            made[fmt] = export(
+                model_dir, str(work / fmt), task, fmt, max_length, train, validation, threads, runs, onnx_fp32=graph
+            )
             v = made[fmt]["validation"]
             c = figures(work / fmt, fmt, task, max_length, choose, threads, 0, "dev") if choose else v
             delta = 100 * (c[name] - reference)  # like with like: the candidate and the float model on one split

@@ -26,6 +26,22 @@ wait_up() {  # until the server answers its health check
   return 1
 }
 
+wait_served() {  # until every deployment answers: `run` right after `up` finds it (they register ~2 s after start)
+  local names
+  names=$("$BIN/python" -c "from flows.serve import TASKS; print(' '.join(TASKS))")
+  for _ in $(seq 120); do
+    "$BIN/python" -c "
+import sys, urllib.request as u
+for t in sys.argv[1:]:
+    u.urlopen('$PREFECT_API_URL/deployments/name/compress/' + t, timeout=2)" $names 2>/dev/null && return 0
+    kill -0 "$(cat "$PREFECT_HOME/serve.pid")" 2>/dev/null \
+      || { echo "error: the deployments' process exited; see $PREFECT_HOME/serve.log" >&2; return 1; }
+    sleep 1
+  done
+  echo "error: deployments not registered on $PREFECT_API_URL after 120 s; see $PREFECT_HOME/serve.log" >&2
+  return 1
+}
+
 start() {  # start NAME CMD...: in the background, in its own process group, pid in .prefect/NAME.pid
   local name=$1; shift
   setsid "$@" >"$PREFECT_HOME/$name.log" 2>&1 &
@@ -49,10 +65,13 @@ case ${1:-} in
     start server "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT"
     wait_up
     start serve "$BIN/python" -m flows.serve
+    wait_served
     echo "server: http://127.0.0.1:$PORT (pid $(cat "$PREFECT_HOME/server.pid")), deployments served (pid $(cat "$PREFECT_HOME/serve.pid"))"
     echo "next: scripts/prefect.sh run mrpc   (or PREFECT_API_URL=$PREFECT_API_URL $BIN/prefect deployment run compress/mrpc)" ;;
   run)
     task=${2:?usage: scripts/prefect.sh run TASK [--param key=value ...]}; shift 2
+    "$BIN/python" -c "import urllib.request as u; u.urlopen('$PREFECT_API_URL/health', timeout=5)" 2>/dev/null \
+      || { echo "error: no Prefect server on $PREFECT_API_URL; start it with: scripts/prefect.sh up" >&2; exit 1; }
     exec "$BIN/prefect" deployment run "compress/$task" --watch "$@" ;;
   down) stop serve; stop server ;;  # serve first: it says goodbye to the server
   *) sed -n '2,11p' "$0"; exit 2 ;;

@@ -303,6 +303,7 @@ def report(task: str, p: Params, parent: str | None = None, data: dict | None = 
     champion registered and exported."""
     from prefect.artifacts import create_markdown_artifact
 
+    print(f"report {task}: read from MLflow; then the champion exported (unless done) and registered", flush=True)
     path = ship.publish(task, p, parent, data)
     create_markdown_artifact(
         key=f"report-{task}",
