@@ -1,7 +1,8 @@
-# Two commands do all set-up on a fresh machine:
+# Three commands do all set-up on a fresh machine:
 #   make run    # creates .venv if needed, then the main job: the compression experiment on MRPC with the
 #               # packaged MiniLM, sized for a 2-core CPU (presets/quick.yaml), ending in an exported champion
 #   make test   # creates .venv if needed, then runs the test suite
+#   make smoke  # creates .venv if needed, then the README's commands on tiny slices (CI runs it first)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[pipeline,test]'
 	touch $@
 
-run: setup  # fine-tune, prune, quantize, evaluate, report, register and export the champion (~20 min here)
+run: setup  # fine-tune, prune, evaluate, report, export the champion and register it (~10 min here, set-up included)
 	$(BIN)/python -m flows.compress --task mrpc --params presets/quick.yaml
 
 experiment: setup  # the full experiment on MRPC: params.yaml's variant table, 3 seeds, the lr sweep

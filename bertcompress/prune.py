@@ -194,6 +194,10 @@ def structured(
     full = [(layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features) for layer in layers]
     loss, criterion = None, "magnitude"
     embeddings = _prune_embeddings(model, p.embedding_sparsity)  # held through the recovery
+    if p.recovery_steps and hasattr(objective, "cached"):  # the teacher's logits once, for every stage's steps
+        objective.cached(
+            Encoded.load(train_path).to(device), device, visits=p.recovery_steps * params.finetune.batch_size
+        )
     for stage in range(1, p.stages + 1):
         share = masks.polynomial_sparsity(stage, 0.0, 1.0, 0, p.stages, p.power)  # of the final fractions
         scores, criterion = _scores(model, train_path, params.finetune, stage - 1, device)

@@ -62,6 +62,7 @@ def _variant(task: str, p: P.Params, name: str, mode: str, seed: int) -> dict:
         "metrics": {},
         "history": None,
         "predictions": None,
+        "evaluated": None,
     }
     for run in runs:  # later runs override earlier ones
         record["metrics"] |= run.data.metrics
@@ -69,6 +70,7 @@ def _variant(task: str, p: P.Params, name: str, mode: str, seed: int) -> dict:
             history = {k: {m.step: m.value for m in c.get_metric_history(run.info.run_id, k)} for k in epoch_keys(task)}
             record["history"] = pd.DataFrame(history).sort_index().rename_axis("epoch")
         if any(f.path == "evaluate" for f in c.list_artifacts(run.info.run_id)):
+            record["evaluated"] = run.info.run_id  # the latest run that evaluated it (tag model_dir: what ships)
             with tempfile.TemporaryDirectory() as tmp:
                 record["predictions"] = json.loads(
                     Path(c.download_artifacts(run.info.run_id, tracking.PREDICTIONS, tmp)).read_text()
@@ -202,7 +204,7 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
                 {
                     "method": r["method"],
                     "seed": r["seed"],
-                    "run_id": r["run_ids"][-1],
+                    "run_id": r["evaluated"],  # not a later run that only logged an unchanged pruning again
                     **{k: r["metrics"].get(k) for k in (*get_task(task).metrics, *SIZES)},
                 }
                 for r in records

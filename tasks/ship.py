@@ -87,7 +87,7 @@ def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | Non
     if record.done(out, rec):
         shipped = archive.path_of(out)
         manifest = artifact.read_manifest(out) | {"archive": str(shipped), "archive_mb": shipped.stat().st_size / 1e6}
-        done = f"; up to date (key {rec['key'][:12]}): not exported again"
+        done = f"\n  up to date (record {record.path(out)}, key {rec['key'][:12]}): not exported again"
     else:
         manifest = core_export.export(
             source,
@@ -108,7 +108,7 @@ def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | Non
     lines = [f"exported: {manifest['archive']} ({chosen} of {source}, {manifest['archive_mb']:.1f} MB archive){done}"]
     logged = {"export_archive_mb": manifest["archive_mb"]}
     for r in manifest.get("auto", {}).get("candidates", []):
-        beside = f", validation {r['validation_delta_points']:+.2f}" if "validation_delta_points" in r else ""
+        beside = f"; val {r['validation_delta_points']:+.2f}" if "validation_delta_points" in r else ""
         lines.append(
             f"  {r['format']:<9} {r.get('split', 'validation')} {spec.metric} {r[spec.metric]:.4f} "
             f"({r['delta_points']:+.2f} vs float{beside})  "
@@ -142,8 +142,8 @@ def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | Non
         tags={"format": chosen, "source_run": run_id, "archive": manifest["archive"], **shipped},
     )
     lines.append(
-        f"  registered as models:/{task}-compressed@champion (version {version}): this archive ({chosen}), "
-        f"made from run {run_id} (seed {p.experiment.seeds[0]})"
+        f"  registered as models:/{task}-compressed@champion (version {version}): this archive ({chosen})\n"
+        f"  made from run {run_id} (seed {p.experiment.seeds[0]})"
     )
     texts = " ".join(['"a sentence"', '"its pair"'][: len(spec.keys)])
     return "\n".join(lines) + f"\n\n    bertcompress predict --model {manifest['archive']} {texts}   # README: Ship it"

@@ -283,3 +283,27 @@ def test_the_printed_summary_is_brief_and_in_points(grid):
         champion[0].startswith("champion: none")
         or "  registered as models:/mrpc-compressed@champion (version " in message
     )
+
+
+def test_runs_csv_names_the_run_that_evaluated_each_variant(grid, tmp_path):
+    """A later FINISHED run of the same configuration that evaluated nothing (a pruning rerun whose output came out
+    the same, so its evaluation stayed cached: smoke found it) is not the run the report names: runs.csv's run_id,
+    the champion's run, is the one that evaluated it and holds model_dir, what ships."""
+    from bertcompress import params as P
+    from tasks import report, tracking
+
+    with pr.isolated(grid["root"]):
+        client, experiment = tracking.client()
+        before = pd.read_csv(grid["report"] / "runs.csv")
+        evaluated = before[before["method"] == "dense"]["run_id"].iloc[0]
+        tags = client.get_run(evaluated).data.tags
+        keep = {k: tags[k] for k in ("task", "method", "seed", "config")}
+        later = client.create_run(experiment, tags=keep).info.run_id
+        client.set_terminated(later, "FINISHED")
+        report.build("mrpc", P.load(grid["params"]), tmp_path / "again")
+        client.delete_run(later)
+    after = pd.read_csv(tmp_path / "again" / "runs.csv")
+    assert (
+        after[after["method"] == "dense"]["run_id"].tolist() == before[before["method"] == "dense"]["run_id"].tolist()
+    )
+    assert "model_dir" in tags
