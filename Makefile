@@ -17,8 +17,8 @@ setup: $(VENV)/.installed
 # torch first, pinned: its CPU wheel is on disk here; an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[pipeline,test]'
+	$(BIN)/pip install -q --no-compile --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --no-compile --disable-pip-version-check -e '.[pipeline,test]'
 	touch $@
 
 run: setup  # fine-tune, prune, evaluate, report, export the champion and register it (~10 min here, set-up included)
