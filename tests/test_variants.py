@@ -177,7 +177,8 @@ def test_no_import_cycles_and_downward_layers():
 
 def test_the_make_run_preset_is_a_quick_experiment_of_the_embedded_default():
     """`make run` runs the flow on presets/quick.yaml: a valid experiment (every check that needs no data passes)
-    on the packaged model, one seed, no sweep, pruned and int8 variants beside dense."""
+    on the packaged model, one seed, no sweep, dense and a structured cut distilled from it (the export makes the
+    int8 artifact); make smoke's preset is the same kinds on SST-2."""
     from bertcompress import params as P
     from bertcompress.model import preflight
 
@@ -185,5 +186,8 @@ def test_the_make_run_preset_is_a_quick_experiment_of_the_embedded_default():
     p = P.load(pr.REPO / "presets" / "quick.yaml")
     preflight("mrpc", p)
     assert p.model.name == P.load(None).model.name and len(p.experiment.seeds) == 1 and not p.experiment.lr_candidates
-    assert {v.prune.method for v in (p.variant(n, 42) for n in p.variants)} >= {"none", "oneshot", "structured"}
-    assert all(v.quantize for v in p.variants.values())
+    assert {v.prune.method for v in (p.variant(n, 42) for n in p.variants)} == {"none", "structured"}
+    assert p.variant("structured", 42).distill.teacher == "dense"
+    smoke = P.load(pr.REPO / "presets" / "smoke.yaml")
+    preflight("sst2", smoke)
+    assert smoke.experiment.tasks == ["sst2"] and set(smoke.variants) == set(p.variants)
