@@ -84,20 +84,20 @@ def _tracked(step: str, a: dict, rec: dict) -> bool:
     return step not in LOGGED or not a.get("parent") or tracking.has_step(step, rec["key"])
 
 
-def made(step: str, a: dict, make: Callable[[str, dict], object], log: Callable[[str, dict], None] | None = None):
+def made(step: str, a: dict, make: Callable[..., object]):
     """The one way a step runs: make(out, record) unless out already holds this call's record; then the record is
     written beside out with the result (a path, the tokenized splits, an evaluation row), which it returns. An
-    output already made whose MLflow run the store lacks is logged again: log(out, record)."""
+    output already made whose MLflow run the store lacks is logged again: make(out, record, again=True)."""
     rec = plan.step_record(step, a)
     out = plan.out_dir(step, a, rec["key"])
     if record.done(out, rec):
-        if log and not _tracked(step, a, rec):
+        if not _tracked(step, a, rec):  # only the LOGGED steps' make takes `again`
             print(
                 f"{step} {a['task']} {plan.method(a['name'], a.get('mode', 'none'))} s{a['seed']}: made, but not in "
                 f"{tracking.tracking_uri()}: its run logged again from {out}",
                 flush=True,
             )
-            log(out, rec)
+            make(out, rec, again=True)
         return record.read(out).get("result", out)
     result = make(out, rec)
     record.write(out, rec, result)
@@ -179,7 +179,7 @@ def finetune(
             tracking.log_figure(run, figures.history(result["history"]), "plots/history.png")
         return out
 
-    return made("finetune", locals(), make, lambda out, rec: make(out, rec, again=True))
+    return made("finetune", locals(), make)
 
 
 @task(name="prune", task_run_name=_run_name, **CACHED)
@@ -208,7 +208,7 @@ def prune(
             tracking.log_result(run, "prune", result)
         return out
 
-    return made("prune", locals(), make, lambda out, rec: make(out, rec, again=True))
+    return made("prune", locals(), make)
 
 
 @task(name="quantize", task_run_name=_run_name, **CACHED)
@@ -237,7 +237,7 @@ def quantize(
             tracking.log_result(run, "quantize", result)
         return out
 
-    return made("quantize", locals(), make, lambda out, rec: make(out, rec, again=True))
+    return made("quantize", locals(), make)
 
 
 @task(name="evaluate", task_run_name=_run_name, **CACHED)
@@ -290,7 +290,7 @@ def evaluate(
             io.write_json(out, row | {"per_example": per_example})  # what logging the run again reads
         return row
 
-    return made("evaluate", locals(), make, lambda out, rec: make(out, rec, again=True))
+    return made("evaluate", locals(), make)
 
 
 ROW = ("task", "variant", "mode", "method", "seed")  # what evaluate's row adds to the evaluation
