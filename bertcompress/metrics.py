@@ -1,5 +1,5 @@
 """GLUE metrics: accuracy, F1 (MRPC, QQP), Matthews (CoLA) with scikit-learn; Pearson and Spearman (STS-B) with
-scipy. Plus the constant baseline every variant is shown beside: the majority class, or the mean score."""
+scipy; the task's GLUE score (the mean of its metrics for MRPC, QQP and STS-B). Plus the constant baseline every variant is shown beside: the majority class, or the mean score."""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ SCORES = {
 
 
 def compute(task: str, labels, predictions) -> dict[str, float]:
-    """Every GLUE metric of the task, headline first: {'f1': .., 'accuracy': ..} for MRPC, Pearson and Spearman
-    for STS-B."""
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    return {name: SCORES[name](labels, predictions) for name in get_task(task).metrics}
+    """Every GLUE metric of the task, headline first: {'score': .., 'f1': .., 'accuracy': ..} for MRPC (score:
+    GLUE's, their mean), score, Pearson and Spearman for STS-B, {'accuracy': ..} for SST-2."""
+    labels, predictions, spec = np.asarray(labels), np.asarray(predictions), get_task(task)
+    out = {name: SCORES[name](labels, predictions) for name in spec.components}
+    return {"score": float(np.mean(list(out.values())))} | out if spec.averaged else out
 
 
 def headline(task: str, metrics: dict) -> float:

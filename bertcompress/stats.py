@@ -27,6 +27,8 @@ def metric_values(task: str, labels: np.ndarray, preds: np.ndarray, name: str | 
     (tests/test_stats.py)."""
     labels, preds = np.asarray(labels), np.asarray(preds)
     name = name or get_task(task).metric
+    if name == "score":  # GLUE's: the mean of the task's metrics
+        return np.mean([metric_values(task, labels, preds, c) for c in get_task(task).components], axis=0)
     if name == "pearson":
         return _pearson(labels.astype(float), preds.astype(float))
     if name == "spearman":

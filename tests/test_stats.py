@@ -10,13 +10,21 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from bertcompress import stats
 
 
-@pytest.mark.parametrize("task,sk", [("sst2", accuracy_score), ("mrpc", f1_score), ("cola", matthews_corrcoef)])
+def glue_score(y, p):  # MRPC's: the mean of F1 and accuracy
+    return (f1_score(y, p) + accuracy_score(y, p)) / 2
+
+
+@pytest.mark.parametrize(
+    "task,sk", [("sst2", accuracy_score), ("mrpc", glue_score), ("qqp", glue_score), ("cola", matthews_corrcoef)]
+)
 def test_metric_values_equal_scikit_learn(task, sk):
     rng = np.random.default_rng(0)
     labels, preds = rng.integers(0, 2, 300), rng.integers(0, 2, (4, 300))
     preds[3] = 1  # a constant prediction: Matthews is 0 by scikit-learn's convention
     expected = [sk(labels, p) for p in preds]
     assert stats.metric_values(task, labels, preds) == pytest.approx(expected, abs=1e-12)
+    if task == "mrpc":
+        assert stats.metric_values(task, labels, preds, "f1") == pytest.approx([f1_score(labels, p) for p in preds])
 
 
 def test_mean_std_is_the_sample_std():
@@ -48,7 +56,7 @@ def test_pairs_are_by_seed_and_the_statistic_is_their_mean():
     labels = rng.integers(0, 2, 300)
     dense, variant = rng.integers(0, 2, (2, 300)), rng.integers(0, 2, (2, 300))
     ci = stats.paired_bootstrap("mrpc", labels, dense, variant, n_resamples=500)
-    per_seed = [f1_score(labels, v) - f1_score(labels, d) for d, v in zip(dense, variant)]
+    per_seed = [glue_score(labels, v) - glue_score(labels, d) for d, v in zip(dense, variant)]
     assert ci["delta"] == pytest.approx(np.mean(per_seed), abs=1e-12) and ci["low"] < ci["delta"] < ci["high"]
     swapped = stats.paired_bootstrap("mrpc", labels, dense[::-1], variant[::-1], n_resamples=500)
     assert swapped["delta"] == pytest.approx(ci["delta"])
