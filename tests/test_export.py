@@ -82,9 +82,9 @@ def test_artifacts_are_standard_files_with_a_card_and_an_archive(artifacts, vari
         for file, digest in manifest["files"].items():
             assert io.content_hash(folder / file) == digest, file
         v = manifest["validation"]  # evaluated as it ships: the metric with its bootstrap CI over 64 examples
-        assert v["examples"] == 64 and v["ci"]["low"] <= v["f1"] <= v["ci"]["high"]
+        assert v["examples"] == 64 and v["ci"]["low"] <= v["score"] <= v["ci"]["high"]
         card = (folder / "README.md").read_text()
-        assert f"f1 {v['f1']:.4f} (95 % bootstrap CI" in card and "## Load it" in card and "## Provenance" in card
+        assert f"score {v['score']:.4f} (95 % bootstrap CI" in card and "## Load it" in card and "## Provenance" in card
         shipped = archive.path_of(folder)
         assert shipped.is_file()
         from bertcompress.variant import load_variant
@@ -383,7 +383,7 @@ def test_auto_makes_its_folder_and_chooses_on_the_split_it_is_given(variants, ti
     _, preds = loop.predict(variant.load_float(str(variants["dense"]), 2), data, 32)
     dev = tmp_path / "dev.npz"
     np.savez(dev, input_ids=data.input_ids, token_type_ids=data.token_type_ids, offsets=data.offsets, labels=preds)
-    float_validation = metrics.compute("mrpc", data.labels, preds)["f1"]
+    float_validation = metrics.compute("mrpc", data.labels, preds)["score"]
     assert float_validation < 0.9  # else this test could not tell the splits apart
 
     out = tmp_path / "results" / "export" / "mrpc"
@@ -391,10 +391,10 @@ def test_auto_makes_its_folder_and_chooses_on_the_split_it_is_given(variants, ti
         str(variants["dense"]), str(out), "mrpc", "auto", 32, tiny_mrpc["train"], tiny_mrpc["validation"], 1, 1,
         budget=10.0, choose=str(dev),
     )  # fmt: skip
-    assert m["auto"]["chosen_on"] == "dev" and m["auto"]["float_f1"] == 1.0
-    assert m["auto"]["float_validation_f1"] == pytest.approx(float_validation)
+    assert m["auto"]["chosen_on"] == "dev" and m["auto"]["float_score"] == 1.0
+    assert m["auto"]["float_validation_score"] == pytest.approx(float_validation)
     for r in m["auto"]["candidates"]:
-        assert r["within_budget"] == (r["delta_points"] >= -10.0) and r["delta_points"] == 100 * (r["f1"] - 1.0)
-        assert r["validation_delta_points"] == pytest.approx(100 * (r["validation_f1"] - float_validation))
+        assert r["within_budget"] == (r["delta_points"] >= -10.0) and r["delta_points"] == 100 * (r["score"] - 1.0)
+        assert r["validation_delta_points"] == pytest.approx(100 * (r["validation_score"] - float_validation))
     assert (out / "manifest.json").is_file() and (out.parent / "mrpc.tar.zst").is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ["mrpc", "mrpc.tar.zst"]  # no scratch left behind

@@ -73,11 +73,11 @@ def test_the_closing_summary_fits_120_columns_in_points(run):
         cells[0]: cells
         for cells in ([c.strip() for c in line.strip("|").split("|")] for line in printed if line.startswith("| "))
     }
-    assert rows["variant"][2:4] == ["Δ f1 (pts)", "95 % CI (pts)"]
+    assert rows["variant"][2:4] == ["Δ score (pts)", "95 % CI (pts)"]
     row, s = rows["dense+dynamic"], summary.loc["dense+dynamic"]
     assert float(row[2]) == pytest.approx(100 * s["Δ vs dense"], abs=0.005)
     assert row[3] == f"[{100 * s['CI low']:+.2f}, {100 * s['CI high']:+.2f}]"
-    within = s["f1 mean"] >= summary.loc["dense", "f1 mean"] - budget / 100  # tasks/report.py champion()
+    within = s["score mean"] >= summary.loc["dense", "score mean"] - budget / 100  # tasks/report.py champion()
     assert within == (float(row[2]) >= -budget) and rows["dense"][2] == ""  # no Δ of dense against itself
     assert row[4] == f"{s['compact_mb']:.1f}" and rows["dense"][-1] in ("baseline", "collapsed")
-    assert "| method | seeds | f1 mean | f1 std | accuracy mean |" in (run["report"] / "report.md").read_text()
+    assert "| method | seeds | score mean | score std | f1 mean |" in (run["report"] / "report.md").read_text()

@@ -42,7 +42,7 @@ def test_lr_sweep_choice_is_recorded_and_used_by_every_variant(grid):
         runs, parent = runs_of(grid)
     sweep = runs[(runs["tags.method"] == "dense") & (runs["tags.seed"] == "42")]
     scores = dict(zip(sweep["params.finetune.lr"].astype(float), sweep["metrics.f1"]))
-    chooser = dict(zip(sweep["params.finetune.lr"].astype(float), sweep["metrics.dev_f1"]))  # data.dev_fraction
+    chooser = dict(zip(sweep["params.finetune.lr"].astype(float), sweep["metrics.dev_score"]))  # data.dev_fraction
     assert sorted(scores) == [2e-5, 5e-5] and all(0 <= v <= 1 for v in chooser.values())
     from bertcompress import glue
 
@@ -57,7 +57,7 @@ def test_lr_sweep_choice_is_recorded_and_used_by_every_variant(grid):
     others = runs[~((runs["tags.method"] == "dense") & (runs["tags.seed"] == "42"))]
     assert set(others["params.finetune.lr"].astype(float)) == {chosen} and len(others) == 4 * 2 - 1
     table = json.loads((grid["report"] / "tables.json").read_text())["lr_sweep"]
-    assert [(r["lr"], r["dense f1"], r["dense dev f1"], r["chosen"]) for r in table] == [
+    assert [(r["lr"], r["dense f1"], r["dense dev score"], r["chosen"]) for r in table] == [
         (lr, scores[lr], chooser[lr], "yes" if lr == chosen else "") for lr in (2e-5, 5e-5)
     ]
     report = (grid["report"] / "report.md").read_text()
@@ -72,8 +72,8 @@ def test_summary_equals_mlflow_search_runs(grid):
     assert list(summary.index) == ["majority class (constant)", *METHODS]
     constant = summary.loc["majority class (constant)"]
     labels = runs.iloc[0]  # the validation slice's majority class, scored as every run's baseline_* metric
-    assert (constant["f1 mean"], constant["accuracy mean"], constant["verdict"]) == (
-        labels["metrics.baseline_f1"],
+    assert (constant["score mean"], constant["accuracy mean"], constant["verdict"]) == (
+        labels["metrics.baseline_score"],
         labels["metrics.baseline_accuracy"],
         "baseline",
     )
@@ -170,7 +170,7 @@ def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
 
     summary = pd.read_csv(grid["report"] / "summary.csv", index_col="method").drop("majority class (constant)")
     ok = summary[
-        (summary["dev f1 mean"] >= summary.loc["dense", "dev f1 mean"] - 0.01)
+        (summary["dev score mean"] >= summary.loc["dense", "dev score mean"] - 0.01)
         & ~summary["verdict"].str.startswith("collapsed")
     ]
     with pr.isolated(grid["root"]):
@@ -227,7 +227,7 @@ def test_the_champion_is_exported_and_the_prefect_ui_shows_the_summary(grid):
             assert manifest["source"] == str((grid["root"] / source).resolve())
             shipped = grid["root"] / "results" / "export" / "mrpc.tar.zst"
             assert f"exported: results/export/mrpc.tar.zst ({manifest['format']} of" in summary
-            assert "as shipped, on validation f1 " in summary and " ms (1 threads, length " in summary
+            assert "as shipped, on validation score " in summary and " ms (1 threads, length " in summary
             assert summary.count("<- shipped") == 1  # every candidate's line, the one shipped marked
             logged = client.get_run(runs_of(grid)[1]["run_id"]).data.metrics
             assert logged["export_batch1_ms"] > 0 and logged["export_archive_mb"] == pytest.approx(
@@ -269,15 +269,15 @@ def test_the_printed_summary_is_brief_and_in_points(grid):
     summary = pd.read_csv(grid["report"] / "summary.csv", index_col="method")
     budget = P.load(grid["params"]).experiment.champion_budget
     rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines if line[:2] == "| ")}
-    assert rows["variant"][1:4] == ["f1 (mean ± std)", "Δ f1 (pts)", "95 % CI (pts)"]
+    assert rows["variant"][1:4] == ["score (mean ± std)", "Δ score (pts)", "95 % CI (pts)"]
     for method in METHODS[1:]:
         row, s = rows[method], summary.loc[method]
-        assert row[1] == f"{s['f1 mean']:.4f} ± {s['f1 std']:.4f}"
+        assert row[1] == f"{s['score mean']:.4f} ± {s['score std']:.4f}"
         assert row[2] == f"{100 * s['Δ vs dense']:+.2f}"
         assert row[3] == f"[{100 * s['CI low']:+.2f}, {100 * s['CI high']:+.2f}]"
-        floor = summary.loc["dense", "f1 mean"] - budget / 100  # tasks/report.py champion()
+        floor = summary.loc["dense", "score mean"] - budget / 100  # tasks/report.py champion()
         if abs(100 * s["Δ vs dense"] + budget) > 0.01:  # not on the edge, where rounding decides
-            assert (s["f1 mean"] >= floor) == (float(row[2]) >= -budget), method
+            assert (s["score mean"] >= floor) == (float(row[2]) >= -budget), method
     champion = [line for line in lines if line.startswith("champion: ")]
     assert len(champion) == 1 and (
         champion[0].startswith("champion: none")
