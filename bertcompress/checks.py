@@ -17,6 +17,7 @@ PRUNE_METHODS = ("none", "gradual", "oneshot", "structured")
 CRITERIA = ("magnitude", "movement", "first_order")
 QUANTIZE_MODES = ("none", "dynamic", "dynamic_emb", "fp16", "bf16", "static", "qat")
 CHOOSE_ON = ("auto", "dev", "validation")  # experiment.choose_on
+OBJECTIVES = ("latency", "size")  # experiment.objective: what the champion is best at, within the budget
 RESERVED = ("pretrained", "sweep", "flow", "bench", "eval")  # folders beside the variants' under outputs/
 
 
@@ -262,6 +263,8 @@ def _validate_experiment(p) -> None:
         )
     if not 0 <= e.champion_budget <= 100:
         raise UserError(f"experiment.champion_budget must be in [0, 100] metric points, got {e.champion_budget}")
+    if e.objective not in OBJECTIVES:
+        raise UserError(f"experiment.objective '{e.objective}' is unknown; choose one of: {', '.join(OBJECTIVES)}")
     if e.bootstrap_samples < 100:
         raise UserError(f"experiment.bootstrap_samples must be >= 100, got {e.bootstrap_samples}; 2000 is usual")
     if e.baseline not in p.variants:

@@ -59,7 +59,9 @@ class Task:
 TASKS = {
     "cola": Task(("sentence",), 2, ("matthews", "accuracy"), names=("unacceptable", "acceptable")),
     "sst2": Task(("sentence",), 2, ("accuracy",), names=("negative", "positive")),
-    "mrpc": Task(("sentence1", "sentence2"), 2, ("f1", "accuracy"), names=("not_equivalent", "equivalent"), averaged=True),
+    "mrpc": Task(
+        ("sentence1", "sentence2"), 2, ("f1", "accuracy"), names=("not_equivalent", "equivalent"), averaged=True
+    ),
     "stsb": Task(("sentence1", "sentence2"), 1, ("pearson", "spearman"), (0.0, 5.0), averaged=True),
     "rte": Task(("sentence1", "sentence2"), 2, ("accuracy",), names=("entailment", "not_entailment")),
     "wnli": Task(("sentence1", "sentence2"), 2, ("accuracy",), names=("not_entailment", "entailment")),

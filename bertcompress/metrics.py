@@ -1,5 +1,6 @@
 """GLUE metrics: accuracy, F1 (MRPC, QQP), Matthews (CoLA) with scikit-learn; Pearson and Spearman (STS-B) with
-scipy; the task's GLUE score (the mean of its metrics for MRPC, QQP and STS-B). Plus the constant baseline every variant is shown beside: the majority class, or the mean score."""
+scipy; the task's GLUE score (the mean of its metrics for MRPC, QQP and STS-B). Plus the constant baseline
+every variant is shown beside: the majority class, or the mean score."""
 
 from __future__ import annotations
 

@@ -122,6 +122,7 @@ class Experiment:
     lr_candidates: list[float]
     bootstrap_samples: int
     champion_budget: float
+    objective: str
     choose_on: str
 
 

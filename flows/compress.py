@@ -61,7 +61,7 @@ def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
     """The params, and every check before work (task, ranges, keys the experiment sets per run, model config, a
     dev split that empties no class, writable outputs)."""
     p = P.load(params_file, overrides)
-    plan.refuse_per_run_keys(p)
+    plan.refuse(p)
     preflight(task, p)
     check_dev(task, p)
     for where in ("data", "outputs", "results"):

@@ -1,6 +1,7 @@
 """The report's figures: the seed's Figures 4–7 (loss and accuracy, or correlation, per epoch per fine-tuned
-variant), the task metric vs the achieved sparsity, and the metric vs compressed size with its Pareto front;
-the constant predictor's score (majority class; STS-B: mean score) is a dashed line on each. Drawn by
+variant), the task metric vs the achieved sparsity, and the metric vs compressed size and vs CPU latency with
+their Pareto fronts and the champion marked; the constant predictor's score (majority class; STS-B: mean
+score) is a dashed line on each. Drawn by
 tasks/report.py.
 """
 
@@ -15,8 +16,10 @@ from bertcompress.glue import get_task
 from .tables import constant_name, epoch_keys
 
 
-def draw(task: str, records: list[dict], summary: pd.DataFrame, methods: list[str], folder: Path) -> list[str]:
-    """The three figures, as PNG files in folder; their names."""
+def draw(
+    task: str, records: list[dict], summary: pd.DataFrame, methods: list[str], folder: Path, champion: str | None = None
+) -> list[str]:
+    """The three figures, as PNG files in folder; their names. champion: the method marked on the fronts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,27 +65,32 @@ def draw(task: str, records: list[dict], summary: pd.DataFrame, methods: list[st
     ax.legend()
     names.append(_save(fig, folder / f"{task}-metric-vs-sparsity.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for _, row in s.iterrows():
-        style = "s" if row["method"] == methods[0] else ("^" if "+" in row["method"] else "o")
-        ax.errorbar(row["compressed_mb"], row[f"{metric} mean"], yerr=row[f"{metric} std"], fmt=style, capsize=3)
-        ax.annotate(
-            row["method"],
-            (row["compressed_mb"], row[f"{metric} mean"]),
-            fontsize=8,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    front = s.sort_values("compressed_mb")
-    front = front[front[f"{metric} mean"] >= front[f"{metric} mean"].cummax()]  # nothing smaller scores higher
-    ax.plot(front["compressed_mb"], front[f"{metric} mean"], "k--x", lw=1, label="Pareto front")
-    ax.axhline(constant[f"{metric} mean"], ls="--", c="grey", lw=1, label=constant_name(task))
-    ax.set(
-        xlabel="compressed size, MB (zstd of the state_dict)",
-        ylabel=f"validation {metric}",
-        title=f"{task}: {metric} vs size (■ dense, ▲ quantized)",
-    )
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)  # the fronts the objective chooses on
+    for ax, (x, xlabel) in zip(
+        axes,
+        (
+            ("compressed_mb", "compressed size, MB (zstd of the state_dict)"),
+            ("latency b8 ms", "CPU latency at batch 8, ms (as evaluated)"),
+        ),
+    ):
+        for _, row in s.iterrows():
+            style = "s" if row["method"] == methods[0] else ("^" if "+" in row["method"] else "o")
+            ax.errorbar(row[x], row[f"{metric} mean"], yerr=row[f"{metric} std"], fmt=style, capsize=3)
+            ax.annotate(
+                row["method"], (row[x], row[f"{metric} mean"]), fontsize=8, xytext=(3, 3), textcoords="offset points"
+            )
+        front = s.dropna(subset=[x]).sort_values(x)
+        front = front[
+            front[f"{metric} mean"] >= front[f"{metric} mean"].cummax()
+        ]  # nothing smaller/faster scores higher
+        ax.plot(front[x], front[f"{metric} mean"], "k--x", lw=1, label="Pareto front")
+        if champion in set(s["method"]):
+            c = s.set_index("method").loc[champion]
+            ax.plot(c[x], c[f"{metric} mean"], "*", ms=16, mfc="none", mec="red", label=f"champion ({champion})")
+        ax.axhline(constant[f"{metric} mean"], ls="--", c="grey", lw=1, label=constant_name(task))
+        ax.set(xlabel=xlabel, ylabel=f"validation {metric}")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{task}: {metric} vs size and vs latency (■ dense, ▲ quantized, ☆ champion)")
     names.append(_save(fig, folder / f"{task}-pareto.png"))
     return names
 

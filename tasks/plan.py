@@ -176,6 +176,17 @@ def out_dir(step: str, a: dict, key: str) -> str:
     return str(FLOW_OUTPUTS / a["task"] / f"{label}-{key[:12]}")
 
 
+def refuse(p: Params) -> None:
+    """What the experiment cannot run, refused before any work (one line naming the fix): per-run keys set
+    elsewhere (`refuse_per_run_keys`), a latency objective with no latency measured."""
+    refuse_per_run_keys(p)
+    if p.experiment.objective == "latency" and not p.evaluate.latency_runs:
+        raise UserError(
+            "experiment.objective=latency ranks variants by the CPU latency evaluate measures, but "
+            "evaluate.latency_runs is 0; set evaluate.latency_runs=20, or experiment.objective=size"
+        )
+
+
 def refuse_per_run_keys(p: Params) -> None:
     """The experiment sets prune.method, distill.teacher, quantize.mode and finetune.seed per run: a value given
     for them anywhere else would be accepted and change nothing, so it is refused (one line naming the fix)."""
@@ -270,6 +281,7 @@ def dvc_plan(p: Params) -> dict[str, dict]:
         "baseline": e.baseline,
         "bootstrap_samples": e.bootstrap_samples,
         "champion_budget": e.champion_budget,
+        "objective": e.objective,
         "variants": list(p.variants),
     }
     return files

@@ -122,20 +122,47 @@ def choosable(task: str, p: P.Params, metrics: dict) -> bool:
     return (f"dev_{name}" if P.choice_split(p) == "dev" else name) in metrics
 
 
-def champion(task: str, p: P.Params, folder: str | Path) -> tuple[str, str] | None:
-    """(method, run id of its first seed) of the smallest variant (compressed size) whose headline metric on the
-    choice split (dev when the run has one: P.choice_split) is within experiment.champion_budget points of the
-    baseline's on it, and that did not collapse; None if none is."""
+# experiment.objective: the summary column the champion minimises (ties: the next), and how the report says so
+OBJECTIVES = {
+    "latency": (("latency b8 ms", "latency b1 ms", "compressed_mb"), "the fastest at batch 8 on this CPU"),
+    "size": (("compressed_mb", "latency b8 ms"), "the smallest (compressed MB)"),
+}
+
+
+def choose(task: str, p: P.Params, summary: pd.DataFrame) -> str | None:
+    """The champion's method: of the variants whose headline metric on the choice split (dev when the run has one:
+    P.choice_split) is within experiment.champion_budget points of the baseline's on it and that did not collapse,
+    the best at experiment.objective (latency: the least batch-8 CPU latency as evaluated; size: the least
+    compressed_mb); None if none is within."""
     e, metric = p.experiment, get_task(task).metric
     column = f"{'dev ' if P.choice_split(p) == 'dev' else ''}{metric} mean"
-    s = pd.read_csv(Path(folder) / "summary.csv", index_col="method")
-    s = s[s["verdict"] != "baseline"]
+    s = summary[summary["verdict"] != "baseline"]
     floor = s.loc[e.baseline, column] - e.champion_budget / 100
     ok = s[(s[column] >= floor) & ~s["verdict"].str.startswith("collapsed")]
     if ok.empty:
         return None
-    method = ok["compressed_mb"].idxmin()
+    keys = list(OBJECTIVES[e.objective][0])
+    return ok.sort_values(keys, kind="stable", na_position="last").index[0]
+
+
+def rule(task: str, p: P.Params) -> tuple[str, str]:
+    """The champion's rule in words: ('objective latency: the fastest at batch 8 on this CPU', 'within 1 point of
+    dense's score on dev')."""
+    e = p.experiment
+    return (
+        f"objective {e.objective}: {OBJECTIVES[e.objective][1]}",
+        f"within {e.champion_budget:g} point{'s' * (e.champion_budget != 1)} of {e.baseline}'s "
+        f"{get_task(task).metric} on {P.choice_split(p)}",
+    )
+
+
+def champion(task: str, p: P.Params, folder: str | Path) -> tuple[str, str] | None:
+    """(method, run id of its first seed) of the champion (`choose`) of the report in folder; None if none."""
+    method = choose(task, p, pd.read_csv(Path(folder) / "summary.csv", index_col="method"))
+    if method is None:
+        return None
     runs = pd.read_csv(Path(folder) / "runs.csv")
+    e = p.experiment
     return method, runs[(runs["method"] == method) & (runs["seed"] == e.seeds[0])]["run_id"].iloc[0]
 
 
@@ -198,7 +225,8 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
     )
     with io.atomic_dir(out) as tmp:
         (tmp / "figures").mkdir()
-        names = figures.draw(task, records, summary, methods, tmp / "figures")
+        best = choose(task, p, summary)
+        names = figures.draw(task, records, summary, methods, tmp / "figures", best)
         per_run = pd.DataFrame(
             [
                 {
@@ -243,6 +271,9 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
             summary_markdown(tmp),
             "",
             *words(task, summary, e.baseline),
+            "",
+            f"**Champion: {best or 'none'}** — {' '.join(rule(task, p))}, not collapsed "
+            "(experiment.objective, experiment.champion_budget; tasks/ship.py exports and registers it).",
             "",
         ]
         for m, table in epochs.items():

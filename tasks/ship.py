@@ -2,8 +2,9 @@
 
     python -m flows.compress --task mrpc      # its report task ends here (tasks/steps.py), as DVC's report stage does
 
-The champion is the smallest variant within experiment.champion_budget points of the baseline's headline
-metric that did not collapse (tasks/report.py `champion`). It is exported to results/export/<task> (and
+The champion is the variant best at experiment.objective (latency: the fastest on this CPU; size: the smallest)
+of those within experiment.champion_budget points of the baseline's GLUE score that did not collapse
+(tasks/report.py `choose`). It is exported to results/export/<task> (and
 <task>.tar.zst) by `export --format auto` (each format timed here and checked on the choice split against the
 float model on that split; the fastest within the same budget ships), unless that folder already holds the
 export's record (results/export/<task>.step.json: the same model, data, params and code): then it is not
@@ -21,7 +22,7 @@ from bertcompress.params import QUANTIZE_MODES, Params, choice_split
 
 from . import tracking
 from .report import build as build_report
-from .report import champion, summary_text
+from .report import champion, rule, summary_text
 
 EXPORTS = Path("results/export")  # the champion's artifact, per task: what ships
 
@@ -32,17 +33,13 @@ def publish(task: str, p: Params, parent: str | None = None, data: dict | None =
     report): the flow's report task and DVC's report stage both end here. Writes results/report/<task>/summary.md,
     the summary and the champion's lines, as printed."""
     path = build_report(task, p, parent=parent)
-    e, metric = p.experiment, glue.get_task(task).metric
-    rule = (
-        f"within {e.champion_budget:g} point{'s' * (e.champion_budget != 1)} of {e.baseline}'s {metric} "
-        f"on {choice_split(p)}"
-    )
+    best_at, within = rule(task, p)
     blocks = [f"## {task}: compression summary", summary_text(path.parent)]
     if best := champion(task, p, path.parent):
-        blocks.append(f"champion: {best[0]}: the smallest variant (compressed_mb) {rule}, not collapsed")
+        blocks.append(f"champion: {best[0]} ({best_at}\n  of the variants {within} that did not collapse)")
         blocks.append(ship(task, p, best[1], data, parent))
     else:
-        blocks.append(f"champion: none — no variant {rule} that did not collapse; nothing registered or exported")
+        blocks.append(f"champion: none — no variant {within} that did not collapse; nothing registered or exported")
     text = "\n\n".join(blocks)
     with io.atomic_file(path.with_name("summary.md")) as tmp:
         tmp.write_text(text + "\n")

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()  # SIGINT/SIGTERM (dvc passes Ctrl-C on): the step stops, its MLflow run ends KILLED
     try:
         p = P.load(args.params)
-        plan.refuse_per_run_keys(p)  # `dvc exp run -S prune.method=...` would change nothing: refused
+        plan.refuse(p)  # `dvc exp run -S prune.method=...` would change nothing: refused
         for task in p.experiment.tasks:
             preflight(task, p)
             check_dev(task, p)

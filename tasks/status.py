@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         p = P.load(args.params, args.overrides)
-        plan.refuse_per_run_keys(p)
+        plan.refuse(p)
         from bertcompress.glue import get_task
 
         get_task(args.task)

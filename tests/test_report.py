@@ -162,8 +162,9 @@ def test_cli_rebuilds_the_same_summary_and_names_a_missing_variant(grid, capsys)
 
 
 def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
-    """The flow ships the smallest non-collapsed variant within experiment.champion_budget (1 point) of dense's F1
-    on the dev split (choices read dev) and registers what ships, its archive, as mrpc-compressed@champion (tagged
+    """The flow ships the fastest (experiment.objective: latency) non-collapsed variant within
+    experiment.champion_budget (1 point) of dense's score on the dev split (choices read dev) and registers what
+    ships, its archive, as mrpc-compressed@champion (tagged
     with the variant's run): it loads from MLflow and predicts."""
     import mlflow
     from tasks import tracking
@@ -179,7 +180,7 @@ def test_the_champion_alias_points_at_the_budget_rules_pick(grid):
             assert client.search_registered_models() == []
             return
         runs = pd.read_csv(grid["report"] / "runs.csv")
-        method = ok["compressed_mb"].idxmin()
+        method = ok["latency b8 ms"].idxmin()
         expected = runs[(runs["method"] == method) & (runs["seed"] == 42)]["run_id"].iloc[0]
         version = client.get_model_version_by_alias("mrpc-compressed", "champion")
         assert version.tags["source_run"] == expected and version.tags["archive"] == "results/export/mrpc.tar.zst"
@@ -283,6 +284,40 @@ def test_the_printed_summary_is_brief_and_in_points(grid):
         champion[0].startswith("champion: none")
         or "  registered as models:/mrpc-compressed@champion (version " in message
     )
+
+
+def test_the_objective_chooses_the_champion_among_the_variants_within_budget():
+    """A hand-made summary: unstructured sparsity is the smallest file but no faster, structure the fastest; one
+    variant is out of budget, one collapsed. objective=latency ships the structured cut, objective=size the sparse
+    one; neither picks what is out of budget or collapsed, however small or fast."""
+    from bertcompress import params as P
+    from tasks.report import choose, rule
+
+    rows = [  # method, dev score, verdict, compressed MB, b1 ms, b8 ms
+        ("majority class (constant)", 0.70, "baseline", np.nan, np.nan, np.nan),
+        ("dense", 0.850, "—", 80.0, 12.0, 100.0),
+        ("sparse90", 0.845, "within noise", 20.0, 12.0, 99.0),
+        ("structured", 0.842, "within noise", 30.0, 4.0, 30.0),
+        ("tiny", 0.80, "worse", 5.0, 1.0, 8.0),  # 5 points under: out of a 1-point budget
+        ("collapsed", 0.849, "collapsed to the majority class", 4.0, 1.0, 7.0),
+    ]
+    cols = ["method", "dev score mean", "verdict", "compressed_mb", "latency b1 ms", "latency b8 ms"]
+    summary = pd.DataFrame(rows, columns=cols).set_index("method")
+    p = P.defaults()
+    assert p.experiment.objective == "latency" and choose("mrpc", p, summary) == "structured"
+    assert choose("mrpc", p.replace({"experiment.objective": "size"}), summary) == "sparse90"
+    assert choose("mrpc", p.replace({"experiment.champion_budget": 0.6}), summary) == "sparse90"
+    assert choose("mrpc", p.replace({"experiment.champion_budget": 0.0}), summary) == "dense"
+    assert rule("mrpc", p) == (
+        "objective latency: the fastest at batch 8 on this CPU",
+        "within 1 point of dense's score on dev",
+    )
+    with pytest.raises(P.UserError, match="experiment.objective 'speed' is unknown; choose one of: latency, size"):
+        P.load(None, ["experiment.objective=speed"])
+    from tasks.plan import refuse
+
+    with pytest.raises(P.UserError, match="set evaluate.latency_runs=20, or experiment.objective=size"):
+        refuse(P.load(None, ["evaluate.latency_runs=0"]))
 
 
 def test_runs_csv_names_the_run_that_evaluated_each_variant(grid, tmp_path):
