@@ -255,7 +255,7 @@ def main(argv=None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(args.out).resolve() / 'mlflow.db'}")
     try:
-        p = P.load(args.params, args.overrides)
+        p = P.load(args.params, args.overrides).for_task(args.task)
         core_model.preflight(args.task, p)
         e = p.experiment
         if len(e.seeds) != 1 or e.lr_candidates:  # one seed at finetune.lr: params.yaml's own table runs as is

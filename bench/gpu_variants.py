@@ -32,7 +32,7 @@ def pack(args) -> None:
     from bertcompress.finetune import finetune
     from bertcompress.tokenize import prepared
 
-    p = P.load(args.params, [f"model.name={args.model}", f"data.source={args.glue_dir}", *args.set])
+    p = P.load(args.params, [f"model.name={args.model}", f"data.source={args.glue_dir}", *args.set]).for_task(args.task)
     data, root = prepared(args.task, p, "/tmp/gv/glue", "/tmp/gv/tok"), Path("/tmp/gv/models")
     folders = {}
     for name in args.variants:

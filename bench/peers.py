@@ -56,7 +56,7 @@ def gpu(args) -> None:
     from bertcompress.tokenize import prepared
     from tasks import plan
 
-    p = P.load("params.yaml", [f"model.name={args.model}", f"data.source={args.glue_dir}", *args.set])
+    p = P.load("params.yaml", [f"model.name={args.model}", f"data.source={args.glue_dir}", *args.set]).for_task(TASK)
     data, root, seed = prepared(TASK, p, "/tmp/pe/glue", "/tmp/pe/tok"), Path("/tmp/pe/models"), p.experiment.seeds[0]
     scores, log, t0 = (
         {},

@@ -84,27 +84,42 @@ def variant_table(table, source: str, hints: dict, make) -> dict:
         if not isinstance(entry, dict) or "from" not in entry:
             raise UserError(f"{where}: give at least `from: pretrained` (fine-tune) or `from: <variant>` (prune it)")
         entry = dict(entry)
-        src, modes = entry.pop("from"), entry.pop("quantize", []) or []
+        src, modes, per_task = entry.pop("from"), entry.pop("quantize", []) or [], entry.pop("tasks", None) or {}
         if src != "pretrained" and src not in out:
             raise UserError(
                 f"{where}: from '{src}' is not a variant listed above it; list '{src}' first, or use from: pretrained"
             )
         if not isinstance(modes, list) or any(m not in QUANTIZE_MODES[1:] for m in modes):
             raise UserError(f"{where}.quantize: expected a list of {', '.join(QUANTIZE_MODES[1:])}, got {modes!r}")
-        for section, values in entry.items():
-            if section not in hints:
-                raise UserError(f"{where}: " + str(unknown("override section", section, list(hints))))
-            if not isinstance(values, dict):
-                raise UserError(f"{where}.{section}: expected a mapping of {section} keys, got {values!r}")
-            known = hints[section]
-            for key, value in values.items():
-                if key not in known:
-                    raise UserError(
-                        f"{where}: " + str(unknown("key", f"{section}.{key}", [f"{section}.{k}" for k in known]))
-                    )
-                values[key] = check_type(f"{where}.{section}.{key}", value, known[key])
-        out[name] = make(name, src, copy.deepcopy(entry), tuple(modes))
+        _overrides(where, entry, hints)
+        if not isinstance(per_task, dict):
+            raise UserError(
+                f"{where}.tasks: expected a mapping of task: overrides, e.g. "
+                "{sst2: {prune: {recovery_steps: 7580}}}"
+            )
+        per_task = {
+            task: dict(o or {}) for task, o in per_task.items()
+        }  # `mrpc: {}`: the entry's values are its recipe
+        for task, o in per_task.items():
+            _overrides(f"{where}.tasks.{task}", o, hints)
+        out[name] = make(name, src, copy.deepcopy(entry), tuple(modes), copy.deepcopy(per_task))
     return out
+
+
+def _overrides(where: str, entry: dict, hints: dict) -> None:
+    """A variant's {section: {key: value}} overrides checked (values typed in place)."""
+    for section, values in entry.items():
+        if section not in hints:
+            raise UserError(f"{where}: " + str(unknown("override section", section, [*hints, "tasks"])))
+        if not isinstance(values, dict):
+            raise UserError(f"{where}.{section}: expected a mapping of {section} keys, got {values!r}")
+        known = hints[section]
+        for key, value in values.items():
+            if key not in known:
+                raise UserError(
+                    f"{where}: " + str(unknown("key", f"{section}.{key}", [f"{section}.{k}" for k in known]))
+                )
+            values[key] = check_type(f"{where}.{section}.{key}", value, known[key])
 
 
 def validate(p, table: bool = True) -> None:
@@ -271,6 +286,15 @@ def _validate_experiment(p) -> None:
         raise UserError(
             f"experiment.baseline '{e.baseline}' is not in the variant table; choose one of: {', '.join(p.variants)}"
         )
+    if any(
+        v.tasks and v.task is None for v in p.variants.values()
+    ):  # every task's recipe checked now, and the entries' own values
+        for task in sorted({t for v in p.variants.values() for t in v.tasks}) + [""]:
+            try:
+                p.for_task(task)  # checks the resolved table (this function again, on a table without recipes)
+            except UserError as err:
+                raise UserError(f"{f'the {task} recipe' if task else 'the variant table'}: {err}") from None
+        return
     for v in p.variants.values():
         if "seed" in v.overrides.get("finetune", {}):
             raise UserError(f"variants.{v.name} sets finetune.seed, which experiment.seeds decides; remove it")

@@ -129,12 +129,15 @@ class Experiment:
 @dataclass(frozen=True)
 class Variant:
     """One entry of the variant table: made from `source` (pretrained, or another variant) with the params
-    overrides `overrides` ({section: {key: value}}), then quantized in each of `quantize`."""
+    overrides `overrides` ({section: {key: value}}), then quantized in each of `quantize`. `tasks`: per-task
+    recipes ({task: overrides}) laid over `overrides` for that task by Params.for_task."""
 
     name: str
     source: str
     overrides: dict
     quantize: tuple[str, ...]
+    tasks: dict = dataclasses.field(default_factory=dict)
+    task: str | None = None  # the task Params.for_task resolved `overrides` for (None: not resolved)
 
     @property
     def finetuned(self) -> bool:
@@ -179,9 +182,33 @@ class Params:
         out = {s: copy.deepcopy(vars(getattr(self, s))) for s in SECTIONS}
         out["variants"] = {
             v.name: {"from": v.source, **copy.deepcopy(v.overrides), "quantize": list(v.quantize)}
+            | ({"tasks": copy.deepcopy(v.tasks)} if v.tasks and v.task is None else {})
             for v in self.variants.values()
         }
         return out
+
+    def for_task(self, task: str) -> Params:
+        """The experiment as one task runs it: each variant's recipe for the task (`tasks.<task>` of its entry) laid
+        over the entry's own values, key by key; a task the entry has no recipe for runs the entry's values. A
+        recipe's key wins over the entry's (a table resolved for the task is returned as is): `-S variants.structured.prune.recovery_steps=100` changes the entry,
+        `-S variants.structured.tasks.sst2.prune.recovery_steps=100` SST-2's recipe. A baseline whose recipe sets
+        its own finetune.lr has no lr sweep (experiment.lr_candidates read as [])."""
+        resolved = {v.task for v in self.variants.values()} - {None}
+        if resolved == {task}:
+            return self
+        if resolved:
+            raise RuntimeError(f"the variant table is resolved for {resolved.pop()}, not {task}")
+        variants = {}
+        for name, v in self.variants.items():
+            overrides = copy.deepcopy(v.overrides)
+            for section, values in v.tasks.get(task, {}).items():
+                overrides.setdefault(section, {}).update(values)
+            variants[name] = dataclasses.replace(v, overrides=overrides, task=task)
+        p = dataclasses.replace(self, variants=variants)
+        if "lr" in variants[self.experiment.baseline].overrides.get("finetune", {}):  # its own lr: nothing to sweep
+            p = dataclasses.replace(p, experiment=dataclasses.replace(p.experiment, lr_candidates=[]))
+        validate(p)
+        return p
 
     def replace(self, changes: dict) -> Params:
         """A checked copy with {'section.key': value} changes (typed and range-checked like params.yaml)."""
@@ -201,6 +228,8 @@ class Params:
         and the mode. A variant's prune.method and distill.teacher are its entry's (none when it names none), not
         the section's, which are the CLI's."""
         v = self.variants[name]
+        if v.tasks and v.task is None:  # the recipe of which task? Params.for_task(task) says
+            raise RuntimeError(f"variant {name} has per-task recipes: resolve the table with p.for_task(task) first")
         changes = {"prune.method": "none", "distill.teacher": None}
         changes |= {f"{s}.{k}": val for s, kv in v.overrides.items() for k, val in kv.items()}
         changes |= {"finetune.seed": seed, "quantize.mode": mode}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertcompress import evaluate, finetune, glue, model, prune, quantize, record, tokenize
-from bertcompress.params import PRETRAINED, Params, UserError, choice_split
+from bertcompress.params import PRETRAINED, Params, UserError, choice_split, unknown
 
 MODULES = {
     "download": glue,
@@ -85,6 +85,7 @@ def _data(task: str) -> list[Run]:
 
 def sweep(p: Params, task: str) -> list[Run]:
     """The lr sweep: the baseline (first seed) fine-tuned and evaluated at each candidate lr."""
+    p = p.for_task(task)
     e, out = p.experiment, []
     for lr in e.lr_candidates:
         made = Run("finetune", task, e.baseline, e.seeds[0], source=f"pretrained {task}", lr=lr)
@@ -94,6 +95,7 @@ def sweep(p: Params, task: str) -> list[Run]:
 
 def runs(p: Params, task: str) -> list[Run]:
     """Every run of the experiment on one task, each after the runs it needs (p: with the lr the sweep chose)."""
+    p = p.for_task(task)
     out = _data(task)
     for seed in p.experiment.seeds:
         made = {}
@@ -180,11 +182,29 @@ def refuse(p: Params) -> None:
     """What the experiment cannot run, refused before any work (one line naming the fix): per-run keys set
     elsewhere (`refuse_per_run_keys`), a latency objective with no latency measured."""
     refuse_per_run_keys(p)
+    for name, v in p.variants.items():
+        for task in v.tasks:
+            if task not in glue.TASKS:
+                raise UserError(f"variants.{name}.tasks: " + str(unknown("task", task, list(glue.TASKS))))
     if p.experiment.objective == "latency" and not p.evaluate.latency_runs:
         raise UserError(
             "experiment.objective=latency ranks variants by the CPU latency evaluate measures, but "
             "evaluate.latency_runs is 0; set evaluate.latency_runs=20, or experiment.objective=size"
         )
+
+
+def recipes(p: Params, task: str) -> str:
+    """One line on the per-task recipes the resolved table (Params.for_task) runs for the task: which variants run
+    the task's own recipe and which have none studied for it (they run their entry's values); '' when the table
+    has no per-task recipes (a preset's)."""
+    own = [n for n, v in p.variants.items() if task in v.tasks]
+    none = [n for n, v in p.variants.items() if v.tasks and task not in v.tasks]
+    said = [f"own: {', '.join(own)}"] if own else []
+    if none:
+        base = set.intersection(*({t for t, o in p.variants[n].tasks.items() if not o} for n in none))
+        whose = f", {'/'.join(sorted(base))}'s recipe" if base else ""
+        said.append(f"none studied: {', '.join(none)} (the table's values{whose})")
+    return f"recipes ({task}): " + "; ".join(said) if said else ""
 
 
 def refuse_per_run_keys(p: Params) -> None:
@@ -218,13 +238,14 @@ def configured(p: Params, name: str, seed: int, mode: str = "none") -> list[tupl
 
 def digest(task: str, p: Params, name: str, seed: int, mode: str = "none") -> str:
     """Names one variant's exact configuration: the MLflow tag `config` that the report finds its runs by."""
-    config = {"task": task, "seed": seed, "steps": configured(p, name, seed, mode)}
+    config = {"task": task, "seed": seed, "steps": configured(p.for_task(task), name, seed, mode)}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def logged(task: str, p: Params, name: str, seed: int, mode: str = "none") -> dict[str, str]:
     """The params a variant's MLflow run shows: the leaf params of its chain (the variant's own value where a
     step it is made from read another), its task, variant and source."""
+    p = p.for_task(task)
     flat = {k: v for _, r in configured(p, name, seed, mode) for k, v in r.items()}
     flat |= {"quantize.mode": mode, "prune.method": p.variant(name, seed).prune.method}
     return {"task": task, "variant": name, "from": p.variants[name].source} | {k: str(v) for k, v in flat.items()}
@@ -255,24 +276,30 @@ def best_lr(scores: dict[float, float]) -> float:
 
 def dvc_plan(p: Params) -> dict[str, dict]:
     """{file name: content} of the DVC plan: per variant, the leaf params each of its steps reads, for every
-    task and seed; the sweep's (swept lr shown as 'sweep'). A stage whose plan file is unchanged is skipped."""
+    task (its recipe: Params.for_task) and seed; the sweep's (swept lr shown as 'sweep'). A stage whose plan file
+    is unchanged is skipped."""
     e, files = p.experiment, {}
-    swept = bool(e.lr_candidates)
     for name, v in p.variants.items():
         rows = {}
-        for seed in e.seeds:
-            q, step = p.variant(name, seed), make_step(p, name)
-            row = {step: reads(step, q)}
-            if swept and "finetune.lr" in row[step] and "lr" not in v.overrides.get("finetune", {}):
-                row[step]["finetune.lr"] = "sweep"
-            row |= {f"quantize.{m}": reads("quantize", p.variant(name, seed, m)) for m in v.quantize}
-            row["evaluate"] = reads("evaluate", q)
-            rows[str(seed)] = row
-        files[f"{name}.json"] = {"tasks": e.tasks, "from": v.source, "seeds": rows}
-    base = p.variant(e.baseline, e.seeds[0])
-    files["sweep.json"] = {"tasks": e.tasks, "lr_candidates": e.lr_candidates, "lr": p.finetune.lr}
-    if swept:  # what the sweep's fine-tunes and evaluations read; with no candidates it only passes finetune.lr on
-        files["sweep.json"] |= {"finetune": reads("finetune", base), "evaluate": reads("evaluate", base)}
+        for task in e.tasks:
+            t = p.for_task(task)
+            swept = bool(t.experiment.lr_candidates)
+            for seed in e.seeds:
+                q, step = t.variant(name, seed), make_step(t, name)
+                row = {step: reads(step, q)}
+                if swept and "finetune.lr" in row[step] and "lr" not in t.variants[name].overrides.get("finetune", {}):
+                    row[step]["finetune.lr"] = "sweep"
+                row |= {f"quantize.{m}": reads("quantize", t.variant(name, seed, m)) for m in v.quantize}
+                row["evaluate"] = reads("evaluate", q)
+                rows.setdefault(task, {})[str(seed)] = row
+        files[f"{name}.json"] = {"tasks": e.tasks, "from": v.source, "runs": rows}
+    files["sweep.json"] = {"tasks": e.tasks, "lr": p.finetune.lr}
+    for task in e.tasks:  # what the sweep's fine-tunes and evaluations read; with no candidates it passes the lr on
+        t = p.for_task(task)
+        base = t.variant(e.baseline, e.seeds[0])
+        files["sweep.json"][task] = {"lr_candidates": t.experiment.lr_candidates}
+        if t.experiment.lr_candidates:
+            files["sweep.json"][task] |= {"finetune": reads("finetune", base), "evaluate": reads("evaluate", base)}
     files |= {f"{step}-{task}.json": reads(step, p) for step in ("download", "tokenize") for task in e.tasks}
     files["pretrained.json"] = reads("pretrained", p)
     files["report.json"] = {

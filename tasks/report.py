@@ -266,6 +266,11 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
             "",
             protocol(p, records),
             "",
+            *(
+                [f"{said}: params.yaml's `variants.<name>.tasks.{task}`.", ""]
+                if (said := plan.recipes(p, task))
+                else []
+            ),
             f"## Summary: every variant ({split}, mean ± std over {n})",
             "",
             summary_markdown(tmp),
@@ -312,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         p = P.load(args.params, args.overrides)
+        plan.refuse(p)
+        p = p.for_task(args.task)
         with tracking.parent_run(
             "report", f"report-{args.task}", key=f"report-{os.getpid()}-{os.times().elapsed}", entry="tasks/report.py"
         ) as parent:

@@ -20,7 +20,7 @@ from bertcompress import archive, artifact, glue, io, latency, record, variant
 from bertcompress import export as core_export
 from bertcompress.params import QUANTIZE_MODES, Params, choice_split
 
-from . import tracking
+from . import plan, tracking
 from .report import build as build_report
 from .report import champion, rule, summary_text
 
@@ -35,11 +35,13 @@ def publish(task: str, p: Params, parent: str | None = None, data: dict | None =
     path = build_report(task, p, parent=parent)
     best_at, within = rule(task, p)
     blocks = [f"## {task}: compression summary", summary_text(path.parent)]
+    if said := plan.recipes(p, task):  # which variants run the task's own recipe, which have none studied
+        blocks.append(said)
     if best := champion(task, p, path.parent):
         blocks.append(f"champion: {best[0]} ({best_at}\n  of the variants {within} that did not collapse)")
         blocks.append(ship(task, p, best[1], data, parent))
     else:
-        blocks.append(f"champion: none — no variant {within} that did not collapse; nothing registered or exported")
+        blocks.append(f"champion: none — no variant {within} that did not collapse\n  (nothing registered or exported)")
     text = "\n\n".join(blocks)
     with io.atomic_file(path.with_name("summary.md")) as tmp:
         tmp.write_text(text + "\n")

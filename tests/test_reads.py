@@ -72,7 +72,7 @@ def test_the_recorder_notes_reads_and_ignores_copies():
     from bertcompress import params as P
     from bertcompress.recording import recording
 
-    with recording(P.defaults()) as (p, seen):
+    with recording(P.defaults().for_task("mrpc")) as (p, seen):
         q = p.variant("structured", 7)
         copy = dataclasses.replace(q.finetune, lr=1e-3)
         _ = copy.precision, copy.lr  # the copy's lr is this code's, not params'

@@ -45,9 +45,10 @@ def test_the_readme_entry_is_one_variant():
     from bertcompress import params as P
 
     p = P.load(None, [f"variants.gradual80={yaml.safe_dump(readme_entry()['gradual80'], default_flow_style=True)}"])
+    p = p.for_task("mrpc")
     q = p.variant("gradual80", 42)
     assert q.prune.method == "gradual" and q.prune.final_sparsity == 0.8
-    assert p.variant("gradual", 42).flat() == P.defaults().variant("gradual", 42).flat()  # the others untouched
+    assert p.variant("gradual", 42).flat() == P.defaults().for_task("mrpc").variant("gradual", 42).flat()  # untouched
 
 
 def test_an_added_variant_runs_is_logged_and_reported(flow):
@@ -83,7 +84,7 @@ def test_each_step_reads_only_its_leaf_params():
     from bertcompress import params as P
     from tasks import plan
 
-    p = P.load(None, ["prune.recovery_steps=0"])
+    p = P.load(None, ["prune.recovery_steps=0"]).for_task("mrpc")
     dense, gradual, oneshot = (p.variant(n, 42) for n in ("dense", "gradual", "oneshot"))
     assert [k for k in plan.reads("finetune", dense) if k.startswith("prune.")] == ["prune.method"]  # none: no schedule
     assert {"prune.final_sparsity", "prune.end_step", "prune.frequency"} <= set(plan.reads("finetune", gradual))

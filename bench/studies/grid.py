@@ -45,7 +45,7 @@ def run_one(args, task: str, method: str, seed: int, paths: dict, lr: float | No
     from bertcompress.variant import convert, load_float
 
     torch.set_num_threads(2)
-    table = load(args, lr)
+    table = load(args, lr).for_task(task)
     p = table.variant(method, seed)
     t0 = time.perf_counter()
     out = f"{args.work}/{task}-{method}-lr{p.finetune.lr}-s{seed}"
