@@ -189,8 +189,9 @@ class Params:
 
     def for_task(self, task: str) -> Params:
         """The experiment as one task runs it: each variant's recipe for the task (`tasks.<task>` of its entry) laid
-        over the entry's own values, key by key; a task the entry has no recipe for runs the entry's values. A
-        recipe's key wins over the entry's (a table resolved for the task is returned as is): `-S variants.structured.prune.recovery_steps=100` changes the entry,
+        over the entry's own values, key by key; a task the entry has no recipe for runs the entry's values (a table
+        resolved for the task is returned as is). A recipe's key wins over the entry's:
+        `-S variants.structured.prune.recovery_steps=100` changes the entry,
         `-S variants.structured.tasks.sst2.prune.recovery_steps=100` SST-2's recipe. A baseline whose recipe sets
         its own finetune.lr has no lr sweep (experiment.lr_candidates read as [])."""
         resolved = {v.task for v in self.variants.values()} - {None}

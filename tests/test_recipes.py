@@ -82,7 +82,8 @@ def test_bad_recipes_and_objectives_are_one_line_before_work(override, said, tmp
 
 
 def few_steps(entry: dict) -> dict:
-    """The table's entry with its recipes kept but every recovery cut to 4 steps (one a stage): the path, not the accuracy."""
+    """The table's entry with its recipes kept but every recovery cut to 4 steps (one a stage): the path, not the
+    accuracy."""
     entry = {k: v for k, v in entry.items() if k != "quantize"}
     for recipe in [entry, *(entry.get("tasks") or {}).values()]:
         if "recovery_steps" in (recipe or {}).get("prune", {}):
