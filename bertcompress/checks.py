@@ -280,6 +280,8 @@ def _validate_experiment(p) -> None:
         raise UserError(f"experiment.champion_budget must be in [0, 100] metric points, got {e.champion_budget}")
     if e.objective not in OBJECTIVES:
         raise UserError(f"experiment.objective '{e.objective}' is unknown; choose one of: {', '.join(OBJECTIVES)}")
+    if e.target_speedup is not None and not 1 < e.target_speedup <= 100:
+        raise UserError(f"experiment.target_speedup must be > 1 (e.g. 3 for 3x dense) or null, got {e.target_speedup}")
     if e.bootstrap_samples < 100:
         raise UserError(f"experiment.bootstrap_samples must be >= 100, got {e.bootstrap_samples}; 2000 is usual")
     if e.baseline not in p.variants:

@@ -33,6 +33,8 @@ HELP = {
     "export": "export a saved model as an artifact to ship (ONNX, OpenVINO or PT2E + tokenizer + card) + archive",
     "predict": "classify new texts with a saved model or an exported artifact (JSON lines)",
     "status": "for each step of the experiment (the flow's plan): done, or will run and why",
+    "shapes": "time structured cuts of the model here (random weights, OpenVINO int8, batch 8) and pick the smallest "
+    "that is --target-speedup times faster than dense",
 }
 
 
@@ -45,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_, description=help_, parents=[common])
         cmd.add_argument(
             "--task",
-            required=name not in ("predict", "status"),
+            required=name not in ("predict", "status", "shapes"),
             help=f"GLUE task: {', '.join(glue.TASKS)}"
             + (" (default: the one the model records)" if name == "predict" else ""),
         )
@@ -64,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("texts", nargs="*", help="texts to classify (a pair task takes them two by two)")
             cmd.add_argument("--input", help="a TSV or JSONL file of inputs, one per line; - for stdin")
             cmd.add_argument("--input-format", default="tsv", help="tsv (default; tab between a pair) or jsonl")
+        if name == "shapes":
+            cmd.add_argument("--target-speedup", type=float, help="e.g. 3 (default: experiment.target_speedup)")
         if name == "evaluate":
             cmd.add_argument("--split", default="validation", choices=("train", "dev", "validation"))
         if name in ("finetune", "prune", "quantize", "evaluate", "export"):
@@ -106,6 +110,8 @@ def run(args, p: P.Params) -> int:
             "status reads the experiment's plan: run the installed `bertcompress status`, or "
             "`python -m tasks.status` from the project root"
         )
+    if args.command == "shapes":
+        return _shapes(args, p)
     task = args.task
     glue.get_task(task)
     if args.command == "download":
@@ -194,6 +200,24 @@ def _out(args, p: P.Params) -> str | None:
         kind = {"prune": p.prune.method, "quantize": p.quantize.mode, "export": "export"}[args.command]
         return args.out or f"{str(args.model_dir).rstrip('/')}-{kind}"
     return getattr(args, "out", None)
+
+
+def _shapes(args, p: P.Params) -> int:
+    from . import shapes
+
+    target = args.target_speedup or p.experiment.target_speedup
+    if not target:
+        raise P.UserError("shapes needs a target: --target-speedup 3 (or -S experiment.target_speedup=3)")
+    picked = shapes.choose(P.load(args.params if Path(args.params).exists() else None, [
+        *args.overrides, f"experiment.target_speedup={target}"]))  # fmt: skip
+    c = picked["chosen"]
+    print(shapes.table(picked))
+    print(
+        f"chosen: heads {c['heads_fraction']:g} / FFN {c['ffn_fraction']:g} removed, {c['speedup']:.2f}x dense "
+        f"({picked['cpu']}, {picked['threads']} threads; kept in {picked['path']}); the flow cuts to it with "
+        f"-S experiment.target_speedup={target:g}"
+    )
+    return 0
 
 
 def _predict(args, p: P.Params) -> int:

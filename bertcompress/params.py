@@ -123,6 +123,7 @@ class Experiment:
     bootstrap_samples: int
     champion_budget: float
     objective: str
+    target_speedup: float | None
     choose_on: str
 
 

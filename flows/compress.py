@@ -62,7 +62,7 @@ def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
     dev split that empties no class, writable outputs)."""
     p = P.load(params_file, overrides)
     plan.refuse(p)
-    p = p.for_task(task)  # each variant's recipe for the task (params.yaml: variants.<name>.tasks.<task>)
+    p = plan.resolve(p, task)  # each variant's recipe for the task (variants.<name>.tasks.<task>), a target's shape
     preflight(task, p)
     check_dev(task, p)
     for where in ("data", "outputs", "results"):

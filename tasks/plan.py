@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertcompress import evaluate, finetune, glue, model, prune, quantize, record, tokenize
+from bertcompress import evaluate, finetune, glue, model, prune, quantize, record, shapes, tokenize
 from bertcompress.params import PRETRAINED, Params, UserError, choice_split, unknown
 
 MODULES = {
@@ -193,6 +193,14 @@ def refuse(p: Params) -> None:
         )
 
 
+def resolve(p: Params, task: str) -> Params:
+    """The experiment as the task runs it: each variant's recipe for the task (Params.for_task), and with
+    experiment.target_speedup every structured variant cut to the shape picked for it (bertcompress/shapes.py,
+    timed once on this CPU and kept in results/shapes)."""
+    p = p.for_task(task)
+    return p if p.experiment.target_speedup is None else shapes.apply(p, shapes.choose(p))
+
+
 def recipes(p: Params, task: str) -> str:
     """One line on the per-task recipes the resolved table (Params.for_task) runs for the task: which variants run
     the task's own recipe and which have none studied for it (they run their entry's values); '' when the table
@@ -282,7 +290,7 @@ def dvc_plan(p: Params) -> dict[str, dict]:
     for name, v in p.variants.items():
         rows = {}
         for task in e.tasks:
-            t = p.for_task(task)
+            t = resolve(p, task)
             swept = bool(t.experiment.lr_candidates)
             for seed in e.seeds:
                 q, step = t.variant(name, seed), make_step(t, name)
@@ -295,7 +303,7 @@ def dvc_plan(p: Params) -> dict[str, dict]:
         files[f"{name}.json"] = {"tasks": e.tasks, "from": v.source, "runs": rows}
     files["sweep.json"] = {"tasks": e.tasks, "lr": p.finetune.lr}
     for task in e.tasks:  # what the sweep's fine-tunes and evaluations read; with no candidates it passes the lr on
-        t = p.for_task(task)
+        t = resolve(p, task)
         base = t.variant(e.baseline, e.seeds[0])
         files["sweep.json"][task] = {"lr_candidates": t.experiment.lr_candidates}
         if t.experiment.lr_candidates:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertcompress import io
+from bertcompress import io, shapes
 from bertcompress import params as P
 from bertcompress.glue import get_task
 
@@ -301,6 +301,17 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
                 markdown(lrs, index=False),
                 "",
             ]
+        if e.target_speedup:
+            picked = shapes.choose(p)
+            lines += [
+                f"## Shapes timed for experiment.target_speedup={e.target_speedup:g}",
+                "",
+                f"Random weights cut to each shape, OpenVINO int8 at batch 8, length 128, {picked['threads']} threads "
+                f"on {picked['cpu']}; the smallest cut at or above the target was trained ({picked['path']}).",
+                "",
+                shapes.table(picked),
+                "",
+            ]
         lines += ["## Figures", "", *[f"![{n}](figures/{n})" for n in names], ""]
         (tmp / "report.md").write_text("\n".join(lines))
     if parent:
@@ -318,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         p = P.load(args.params, args.overrides)
         plan.refuse(p)
-        p = p.for_task(args.task)
+        p = plan.resolve(p, args.task)
         with tracking.parent_run(
             "report", f"report-{args.task}", key=f"report-{os.getpid()}-{os.times().elapsed}", entry="tasks/report.py"
         ) as parent:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertcompress import archive, artifact, glue, io, latency, record, variant
+from bertcompress import archive, artifact, glue, io, latency, record, shapes, variant
 from bertcompress import export as core_export
 from bertcompress.params import QUANTIZE_MODES, Params, choice_split
 
@@ -37,6 +37,14 @@ def publish(task: str, p: Params, parent: str | None = None, data: dict | None =
     blocks = [f"## {task}: compression summary", summary_text(path.parent)]
     if said := plan.recipes(p, task):  # which variants run the task's own recipe, which have none studied
         blocks.append(said)
+    if p.experiment.target_speedup:
+        picked = shapes.choose(p)  # timed before training (cached): what the structured variants were cut to
+        c = picked["chosen"]
+        blocks.append(
+            f"shape: heads {c['heads_fraction']:g} / FFN {c['ffn_fraction']:g} removed, the smallest cut timed at "
+            f">= {picked['target']:g}x dense ({c['speedup']:.2f}x, OpenVINO int8, batch 8)\n"
+            f"  {len(picked['candidates'])} candidates with random weights: {picked['path']}"
+        )
     if best := champion(task, p, path.parent):
         blocks.append(f"champion: {best[0]} ({best_at}\n  of the variants {within} that did not collapse)")
         blocks.append(ship(task, p, best[1], data, parent))

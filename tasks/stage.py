@@ -90,7 +90,7 @@ def sweep(p: P.Params, parent: str) -> None:
     """results/sweep.json: per task the lr every variant uses (the baseline's best candidate, first seed)."""
     chosen = {}
     for task in p.experiment.tasks:
-        outs, scores, q = _outs(task), {}, p.for_task(task)
+        outs, scores, q = _outs(task), {}, plan.resolve(p, task)
         for r in plan.sweep(q, task):
             if r.step in ("finetune", "evaluate"):
                 outs[r.id] = made(r, q, outs, parent)
@@ -112,7 +112,7 @@ def variant(p: P.Params, name: str, parent: str) -> None:
     """Make, quantize and evaluate one variant for every task and seed; its metrics and learning curves."""
     lrs, metrics, history = io.read_json(SWEEP), {}, []
     for task in p.experiment.tasks:
-        q, outs = plan.with_lr(p.for_task(task), lrs[task]["lr"]), _outs(task)
+        q, outs = plan.with_lr(plan.resolve(p, task), lrs[task]["lr"]), _outs(task)
         for r in plan.runs(q, task):
             if r.step in ("download", "tokenize", "pretrained"):
                 continue
@@ -158,7 +158,7 @@ def run(args, p: P.Params) -> None:
             elif args.step == "variant":
                 variant(p, args.name, parent)
             else:
-                ship.publish(args.task, p.for_task(args.task), parent, tokenized(args.task))
+                ship.publish(args.task, plan.resolve(p, args.task), parent, tokenized(args.task))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         p = P.load(args.params)
         plan.refuse(p)  # `dvc exp run -S prune.method=...` would change nothing: refused
         for task in p.experiment.tasks:
-            preflight(task, p.for_task(task))
+            preflight(task, plan.resolve(p, task))
             check_dev(task, p)
         if args.step == "variant" and args.name not in p.variants:
             raise P.UserError(

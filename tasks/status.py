@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         from bertcompress.glue import get_task
 
         get_task(args.task)
-        print(table(states(p.for_task(args.task), args.task)))
+        print(table(states(plan.resolve(p, args.task), args.task)))
     except P.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
