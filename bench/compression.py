@@ -235,7 +235,7 @@ def run(args, p: P.Params, parent: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="mrpc")
     parser.add_argument("--params", default=str(Path("bench") / "params-compression.yaml"))
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

@@ -75,7 +75,7 @@ def finetune(args, task: str, gpus: int, graphs: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=".carry/minilm")
     ap.add_argument("--glue-dir", default=".carry/glue")
     ap.add_argument("--tasks", nargs="+", default=["mrpc", "sst2"])

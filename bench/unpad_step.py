@@ -82,7 +82,7 @@ def busy_share(p: P.Params, data, model_name: str, steps: int, device: str) -> d
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=P.defaults().model.name)
     ap.add_argument("--glue-dir", default=None, help="GLUE parquet root (default: GLUE_DIR or ../shared/glue)")
     ap.add_argument("--device", default="cpu")

@@ -41,7 +41,7 @@ HELP = {
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     P.add_arguments(common)
-    top = argparse.ArgumentParser(prog="bertcompress", description=__doc__.split("\n")[0])
+    top = argparse.ArgumentParser(prog="bertcompress", description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
     for name, help_ in HELP.items():
         cmd = sub.add_parser(name, help=help_, description=help_, parents=[common])

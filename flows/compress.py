@@ -90,7 +90,7 @@ def compress(task: str = "mrpc", overrides: list[str] | None = None, params_file
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.compress", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m flows.compress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="mrpc", help="GLUE task (default: mrpc)")
     P.add_arguments(parser)
     parser.add_argument(

@@ -12,14 +12,17 @@ and params_file. Runs execute in subprocesses of this process, from the project 
 
 from __future__ import annotations
 
-from prefect import serve
-
-from flows.compress import compress
+import argparse
 
 TASKS = ("mrpc", "sst2", "cola", "stsb", "rte", "wnli")  # the GLUE tasks ../shared/glue holds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    from prefect import serve  # after --help: asking for help starts no server
+
+    from flows.compress import compress
+
     serve(*(compress.to_deployment(name=task, parameters={"task": task}) for task in TASKS))
 
 

@@ -320,7 +320,7 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tasks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="mrpc")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

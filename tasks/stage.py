@@ -162,7 +162,7 @@ def run(args, p: P.Params) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.stage", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tasks.stage", description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=["plan", "download", "tokenize", "pretrained", "sweep", "variant", "report"])
     parser.add_argument("--task", help="the GLUE task (download, tokenize, report)")
     parser.add_argument("--name", help="the variant (variant)")

@@ -89,7 +89,7 @@ def table(rows: list[tuple[plan.Run, str, str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bertcompress status", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="bertcompress status", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="mrpc", help="GLUE task (default: mrpc)")
     P.add_arguments(parser)
     args = parser.parse_args(argv)

