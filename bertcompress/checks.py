@@ -65,9 +65,16 @@ def unknown(what: str, name: str, known) -> UserError:
     return UserError(f"unknown {what} '{name}'; {hint}known: {', '.join(known)}")
 
 
-def variant_table(table, source: str, hints: dict, make) -> dict:
+def variant_table(table, source: str, hints: dict, make, given: dict | None = None) -> dict:
     """The `variants` table checked, as {name: make(name, source, overrides, modes)}, parents first; hints:
-    {section: {key: type}} of the sections an entry may override."""
+    {section: {key: type}} of the sections an entry may override; given: {dotted key: where it came from} of the
+    overrides (-S), so an error in one is blamed on it, not on the file."""
+    given = given or {}
+
+    def blamed(path: str) -> str:  # the -S that set path (or a key under it), else the file
+        hits = [v for k, v in given.items() if k == path or k.startswith(path + ".")]
+        return hits[-1] if hits else source
+
     if not isinstance(table, dict) or not table:
         raise UserError(
             f"{source}: variants must be a mapping of at least one variant, e.g. "
@@ -91,7 +98,7 @@ def variant_table(table, source: str, hints: dict, make) -> dict:
             )
         if not isinstance(modes, list) or any(m not in QUANTIZE_MODES[1:] for m in modes):
             raise UserError(f"{where}.quantize: expected a list of {', '.join(QUANTIZE_MODES[1:])}, got {modes!r}")
-        _overrides(where, entry, hints)
+        _overrides(where, entry, hints, blamed, f"variants.{name}")
         if not isinstance(per_task, dict):
             raise UserError(
                 f"{where}.tasks: expected a mapping of task: overrides, e.g. "
@@ -101,25 +108,28 @@ def variant_table(table, source: str, hints: dict, make) -> dict:
             task: dict(o or {}) for task, o in per_task.items()
         }  # `mrpc: {}`: the entry's values are its recipe
         for task, o in per_task.items():
-            _overrides(f"{where}.tasks.{task}", o, hints)
+            _overrides(f"{where}.tasks.{task}", o, hints, blamed, f"variants.{name}.tasks.{task}")
         out[name] = make(name, src, copy.deepcopy(entry), tuple(modes), copy.deepcopy(per_task))
     return out
 
 
-def _overrides(where: str, entry: dict, hints: dict) -> None:
-    """A variant's {section: {key: value}} overrides checked (values typed in place)."""
+def _overrides(where: str, entry: dict, hints: dict, blamed=None, path: str = "") -> None:
+    """A variant's {section: {key: value}} overrides checked (values typed in place); blamed(dotted path) names
+    where a key came from (a -S override, else the file), in place of where's own source."""
+    at = lambda key: f"{blamed(f'{path}.{key}')}: {path}" if blamed else where  # noqa: E731
     for section, values in entry.items():
         if section not in hints:
-            raise UserError(f"{where}: " + str(unknown("override section", section, [*hints, "tasks"])))
+            raise UserError(f"{at(section)}: " + str(unknown("override section", section, [*hints, "tasks"])))
         if not isinstance(values, dict):
-            raise UserError(f"{where}.{section}: expected a mapping of {section} keys, got {values!r}")
+            raise UserError(f"{at(section)}.{section}: expected a mapping of {section} keys, got {values!r}")
         known = hints[section]
         for key, value in values.items():
             if key not in known:
                 raise UserError(
-                    f"{where}: " + str(unknown("key", f"{section}.{key}", [f"{section}.{k}" for k in known]))
+                    f"{at(f'{section}.{key}')}: "
+                    + str(unknown("key", f"{section}.{key}", [f"{section}.{k}" for k in known]))
                 )
-            values[key] = check_type(f"{where}.{section}.{key}", value, known[key])
+            values[key] = check_type(f"{at(f'{section}.{key}')}.{section}.{key}", value, known[key])
 
 
 def validate(p, table: bool = True) -> None:

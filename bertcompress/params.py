@@ -273,7 +273,7 @@ def _build(raw: dict, source: str, table: bool = True, given: dict | None = None
     p = Params(
         **{s: _section(s, raw.get(s) or {}, source, given) for s in SECTIONS},
         variants=variant_table(
-            raw.get("variants"), source, {s: _types(SECTIONS[s]) for s in VARIANT_SECTIONS}, Variant
+            raw.get("variants"), source, {s: _types(SECTIONS[s]) for s in VARIANT_SECTIONS}, Variant, given
         ),
     )
     validate(p, table)

@@ -161,6 +161,22 @@ def run(args, p: P.Params) -> None:
                 ship.publish(args.task, plan.resolve(p, args.task), parent, tokenized(args.task))
 
 
+def rewritten(params: str) -> str:
+    """What to add to a refusal when the params file differs from git's: `dvc exp run -S` writes its values into
+    params.yaml before the stages run, and every later command reads them until the file is restored."""
+    import subprocess
+
+    try:
+        changed = subprocess.run(["git", "diff", "--quiet", "--", params], capture_output=True, timeout=30).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (
+        f"; {params} differs from git's (`dvc exp run -S` writes its values there): `git checkout {params}` restores it"
+        if changed == 1
+        else ""
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.stage", description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=["plan", "download", "tokenize", "pretrained", "sweep", "variant", "report"])
@@ -181,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         run(args, p)
     except P.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{rewritten(args.params)}", file=sys.stderr)
         return 2
     except stop.Stopped as e:
         print(e, file=sys.stderr)

@@ -5,6 +5,7 @@ its own recipe to the end and its structured cut exports."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -113,3 +114,24 @@ def test_every_tasks_tiny_flow_runs_its_recipe_and_its_structured_cut_exports(tm
     m = export(str(folder), str(ws["root"] / "export"), task, "onnx", 32, validation=str(next(
         (ws["root"] / "data" / "tokenized" / task).glob("validation-*.npz"))))  # fmt: skip
     assert m["format"] == "onnx" and m["validation"]["examples"] == 32
+
+
+def test_a_refusal_names_the_override_and_how_to_restore_what_dvc_rewrote(tmp_path):
+    """Issue 37's newcomer list: a typo inside a variant given with -S is blamed on that -S, not on the params
+    file; a refused `dvc exp run -S` (DVC writes the value into params.yaml first) says how to restore the file."""
+    with pytest.raises(P.UserError, match=r"^override -S variants.structured.finetune.lrr=1: variants.structured: "):
+        P.load(pr.REPO / "presets" / "quick.yaml", ["variants.structured.finetune.lrr=1"])
+    params = tmp_path / "params.yaml"
+    params.write_text((pr.REPO / "params.yaml").read_text())
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "params.yaml"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "params"], cwd=tmp_path, check=True)
+    params.write_text(params.read_text().replace("  method: none               # none", "  method: oneshot  # none"))
+    env = {**os.environ, "PYTHONPATH": str(pr.REPO)}
+    said = subprocess.run(
+        [sys.executable, "-m", "tasks.stage", "plan"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert said.returncode == 2 and len(said.stderr.strip().splitlines()) == 1, said.stderr
+    assert "prune.method=oneshot is not read by the experiment" in said.stderr
+    assert "`git checkout params.yaml` restores it" in said.stderr and not (tmp_path / "plan").exists()
