@@ -91,7 +91,7 @@ kill -TERM -- "-$serve" 2>/dev/null || true
 echo "$answer"
 grep -q '"label_name"' <<<"$answer" || { tail -20 "$LOGS/serve"; fail "the served champion answered no label"; }
 p=$(port)  # the MLflow UI as the README starts it: it reads this store, and finds the champion
-PATH=$BIN:$PATH setsid mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port "$p" \
+PATH=$BIN:$PATH setsid mlflow ui --workers 1 --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port "$p" \
   >"$LOGS/ui" 2>&1 &
 ui=$!
 pids+=("$ui")

@@ -57,7 +57,7 @@ def publish(task: str, p: Params, parent: str | None = None, data: dict | None =
         tracking.log_text(parent, text + "\n", "report/summary.md")
     # one message: Prefect's log prefix goes on its first line only, and every line stays within 120 columns
     print(
-        f"{text}\n\nreport: {path}\nMLflow: mlflow ui --backend-store-uri {tracking.tracking_uri()}\n"
+        f"{text}\n\nreport: {path}\nMLflow: mlflow ui --workers 1 --backend-store-uri {tracking.tracking_uri()}\n"
         f"  then {tracking.runs_url()}"
     )
     return str(path)

@@ -1,6 +1,6 @@
 """MLflow at the edge: one run per (task, method, seed), nested under one parent run per flow run or dvc repro.
 
-    mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
+    mlflow ui --workers 1 --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 The store is $MLFLOW_TRACKING_URI when set (a real server), else SQLite in mlflow/mlflow.db with artifacts in
 mlflow/artifacts (never ./mlruns). The Prefect tasks (tasks/steps.py) log through this module, and the DVC
