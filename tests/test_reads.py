@@ -31,8 +31,9 @@ QUIET = ("tasks.plan", "tasks.tracking")  # they read params to key and describe
 @pytest.fixture(scope="module")
 def read_by_step(tmp_path_factory):
     """[(run, keys it read, keys in its record)] for every run of the plan."""
+    from recording import recording
+
     from bertcompress import params as P
-    from bertcompress.recording import recording
     from tasks import plan, steps
 
     root = tmp_path_factory.mktemp("reads")
@@ -69,8 +70,9 @@ def test_no_step_reads_a_key_missing_from_its_record(read_by_step):
 def test_the_recorder_notes_reads_and_ignores_copies():
     import dataclasses
 
+    from recording import recording
+
     from bertcompress import params as P
-    from bertcompress.recording import recording
 
     with recording(P.defaults().for_task("mrpc")) as (p, seen):
         q = p.variant("structured", 7)

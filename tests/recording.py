@@ -13,7 +13,7 @@ import sys
 import typing
 from contextlib import contextmanager
 
-from .params import SECTIONS, Params, validate
+from bertcompress.params import SECTIONS, Params, validate
 
 
 @contextmanager
