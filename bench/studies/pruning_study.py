@@ -7,7 +7,7 @@ fine-tune, then gradual pruning of it to each sparsity by each criterion, with a
     python3 -m bench.studies.pruning_study run sst2:42,43,44:structured,structured@4:0.5/0.5,0.5/0.75:kd \
         --json $OUT/s.json
     # here: tables and figures from the rows
-    python -m bench.studies.pruning_study report bench/results/pruning-study.json    # -> bench/RESULTS-pruning.md
+    python -m bench.studies.pruning_report bench/results/pruning-study.json          # -> bench/RESULTS-pruning.md
 
 Issue 29's protocol (--role): every choice on the dev split (data.dev_fraction of train, stratified and keyed by
 content; the runs train on the rest), every claim on validation with fresh seeds that took no part in choosing:
@@ -517,17 +517,11 @@ def main() -> None:
     sp.add_argument("rows", help="the choose call's JSON")
     sp.add_argument("--seeds", default="45,46,47,48,49")
     sp.add_argument("--speed", required=True, help="heads/ffn=speed-up,... at batch 8 on the CPU, e.g. 0.5/0.625=2.27")
-    rep = sub.add_parser("report")
-    rep.add_argument("rows", nargs="+")
-    args = ap.parse_args()
+    args = ap.parse_args()  # the tables and figures: bench.studies.pruning_report (it imports this module)
     if args.cmd == "run":
         run(args)
-    elif args.cmd == "specs":
-        specs_main(args)
     else:
-        from bench.studies.pruning_report import report  # tables and figures, here
-
-        report(args.rows)
+        specs_main(args)
 
 
 if __name__ == "__main__":
