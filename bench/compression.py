@@ -269,8 +269,7 @@ def main(argv=None) -> int:
         with tracking.parent_run("bench", f"compression-{args.task}", key=f"{os.getpid()}-{time.time()}") as parent:
             print(run(args, p, parent))
     except P.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return P.refused(e)
     return 0
 
 

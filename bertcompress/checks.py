@@ -25,6 +25,14 @@ class UserError(Exception):
     """Bad input: the message is one line that names the problem and the fix."""
 
 
+def refused(e: UserError, hint: str = "") -> int:
+    """How every entry point ends on bad input: `error: <the one line>` on stderr, exit status 2."""
+    import sys
+
+    print(f"error: {e}{hint}", file=sys.stderr)
+    return 2
+
+
 def _finite(where: str, value: float) -> float:
     if not math.isfinite(value):
         raise UserError(f"{where} must be a finite number, got {value!r}; fix the value in params.yaml or the override")

@@ -89,10 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, P.load(params_path, args.overrides))
     except P.UserError as e:
         if distributed.is_main():  # every rank makes the same checks: one line, not one per process
-            print(f"error: {e}", file=sys.stderr)
-        else:  # torchrun stops every rank once one exits: give rank 0, a step behind on a busy machine, time to say why
-            time.sleep(3)
-        return 2
+            return P.refused(e)
+        time.sleep(3)  # torchrun stops every rank once one exits: give rank 0, a step behind on a busy machine, time
+        return 2  # to say why
     except stop.Stopped as e:
         print(e, file=sys.stderr)
         return e.code

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import io
-from .checks import PRUNE_METHODS, QUANTIZE_MODES, UserError, check_type, unknown, validate, variant_table  # noqa: F401
+from .checks import PRUNE_METHODS, QUANTIZE_MODES, UserError, check_type, refused, unknown, validate, variant_table  # noqa: F401
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "params.yaml"
 PRETRAINED = "pretrained"  # a variant's `from` when it is fine-tuned from model.name

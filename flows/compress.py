@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = task_runner(args.dask_address, args.workers)  # an unreachable scheduler stops here, before work
         compress.with_options(task_runner=runner)(args.task, args.overrides, args.params)
     except P.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return P.refused(e)
     except stop.Stopped as e:
         print(e, file=sys.stderr)
         return e.code

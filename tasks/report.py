@@ -335,8 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         ) as parent:
             path = build(args.task, p, args.out, parent)
     except P.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return P.refused(e)
     print(path.read_text())
     return 0
 

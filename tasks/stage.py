@@ -197,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         run(args, p)
     except P.UserError as e:
-        print(f"error: {e}{rewritten(args.params)}", file=sys.stderr)
-        return 2
+        return P.refused(e, rewritten(args.params))
     except stop.Stopped as e:
         print(e, file=sys.stderr)
         return e.code

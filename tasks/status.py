@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         get_task(args.task)
         print(table(states(plan.resolve(p, args.task), args.task)))
     except P.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return P.refused(e)
     return 0
 
 
