@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup run experiment smoke lint test
+.PHONY: setup run experiment smoke lint test test-fast
 setup: $(VENV)/.installed
 
 # torch first, pinned: its CPU wheel is on disk here; an unpinned torch would pull a multi-GB CUDA build.
@@ -34,5 +34,8 @@ lint: setup  # the house format (ruff format) and lint (ruff check), as CI runs 
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/ruff check --quiet .
 
-test: lint
-	$(BIN)/python -m pytest -q
+test-fast: lint  # unit tests and single steps on tiny slices: no flow, DVC, server or browser (~3 min here)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test: test-fast  # then the slow tier: every test runs once
+	$(BIN)/python -m pytest -q -m slow

@@ -21,6 +21,21 @@ for var, value in {
     os.environ.setdefault(var, value)
 os.environ.setdefault("GLUE_DIR", str(os.environ.get("GLUE_DIR") or SHARED_GLUE))
 
+# The slow tier (`make test` runs it after `make test-fast`): a test is slow when it needs a workspace where a
+# flow, DVC, a server or a browser ran, or makes its own (tmp_path_factory), or is marked so by hand.
+SLOW_FIXTURES = {
+    "flow", "grid", "ws", "flow_ws", "served", "chromium", "artifacts", "variants", "pt2e", "stsb", "run", "store",
+    "teacher_dir", "repo", "fresh_model",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        direct = set(getattr(getattr(item, "_fixtureinfo", None), "argnames", ()))  # tmp_path uses the factory too
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or "tmp_path_factory" in direct:
+            item.add_marker(pytest.mark.slow)
+
+
 TINY = [
     "data.max_train_samples=64",
     "data.max_eval_samples=64",
