@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         f"random weights cut to each recipe's shape; batch 8 (1), length 128, {args.threads} threads, median of "
         f"{args.rounds} interleaved rounds x {args.runs} passes; {latency.machine()['cpu']}"
     )
-    print(
-        "| shape (heads / FFN removed) | tasks | params | eager b8 ms | shipped b8 ms | × eager | shipped × dense shipped |"
-    )
+    print("| shape (heads / FFN removed) | tasks | params | eager b8 ms | shipped b8 ms | × eager | × dense shipped |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
