@@ -3,7 +3,9 @@
     python -m bench.trainer_vs_ours --task mrpc                       # this CPU, packaged MiniLM
     python -m bench.trainer_vs_ours --task sst2 --model .carry/minilm --glue-dir .carry/glue   # a lent GPU
 
-Protocol (the seed recipe): AdamW, lr 2e-5, weight decay 0.01, linear decay after 10 % warm-up, batch 32,
+Same data: both sides train on the same tokenized rows (the train split less the dev tenth `data.dev_fraction`
+carves, as the pipeline trains) and evaluate on the whole validation split; each side reports its row count and
+the parent refuses to compare sides that differ. Protocol (the seed recipe): AdamW, lr 2e-5, weight decay 0.01, linear decay after 10 % warm-up, batch 32,
 3 epochs, max length 128, seed 42, evaluation after every epoch. Trainer gets run_glue's default data
 handling (every example padded to max length 128) and fp32, as run_glue does without --bf16; ours uses its
 defaults (dynamic padding, length grouping, bf16 autocast on GPU). Each side runs in its own process so peak
@@ -59,8 +61,10 @@ def run_ours(args) -> dict:
     p, paths = prepare(args)
     t0 = time.perf_counter()
     m = finetune(p, args.task, paths["train"], paths["validation"], f"{args.work}/ours")
-    steady = len(Encoded.load(paths["train"])) / m["epoch_seconds"][-1]
+    rows = len(Encoded.load(paths["train"]))
+    steady = rows / m["epoch_seconds"][-1]
     return {
+        "train_rows": rows,
         "wall_s": time.perf_counter() - t0,
         "train_s": m["train_seconds"],
         "steady_samples_per_s": steady,
@@ -143,6 +147,7 @@ def run_trainer(args) -> dict:
     ev = trainer.evaluate()
     metric = f"eval_{get_task(args.task).metric}"
     return {
+        "train_rows": len(train),
         "wall_s": wall,
         "train_s": out.metrics["train_runtime"],
         "samples_per_s": out.metrics["train_samples_per_second"],
@@ -205,6 +210,10 @@ def main() -> None:
                 sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
             results[name] = json.loads(lines[-1][7:])
     t = results["trainer"]
+    rows = {r["train_rows"] for r in results.values()}
+    if len(rows) != 1:
+        sys.exit(f"the sides trained on different rows: { {k: r['train_rows'] for k, r in results.items()} }")
+    print(f"same data: {rows.pop()} training rows on every side (the train split less its dev tenth), same validation")
     print(
         f"{args.task}, {args.model}, {args.epochs} epochs, lr {args.lr}, seed {args.seed}, on {device}, "
         f"torch threads {torch.get_num_threads()}, ours {' '.join(args.set) or 'defaults'}, Trainer "
