@@ -4,14 +4,14 @@
     python -m bench.trainer_vs_ours --task sst2 --model .carry/minilm --glue-dir .carry/glue   # a lent GPU
 
 Same data: both sides train on the same tokenized rows (the train split less the dev tenth `data.dev_fraction`
-carves, as the pipeline trains) and evaluate on the whole validation split; each side reports its row count and
-the parent refuses to compare sides that differ. Protocol (the seed recipe): AdamW, lr 2e-5, weight decay 0.01,
-linear decay after 10 % warm-up, batch 32, 3 epochs, max length 128, seed 42, evaluation after every epoch.
-Trainer gets run_glue's default data handling (every example padded to max length 128) and fp32, as run_glue
-does without --bf16; ours uses its defaults (dynamic padding, length grouping, bf16 autocast on GPU). Each side
-runs in its own process so peak memory and thread settings do not leak; the parent prints wall time, samples/s, peak memory, the validation
-metric and the ratios. Needs torch, transformers, accelerate, pandas, scikit-learn (no datasets, Prefect or
-MLflow), so it runs on a bare GPU machine.
+carves, as the pipeline trains) and evaluate on the whole validation split; each side reports its row count and the
+parent refuses to compare sides that differ. Protocol (the seed recipe): AdamW, lr 2e-5, weight decay 0.01, linear
+decay after 10 % warm-up, batch 32, 3 epochs, max length 128, seed 42, evaluation after every epoch. Trainer gets
+run_glue's default data handling (every example padded to max length 128) and fp32, as run_glue does without --bf16;
+ours uses its defaults (dynamic padding, length grouping, bf16 autocast on GPU). Each side runs in its own process
+so peak memory and thread settings do not leak; the parent prints wall time, samples/s, peak memory, the validation
+metric and the ratios. Needs torch, transformers, accelerate, pandas, scikit-learn (no datasets, Prefect or MLflow),
+so it runs on a bare GPU machine.
 """
 
 from __future__ import annotations
