@@ -17,6 +17,7 @@ PRUNE_METHODS = ("none", "gradual", "oneshot", "structured")
 CRITERIA = ("magnitude", "movement", "first_order")
 QUANTIZE_MODES = ("none", "dynamic", "dynamic_emb", "fp16", "bf16", "static", "qat")
 CHOOSE_ON = ("auto", "dev", "validation")  # experiment.choose_on
+SHIPPED_FORMATS = ("auto", "onnx", "onnx_int8", "openvino")  # export.format: how the champion ships (a float model)
 OBJECTIVES = ("latency", "size")  # experiment.objective: what the champion is best at, within the budget
 RESERVED = ("pretrained", "sweep", "flow", "bench", "eval")  # folders beside the variants' under outputs/
 
@@ -188,6 +189,8 @@ def validate(p, table: bool = True) -> None:
             "experiment.choose_on=dev, but the run has no dev split (data.dev_fraction is null); "
             "set data.dev_fraction=0.1, or experiment.choose_on=validation"
         )
+    if p.export.format not in SHIPPED_FORMATS:
+        raise UserError(f"export.format '{p.export.format}' is unknown; choose one of: {', '.join(SHIPPED_FORMATS)}")
     if p.evaluate.latency_runs < 0:
         raise UserError(f"evaluate.latency_runs must be >= 0 (0 = no latency), got {p.evaluate.latency_runs}")
     _validate_prune(p.prune)

@@ -106,6 +106,11 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Export:
+    format: str
+
+
+@dataclass(frozen=True)
 class Runtime:
     """How a run executes, not what it computes: no cache key reads these."""
 
@@ -156,6 +161,7 @@ SECTIONS = {
     "distill": Distill,
     "quantize": Quantize,
     "evaluate": Evaluate,
+    "export": Export,
     "runtime": Runtime,
     "experiment": Experiment,
 }
@@ -171,6 +177,7 @@ class Params:
     distill: Distill
     quantize: Quantize
     evaluate: Evaluate
+    export: Export
     runtime: Runtime
     experiment: Experiment
     variants: dict  # name -> Variant, parents listed before the variants made from them

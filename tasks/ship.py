@@ -4,9 +4,9 @@
 
 The champion is the variant best at experiment.objective (latency: the fastest on this CPU; size: the smallest)
 of those within experiment.champion_budget points of the baseline's GLUE score that did not collapse
-(tasks/report.py `choose`). It is exported to results/export/<task> (and
-<task>.tar.zst) by `export --format auto` (each format timed here and checked on the choice split against the
-float model on that split; the fastest within the same budget ships), unless that folder already holds the
+(tasks/report.py `choose`). It is exported to results/export/<task> (and <task>.tar.zst) in export.format
+(default `auto`: each format timed here and checked on the choice split against the float model on that split;
+the fastest within the same budget ships), unless that folder already holds the
 export's record (results/export/<task>.step.json: the same model, data, params and code): then it is not
 exported or timed again. The archive is an MLflow logged model (found again by that record's key, logged again
 when missing), registered as models:/<task>-compressed@champion: serving the champion serves what ships.
@@ -80,14 +80,15 @@ def export_record(task: str, p: Params, source: str, fmt: str, data: dict) -> di
 
 def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | None = None) -> str:
     """Export the champion (run_id: its first seed's run) to results/export/<task> and <task>.tar.zst, unless its
-    record says that is done: `--format auto`, or a PT2E champion's program. Every candidate's figures are logged
+    record says that is done: in export.format (auto: the fastest format within budget), or a PT2E champion's
+    program. Every candidate's figures are logged
     to the parent run (export_<format>_*); the archive is registered as the champion. What to print."""
     folder = tracking.client()[0].get_run(run_id).data.tags.get("model_dir")
     if not folder or not Path(folder).is_dir():
         return f"exported: nothing — the champion's folder ({folder}) is not on this machine; nothing registered"
     info = variant.read(folder) or {}
     pt2e = info.get("mode") in core_export.PT2E
-    fmt = "pt2e_int8" if pt2e or not data else "auto"  # a PT2E champion ships its program
+    fmt = "pt2e_int8" if pt2e or not data else p.export.format  # a PT2E champion ships its program
     source = info["base"] if info.get("mode") in QUANTIZE_MODES and not pt2e else folder
     out, e, spec, data = EXPORTS / task, p.evaluate, glue.get_task(task), data or {}
     rec = export_record(task, p, source, fmt, data)
