@@ -87,7 +87,7 @@ def unpack(args) -> None:
     from bench import compression
     from bertcompress import params as P
     from bertcompress import record
-    from tasks import plan
+    from tasks import keys, plan
 
     p = P.load(args.params, args.set)
     bench = compression.Bench(argparse.Namespace(task=args.task, out=args.into), p, parent=None)
@@ -108,7 +108,7 @@ def unpack(args) -> None:
             print(f"{out}: restored fp32 from fp16 (not a fine-tune of {args.params}: no key)")
             continue
         (run,) = [r for r in plan.runs(p, args.task) if r.step == "finetune" and r.name == name]
-        made = plan.step_record("finetune", plan.arguments(run, p, bench.outs) | {"out": str(out)})
+        made = keys.step_record("finetune", plan.arguments(run, p, bench.outs) | {"out": str(out)})
         record.write(out, made | {"carried": True}, str(out))
         print(f"{out}: restored fp32 from fp16; taken by bench/compression.py as the fine-tune of {name}")
 

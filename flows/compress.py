@@ -27,7 +27,7 @@ from bertcompress import io, stop
 from bertcompress import params as P
 from bertcompress.model import preflight
 from bertcompress.tokenize import check_dev
-from tasks import plan, steps, tracking
+from tasks import plan, recipes, refusals, steps, tracking
 from tasks.runner import task_runner
 
 DATA = ("download", "tokenize")  # their results (folders, the tokenized splits) are needed as values
@@ -61,8 +61,8 @@ def checked(task: str, params_file: str, overrides: list[str]) -> P.Params:
     """The params, and every check before work (task, ranges, keys the experiment sets per run, model config, a
     dev split that empties no class, writable outputs)."""
     p = P.load(params_file, overrides)
-    plan.refuse(p)
-    p = plan.resolve(p, task)  # each variant's recipe for the task (variants.<name>.tasks.<task>), a target's shape
+    refusals.refuse(p)
+    p = recipes.resolve(p, task)  # each variant's recipe for the task (variants.<name>.tasks.<task>), a target's shape
     preflight(task, p)
     check_dev(task, p)
     for where in ("data", "outputs", "results"):

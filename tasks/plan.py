@@ -1,4 +1,4 @@
-"""The plan: params.yaml's experiment as an ordered list of step runs, and the step record of each.
+"""The plan: params.yaml's experiment as an ordered list of step runs.
 
     bertcompress status --task mrpc              # each run of the plan: done, or will run and why
     python -m tasks.stage plan                   # writes plan/<variant>.json: what each DVC variant stage reads
@@ -7,44 +7,17 @@
 variant (fine-tuned, trained on from or pruned from the variant it names, distilled from its teacher), each of
 its quantized modes, and an evaluation of each model, in dependency order. The Prefect flow maps over it
 (flows/compress.py), DVC's variant stage filters it (tasks/stage.py), the status command and the benches iterate
-it. `sweep(p, task)` is the lr sweep that comes first when experiment.lr_candidates is set.
-
-A step's record (bertcompress/record.py) is what dvc.lock records, exactly: the leaf params the step reads (each
-core step module says which, in `reads(params)`: a dense fine-tune reads no prune schedule, a one-shot pruning
-no fine-tuning epochs; tests/test_reads.py fails when a step reads a key its list lacks), a content hash of every
-input file or folder, and the source of the core modules the step's module imports. runtime.* is read by no
-step's key. A variant's MLflow runs carry `config`, a digest of every leaf param its chain of steps reads.
+it. `sweep(p, task)` is the lr sweep that comes first when experiment.lr_candidates is set. What each run is
+keyed on is tasks/keys.py; the table as one task runs it (its recipes, a target's shape), tasks/recipes.py; what
+the experiment refuses before work, tasks/refusals.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from bertcompress import evaluate, finetune, glue, model, prune, quantize, record, shapes, tokenize
-from bertcompress.params import PRETRAINED, Params, UserError, choice_split, unknown
-
-MODULES = {
-    "download": glue,
-    "tokenize": tokenize,
-    "pretrained": model,
-    "finetune": finetune,
-    "prune": prune,
-    "quantize": quantize,
-    "evaluate": evaluate,
-}
-FILES = ("data_dir", "base", "model_dir", "train", "dev", "validation", "teacher")  # task arguments that name inputs
-FLOW_OUTPUTS = Path("outputs/flow")
-# What Params.variant sets per run of the experiment, and the value a params file or override must leave them at
-# there: each variant's entry (prune.method, distill.teacher), experiment.seeds and the entry's quantize list say it.
-PER_RUN = {
-    "prune.method": ("none", "variants.<name>.prune.method"),
-    "distill.teacher": (None, "variants.<name>.distill.teacher"),
-    "quantize.mode": ("none", "variants.<name>.quantize: [modes]"),
-    "finetune.seed": (42, "experiment.seeds"),
-}
+from bertcompress import glue
+from bertcompress.params import PRETRAINED, Params, choice_split
 
 
 @dataclass(frozen=True)
@@ -139,124 +112,12 @@ def arguments(r: Run, p: Params, made: dict) -> dict:
     return a | model_dir | {s: data[s] for s in splits if s in data} | teacher
 
 
-def reads(step: str, q: Params) -> dict:
-    """{leaf param: value} that the step's result depends on, for params q (one variant, seed and mode)."""
-    keys = ["model.name"] if step == "pretrained" else MODULES[step].reads(q)
-    flat = q.flat()
-    return {k: flat[k] for k in keys}
-
-
-def step_params(a: dict) -> Params:
-    """The params one task call runs with: the variant's, for its seed and mode, or the experiment's."""
-    p = a["p"]
-    return p.variant(a["name"], a["seed"], a.get("mode", "none")) if "name" in a else p
-
-
-def step_record(step: str, a: dict) -> dict:
-    """The record of one task call (a: its arguments by name). The variant's name is part of it: each variant's
-    steps log their own MLflow runs, even where two variants' recipes coincide."""
-    extra = {k: a[k] for k in ("task", "name", "mode") if k in a}
-    inputs = {k: a[k] for k in FILES if a.get(k)}
-    if step == "download":  # where `auto` points ($GLUE_DIR, the hub, ../shared/glue) and its files' contents
-        extra["source"] = where = glue.resolve_source(a["p"].data.source)
-        extra["source_files"] = glue.fingerprint(a["task"], where)
-    if step in ("pretrained", "tokenize") and Path(local := model.resolve(a["p"].model.name)).is_dir():
-        inputs["model"] = local  # a model folder (the packaged one too) is keyed by its files, not its name
-    return record.make(step, reads(step, step_params(a)), inputs, MODULES[step].__name__.split(".")[-1], extra)
-
-
-def out_dir(step: str, a: dict, key: str) -> str:
-    """Where the flow writes a step's result: outputs/flow/<task>/<label>-<key> (evaluate: eval/<label>-<key>.json),
-    a folder per key, never overwritten by other params; the data steps' own places."""
-    if a.get("out"):
-        return a["out"]
-    if step == "tokenize":
-        return str(Path(a["cache_dir"]) / a["task"])
-    label = f"{method(a['name'], a.get('mode', 'none'))}-s{a['seed']}"
-    if step == "evaluate":
-        return str(FLOW_OUTPUTS / a["task"] / "eval" / f"{label}-{key[:12]}.json")
-    return str(FLOW_OUTPUTS / a["task"] / f"{label}-{key[:12]}")
-
-
-def refuse(p: Params) -> None:
-    """What the experiment cannot run, refused before any work (one line naming the fix): per-run keys set
-    elsewhere (`refuse_per_run_keys`), a latency objective with no latency measured."""
-    refuse_per_run_keys(p)
-    for name, v in p.variants.items():
-        for task in v.tasks:
-            if task not in glue.TASKS:
-                raise UserError(f"variants.{name}.tasks: " + str(unknown("task", task, list(glue.TASKS))))
-    if p.experiment.objective == "latency" and not p.evaluate.latency_runs:
-        raise UserError(
-            "experiment.objective=latency ranks variants by the CPU latency evaluate measures, but "
-            "evaluate.latency_runs is 0; set evaluate.latency_runs=20, or experiment.objective=size"
-        )
-
-
-def resolve(p: Params, task: str) -> Params:
-    """The experiment as the task runs it: each variant's recipe for the task (Params.for_task), and with
-    experiment.target_speedup every structured variant cut to the shape picked for it (bertcompress/shapes.py,
-    timed once on this CPU and kept in results/shapes)."""
-    p = p.for_task(task)
-    return p if p.experiment.target_speedup is None else shapes.apply(p, shapes.choose(p))
-
-
-def recipes(p: Params, task: str) -> str:
-    """One line on the per-task recipes the resolved table (Params.for_task) runs for the task: which variants run
-    the task's own recipe and which have none studied for it (they run their entry's values); '' when the table
-    has no per-task recipes (a preset's)."""
-    own = [n for n, v in p.variants.items() if task in v.tasks]
-    none = [n for n, v in p.variants.items() if v.tasks and task not in v.tasks]
-    said = [f"own: {', '.join(own)}"] if own else []
-    if none:
-        base = set.intersection(*({t for t, o in p.variants[n].tasks.items() if not o} for n in none))
-        whose = f", {'/'.join(sorted(base))}'s recipe" if base else ""
-        said.append(f"none studied: {', '.join(none)} (the table's values{whose})")
-    return f"recipes ({task}): " + "; ".join(said) if said else ""
-
-
-def refuse_per_run_keys(p: Params) -> None:
-    """The experiment sets prune.method, distill.teacher, quantize.mode and finetune.seed per run: a value given
-    for them anywhere else would be accepted and change nothing, so it is refused (one line naming the fix)."""
-    flat = p.flat()
-    for key, (neutral, instead) in PER_RUN.items():
-        if flat[key] != neutral:
-            raise UserError(
-                f"{key}={flat[key]} is not read by the experiment, which sets it per run; set "
-                f"{instead} instead (or use the step's CLI: bertcompress <step> -S {key}=...)"
-            )
-
-
 def chain(p: Params, name: str) -> list[str]:
     """The variant and the variants it is made from, oldest first."""
     names = [name]
     while p.variants[names[0]].source != PRETRAINED:
         names.insert(0, p.variants[names[0]].source)
     return names
-
-
-def configured(p: Params, name: str, seed: int, mode: str = "none") -> list[tuple[str, dict]]:
-    """(step, leaf params) of everything that makes one (variant, seed, mode), data and base model first."""
-    steps = [("tokenize", reads("tokenize", p)), ("pretrained", reads("pretrained", p))]
-    steps += [(make_step(p, n), reads(make_step(p, n), p.variant(n, seed))) for n in chain(p, name)]
-    if mode != "none":
-        steps.append(("quantize", reads("quantize", p.variant(name, seed, mode))))
-    return steps
-
-
-def digest(task: str, p: Params, name: str, seed: int, mode: str = "none") -> str:
-    """Names one variant's exact configuration: the MLflow tag `config` that the report finds its runs by."""
-    config = {"task": task, "seed": seed, "steps": configured(p.for_task(task), name, seed, mode)}
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def logged(task: str, p: Params, name: str, seed: int, mode: str = "none") -> dict[str, str]:
-    """The params a variant's MLflow run shows: the leaf params of its chain (the variant's own value where a
-    step it is made from read another), its task, variant and source."""
-    p = p.for_task(task)
-    flat = {k: v for _, r in configured(p, name, seed, mode) for k, v in r.items()}
-    flat |= {"quantize.mode": mode, "prune.method": p.variant(name, seed).prune.method}
-    return {"task": task, "variant": name, "from": p.variants[name].source} | {k: str(v) for k, v in flat.items()}
 
 
 def method(name: str, mode: str = "none") -> str:
@@ -280,43 +141,3 @@ def best_lr(scores: dict[float, float]) -> float:
     go to the candidate listed first. The flow and DVC apply it to the sweep's results, the report to the same
     runs."""
     return max(scores, key=lambda lr: scores[lr])
-
-
-def dvc_plan(p: Params) -> dict[str, dict]:
-    """{file name: content} of the DVC plan: per variant, the leaf params each of its steps reads, for every
-    task (its recipe: Params.for_task) and seed; the sweep's (swept lr shown as 'sweep'). A stage whose plan file
-    is unchanged is skipped."""
-    e, files = p.experiment, {}
-    for name, v in p.variants.items():
-        rows = {}
-        for task in e.tasks:
-            t = resolve(p, task)
-            swept = bool(t.experiment.lr_candidates)
-            for seed in e.seeds:
-                q, step = t.variant(name, seed), make_step(t, name)
-                row = {step: reads(step, q)}
-                if swept and "finetune.lr" in row[step] and "lr" not in t.variants[name].overrides.get("finetune", {}):
-                    row[step]["finetune.lr"] = "sweep"
-                row |= {f"quantize.{m}": reads("quantize", t.variant(name, seed, m)) for m in v.quantize}
-                row["evaluate"] = reads("evaluate", q)
-                rows.setdefault(task, {})[str(seed)] = row
-        files[f"{name}.json"] = {"tasks": e.tasks, "from": v.source, "runs": rows}
-    files["sweep.json"] = {"tasks": e.tasks, "lr": p.finetune.lr}
-    for task in e.tasks:  # what the sweep's fine-tunes and evaluations read; with no candidates it passes the lr on
-        t = resolve(p, task)
-        base = t.variant(e.baseline, e.seeds[0])
-        files["sweep.json"][task] = {"lr_candidates": t.experiment.lr_candidates}
-        if t.experiment.lr_candidates:
-            files["sweep.json"][task] |= {"finetune": reads("finetune", base), "evaluate": reads("evaluate", base)}
-    files |= {f"{step}-{task}.json": reads(step, p) for step in ("download", "tokenize") for task in e.tasks}
-    files["pretrained.json"] = reads("pretrained", p)
-    files["report.json"] = {
-        "tasks": e.tasks,
-        "seeds": e.seeds,
-        "baseline": e.baseline,
-        "bootstrap_samples": e.bootstrap_samples,
-        "champion_budget": e.champion_budget,
-        "objective": e.objective,
-        "variants": list(p.variants),
-    }
-    return files

@@ -30,7 +30,7 @@ from bertcompress import io, shapes
 from bertcompress import params as P
 from bertcompress.glue import get_task
 
-from . import figures, plan, tracking
+from . import figures, keys, plan, recipes, refusals, tracking
 from .tables import SIZES, aligned, brief, epoch_keys, epoch_tables, markdown, quantization_table, summary_table, words
 
 
@@ -39,7 +39,7 @@ def _runs(task: str, p: P.Params, name: str, mode: str, seed: int) -> list:
     c, exp = tracking.client()
     where = (
         f"tags.task = '{task}' and tags.method = '{plan.method(name, mode)}' and tags.seed = '{seed}' "
-        f"and tags.config = '{plan.digest(task, p, name, seed, mode)}' and attributes.status = 'FINISHED'"
+        f"and tags.config = '{keys.digest(task, p, name, seed, mode)}' and attributes.status = 'FINISHED'"
     )
     return list(reversed(c.search_runs([exp], where, order_by=["attributes.start_time DESC"], max_results=5000)))
 
@@ -268,7 +268,7 @@ def build(task: str, p: P.Params, out: str | Path | None = None, parent: str | N
             "",
             *(
                 [f"{said}: params.yaml's `variants.<name>.tasks.{task}`.", ""]
-                if (said := plan.recipes(p, task))
+                if (said := recipes.recipes(p, task))
                 else []
             ),
             f"## Summary: every variant ({split}, mean ± std over {n})",
@@ -328,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         p = P.load(args.params, args.overrides)
-        plan.refuse(p)
-        p = plan.resolve(p, args.task)
+        refusals.refuse(p)
+        p = recipes.resolve(p, args.task)
         with tracking.parent_run(
             "report", f"report-{args.task}", key=f"report-{os.getpid()}-{os.times().elapsed}", entry="tasks/report.py"
         ) as parent:

@@ -20,7 +20,7 @@ from bertcompress import archive, artifact, glue, io, latency, record, shapes, v
 from bertcompress import export as core_export
 from bertcompress.params import QUANTIZE_MODES, Params, choice_split
 
-from . import plan, tracking
+from . import recipes, tracking
 from .report import build as build_report
 from .report import champion, rule, summary_text
 
@@ -35,7 +35,7 @@ def publish(task: str, p: Params, parent: str | None = None, data: dict | None =
     path = build_report(task, p, parent=parent)
     best_at, within = rule(task, p)
     blocks = [f"## {task}: compression summary", summary_text(path.parent)]
-    if said := plan.recipes(p, task):  # which variants run the task's own recipe, which have none studied
+    if said := recipes.recipes(p, task):  # which variants run the task's own recipe, which have none studied
         blocks.append(said)
     if p.experiment.target_speedup:
         picked = shapes.choose(p)  # timed before training (cached): what the structured variants were cut to

@@ -25,7 +25,7 @@ from bertcompress import params as P
 from bertcompress.model import preflight
 from bertcompress.tokenize import check_dev
 
-from . import plan, ship, steps, tracking
+from . import keys, plan, recipes, refusals, ship, steps, tracking
 
 TOKENIZED, PRETRAINED, SWEEP = "data/dvc/tokenized", "outputs/pretrained", "results/sweep.json"
 
@@ -66,7 +66,7 @@ def made(r: plan.Run, p: P.Params, outs: dict, parent: str, reuse: list[Path] = 
     """Run one step of the plan into out (default: its DVC place) unless that already holds its record (or a
     folder in reuse does: copied); outs: {run id: output} of the runs before it."""
     args = plan.arguments(r, p, outs) | {"parent": parent, "out": out or where(r)}
-    rec = plan.step_record(r.step, args)
+    rec = keys.step_record(r.step, args)
     if record.done(args["out"], rec):
         print(f"{r.step} {r.task} {r.label}: up to date (key {rec['key'][:12]})", flush=True)
     elif same := [d for d in reuse if record.done(d, rec)]:
@@ -90,7 +90,7 @@ def sweep(p: P.Params, parent: str) -> None:
     """results/sweep.json: per task the lr every variant uses (the baseline's best candidate, first seed)."""
     chosen = {}
     for task in p.experiment.tasks:
-        outs, scores, q = _outs(task), {}, plan.resolve(p, task)
+        outs, scores, q = _outs(task), {}, recipes.resolve(p, task)
         for r in plan.sweep(q, task):
             if r.step in ("finetune", "evaluate"):
                 outs[r.id] = made(r, q, outs, parent)
@@ -104,6 +104,49 @@ def sweep(p: P.Params, parent: str) -> None:
     io.write_json(SWEEP, chosen)
 
 
+def dvc_plan(p: P.Params) -> dict[str, dict]:
+    """{file name: content} of the DVC plan: per variant, the leaf params each of its steps reads, for every
+    task (its recipe: Params.for_task) and seed; the sweep's (swept lr shown as 'sweep'). A stage whose plan file
+    is unchanged is skipped."""
+    e, files = p.experiment, {}
+    for name, v in p.variants.items():
+        rows = {}
+        for task in e.tasks:
+            t = recipes.resolve(p, task)
+            swept = bool(t.experiment.lr_candidates)
+            for seed in e.seeds:
+                q, step = t.variant(name, seed), plan.make_step(t, name)
+                row = {step: keys.reads(step, q)}
+                if swept and "finetune.lr" in row[step] and "lr" not in t.variants[name].overrides.get("finetune", {}):
+                    row[step]["finetune.lr"] = "sweep"
+                row |= {f"quantize.{m}": keys.reads("quantize", t.variant(name, seed, m)) for m in v.quantize}
+                row["evaluate"] = keys.reads("evaluate", q)
+                rows.setdefault(task, {})[str(seed)] = row
+        files[f"{name}.json"] = {"tasks": e.tasks, "from": v.source, "runs": rows}
+    files["sweep.json"] = {"tasks": e.tasks, "lr": p.finetune.lr}
+    for task in e.tasks:  # what the sweep's fine-tunes and evaluations read; with no candidates it passes the lr on
+        t = recipes.resolve(p, task)
+        base = t.variant(e.baseline, e.seeds[0])
+        files["sweep.json"][task] = {"lr_candidates": t.experiment.lr_candidates}
+        if t.experiment.lr_candidates:
+            files["sweep.json"][task] |= {
+                "finetune": keys.reads("finetune", base),
+                "evaluate": keys.reads("evaluate", base),
+            }
+    files |= {f"{step}-{task}.json": keys.reads(step, p) for step in ("download", "tokenize") for task in e.tasks}
+    files["pretrained.json"] = keys.reads("pretrained", p)
+    files["report.json"] = {
+        "tasks": e.tasks,
+        "seeds": e.seeds,
+        "baseline": e.baseline,
+        "bootstrap_samples": e.bootstrap_samples,
+        "champion_budget": e.champion_budget,
+        "objective": e.objective,
+        "variants": list(p.variants),
+    }
+    return files
+
+
 def numbers(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "seed"}
 
@@ -112,7 +155,7 @@ def variant(p: P.Params, name: str, parent: str) -> None:
     """Make, quantize and evaluate one variant for every task and seed; its metrics and learning curves."""
     lrs, metrics, history = io.read_json(SWEEP), {}, []
     for task in p.experiment.tasks:
-        q, outs = plan.with_lr(plan.resolve(p, task), lrs[task]["lr"]), _outs(task)
+        q, outs = plan.with_lr(recipes.resolve(p, task), lrs[task]["lr"]), _outs(task)
         for r in plan.runs(q, task):
             if r.step in ("download", "tokenize", "pretrained"):
                 continue
@@ -141,7 +184,7 @@ def variant(p: P.Params, name: str, parent: str) -> None:
 
 def run(args, p: P.Params) -> None:
     if args.step == "plan":
-        for file, content in plan.dvc_plan(p).items():
+        for file, content in dvc_plan(p).items():
             io.write_json(Path("plan") / file, content)
     elif args.step == "download":
         steps.download.fn(args.task, p, f"data/glue/{args.task}")
@@ -158,7 +201,7 @@ def run(args, p: P.Params) -> None:
             elif args.step == "variant":
                 variant(p, args.name, parent)
             else:
-                ship.publish(args.task, plan.resolve(p, args.task), parent, tokenized(args.task))
+                ship.publish(args.task, recipes.resolve(p, args.task), parent, tokenized(args.task))
 
 
 def rewritten(params: str) -> str:
@@ -187,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()  # SIGINT/SIGTERM (dvc passes Ctrl-C on): the step stops, its MLflow run ends KILLED
     try:
         p = P.load(args.params)
-        plan.refuse(p)  # `dvc exp run -S prune.method=...` would change nothing: refused
+        refusals.refuse(p)  # `dvc exp run -S prune.method=...` would change nothing: refused
         for task in p.experiment.tasks:
-            preflight(task, plan.resolve(p, task))
+            preflight(task, recipes.resolve(p, task))
             check_dev(task, p)
         if args.step == "variant" and args.name not in p.variants:
             raise P.UserError(

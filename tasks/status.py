@@ -17,7 +17,7 @@ from bertcompress import params as P
 from bertcompress import record
 from bertcompress.metrics import headline
 
-from . import plan
+from . import keys, plan, recipes, refusals
 
 DONE, WILL = "done", "will run"
 
@@ -56,8 +56,8 @@ def states(p: P.Params, task: str) -> list[tuple[plan.Run, str, str]]:
             state[r.id], why = WILL, f"after {waiting[0]}"
         else:
             args = plan.arguments(r, p, made)
-            rec = plan.step_record(r.step, args)
-            out = plan.out_dir(r.step, args, rec["key"])
+            rec = keys.step_record(r.step, args)
+            out = keys.out_dir(r.step, args, rec["key"])
             if record.done(out, rec):
                 state[r.id], why, made[r.id] = DONE, "", record.read(out).get("result", out)
             else:
@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         p = P.load(args.params, args.overrides)
-        plan.refuse(p)
+        refusals.refuse(p)
         from bertcompress.glue import get_task
 
         get_task(args.task)
-        print(table(states(plan.resolve(p, args.task), args.task)))
+        print(table(states(recipes.resolve(p, args.task), args.task)))
     except P.UserError as e:
         return P.refused(e)
     return 0

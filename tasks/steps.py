@@ -34,7 +34,7 @@ from bertcompress import quantize as core_quantize
 from bertcompress import tokenize as core_tokenize
 from bertcompress.params import Params, UserError
 
-from . import figures, plan, ship, tracking
+from . import figures, keys, plan, ship, tracking
 
 
 class OneLine(logging.Filter):
@@ -69,8 +69,8 @@ class StepKey(CachePolicy):
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str:
         step = task_ctx.task.name
-        rec = plan.step_record(step, inputs)
-        if not record.done(plan.out_dir(step, inputs, rec["key"]), rec) or not _tracked(step, inputs, rec):
+        rec = keys.step_record(step, inputs)
+        if not record.done(keys.out_dir(step, inputs, rec["key"]), rec) or not _tracked(step, inputs, rec):
             _forget(rec["key"])  # the task body runs: it makes the output, or logs its lost run again (made)
         return rec["key"]
 
@@ -88,8 +88,8 @@ def made(step: str, a: dict, make: Callable[..., object]):
     """The one way a step runs: make(out, record) unless out already holds this call's record; then the record is
     written beside out with the result (a path, the tokenized splits, an evaluation row), which it returns. An
     output already made whose MLflow run the store lacks is logged again: make(out, record, again=True)."""
-    rec = plan.step_record(step, a)
-    out = plan.out_dir(step, a, rec["key"])
+    rec = keys.step_record(step, a)
+    out = keys.out_dir(step, a, rec["key"])
     if record.done(out, rec):
         if not _tracked(step, a, rec):  # only the LOGGED steps' make takes `again`
             print(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bertcompress.params import Params
 
-from . import owners, plan
+from . import keys, owners, plan
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "bertcompress"
@@ -169,7 +169,7 @@ def variant_run(
         "task": task,
         "method": label,
         "seed": str(seed),
-        "config": plan.digest(task, p, name, seed, mode),
+        "config": keys.digest(task, p, name, seed, mode),
         **({PARENT: parent} if parent else {}),
     }
     entry = c.get_run(parent).data.tags.get("mlflow.source.name", "") if parent else "bertcompress"
@@ -178,7 +178,7 @@ def variant_run(
     ).info.run_id
     c.log_batch(
         run_id,
-        params=[Param(k, v) for k, v in plan.logged(task, p, name, seed, mode).items()],
+        params=[Param(k, v) for k, v in keys.logged(task, p, name, seed, mode).items()],
         tags=[RunTag(k, v) for k, v in (tags or {}).items()],
     )
     with _running(run_id):

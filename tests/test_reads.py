@@ -34,7 +34,7 @@ def read_by_step(tmp_path_factory):
     from recording import recording
 
     from bertcompress import params as P
-    from tasks import plan, steps
+    from tasks import keys, plan, steps
 
     root = tmp_path_factory.mktemp("reads")
     (root / "mlflow").mkdir()
@@ -47,7 +47,7 @@ def read_by_step(tmp_path_factory):
             with recording(p, QUIET) as (watched, seen):
                 args = plan.arguments(r, watched, made)
                 made[r.id] = getattr(steps, r.step).fn(**args)
-            found.append((r, seen, set(plan.step_record(r.step, plan.arguments(r, p, made))["reads"])))
+            found.append((r, seen, set(keys.step_record(r.step, plan.arguments(r, p, made))["reads"])))
     return found
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bertcompress import params as P
-from tasks import plan
+from tasks import plan, recipes, stage
 
 TASKS = ("mrpc", "sst2", "cola", "stsb", "rte", "wnli")  # the six with data in ../shared/glue
 
@@ -31,14 +31,14 @@ def test_each_task_resolves_its_own_recipe():
     rte = p.for_task("rte")  # dense's recipe sets its lr: no sweep
     assert rte.variant("dense", 42).finetune.lr == 1e-4 and rte.experiment.lr_candidates == []
     assert plan.sweep(rte, "rte") == [] and plan.sweep(p, "sst2") != []
-    assert plan.recipes(p.for_task("sst2"), "sst2") == "recipes (sst2): own: dense, gradual, structured"
-    assert plan.recipes(p.for_task("cola"), "cola") == (
+    assert recipes.recipes(p.for_task("sst2"), "sst2") == "recipes (sst2): own: dense, gradual, structured"
+    assert recipes.recipes(p.for_task("cola"), "cola") == (
         "recipes (cola): own: dense, structured; none studied: gradual (the table's values, mrpc's recipe)"
     )
-    assert plan.recipes(p.for_task("wnli"), "wnli") == (
+    assert recipes.recipes(p.for_task("wnli"), "wnli") == (
         "recipes (wnli): none studied: dense, gradual, structured (the table's values, mrpc's recipe)"
     )
-    assert plan.recipes(P.load(pr.REPO / "presets" / "quick.yaml").for_task("sst2"), "sst2") == ""  # its own table
+    assert recipes.recipes(P.load(pr.REPO / "presets" / "quick.yaml").for_task("sst2"), "sst2") == ""  # its own table
     assert p.for_task("sst2").for_task("sst2") is not None  # resolving again is a no-op
     with pytest.raises(RuntimeError, match="for_task"):  # which task's recipe? never silently the entry's
         p.variant("structured", 42)
@@ -50,7 +50,7 @@ def test_an_override_reaches_the_recipe_it_names_and_dvc_plans_per_task():
     )
     assert p.for_task("sst2").variant("structured", 42).prune.recovery_steps == 100  # the recipe's key wins
     assert p.for_task("mrpc").variant("structured", 42).prune.recovery_steps == 50  # mrpc: {} runs the entry's
-    files = plan.dvc_plan(P.load(None, ["experiment.tasks=[mrpc, sst2, rte]"]))
+    files = stage.dvc_plan(P.load(None, ["experiment.tasks=[mrpc, sst2, rte]"]))
     runs = files["structured.json"]["runs"]
     assert [runs[t]["42"]["prune"]["prune.recovery_steps"] for t in ("mrpc", "sst2", "rte")] == [1040, 7580, 1040]
     assert files["sweep.json"]["rte"] == {"lr_candidates": []} and files["sweep.json"]["sst2"]["lr_candidates"]
@@ -104,7 +104,7 @@ def test_every_tasks_tiny_flow_runs_its_recipe_and_its_structured_cut_exports(tm
     ws = pr.flow_once(tmp_path_factory, f"recipe-{task}", task, variants=variants)
     assert ws["state"].is_completed()
     summary = (ws["report"] / "summary.md").read_text()
-    assert plan.recipes(P.load(ws["params"]).for_task(task), task) in summary
+    assert recipes.recipes(P.load(ws["params"]).for_task(task), task) in summary
     assert "champion: " in summary  # shipped, or none (a 32-row slice rarely beats the majority class)
     recipe = P.defaults().for_task(task).variant("structured", 42).prune
     (folder,) = [f for f in (ws["root"] / "outputs" / "flow" / task).glob("structured-s42-*") if f.is_dir()]

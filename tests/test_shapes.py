@@ -53,11 +53,11 @@ def test_the_real_measure_cuts_and_times_in_openvino_int8():
 
 
 def test_the_flow_resolves_structured_variants_to_the_pick_kept_on_disk(tmp_path, monkeypatch):
-    """plan.resolve (what the flow, DVC, status and the report call): with experiment.target_speedup the pick kept
+    """recipes.resolve (what the flow, DVC, status and the report call): with experiment.target_speedup the pick kept
     in results/shapes for this model, target, threads, grid and CPU is reused, not timed again; another CPU's is
     not trusted (it would be timed again here)."""
     from bertcompress import io, latency
-    from tasks import plan
+    from tasks import recipes
 
     monkeypatch.chdir(tmp_path)
     p = P.load(None, ["experiment.target_speedup=3"])
@@ -66,7 +66,7 @@ def test_the_flow_resolves_structured_variants_to_the_pick_kept_on_disk(tmp_path
     where |= {"grid": [list(g) for g in shapes.GRID], "cpu": latency.machine()["cpu"]}
     path = tmp_path / "results" / "shapes" / f"{p.model.name}-x3.json"
     io.write_json(path, where | result)
-    q = plan.resolve(p, "sst2")
+    q = recipes.resolve(p, "sst2")
     s = q.variant("structured", 42).prune
     assert (s.heads_fraction, s.ffn_fraction, s.recovery_steps) == (0.5, 0.875, 7580)  # the pick, SST-2's recovery
     assert shapes.choose(q)["path"] == str(path.relative_to(tmp_path))

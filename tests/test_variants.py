@@ -82,13 +82,13 @@ def test_an_added_variant_runs_is_logged_and_reported(flow):
 
 def test_each_step_reads_only_its_leaf_params():
     from bertcompress import params as P
-    from tasks import plan
+    from tasks import keys
 
     p = P.load(None, ["prune.recovery_steps=0"]).for_task("mrpc")
     dense, gradual, oneshot = (p.variant(n, 42) for n in ("dense", "gradual", "oneshot"))
-    assert [k for k in plan.reads("finetune", dense) if k.startswith("prune.")] == ["prune.method"]  # none: no schedule
-    assert {"prune.final_sparsity", "prune.end_step", "prune.frequency"} <= set(plan.reads("finetune", gradual))
-    assert set(plan.reads("prune", oneshot)) == {
+    assert [k for k in keys.reads("finetune", dense) if k.startswith("prune.")] == ["prune.method"]  # none: no schedule
+    assert {"prune.final_sparsity", "prune.end_step", "prune.frequency"} <= set(keys.reads("finetune", gradual))
+    assert set(keys.reads("prune", oneshot)) == {
         "prune.method",
         "prune.scope",
         "prune.ranking",
@@ -97,21 +97,21 @@ def test_each_step_reads_only_its_leaf_params():
         "prune.recovery_steps",
         "prune.embedding_sparsity",
     }
-    assert {"distill.teacher", "prune.criterion", "prune.momentum"} <= set(plan.reads("finetune", gradual))
-    assert plan.reads("quantize", p.variant("dense", 42, "dynamic")) == {"quantize.mode": "dynamic"}
+    assert {"distill.teacher", "prune.criterion", "prune.momentum"} <= set(keys.reads("finetune", gradual))
+    assert keys.reads("quantize", p.variant("dense", 42, "dynamic")) == {"quantize.mode": "dynamic"}
     every = {
         k
-        for step in plan.MODULES
+        for step in keys.MODULES
         for q in (dense, gradual, oneshot)
         if (step == "prune") == (q is oneshot)
-        for k in plan.reads(step, q)
+        for k in keys.reads(step, q)
     }
     assert not [k for k in every if k.startswith(("runtime.", "experiment."))]
     # a pruning param changes the pruned variants' configuration, never the dense one's
     q = P.load(None, ["prune.final_sparsity=0.8"])
-    assert plan.digest("mrpc", q, "dense", 42) == plan.digest("mrpc", p, "dense", 42)
-    assert plan.digest("mrpc", q, "oneshot", 42) != plan.digest("mrpc", p, "oneshot", 42)
-    assert plan.digest("mrpc", P.load(None, ["runtime.threads=1"]), "gradual", 42) == plan.digest(
+    assert keys.digest("mrpc", q, "dense", 42) == keys.digest("mrpc", p, "dense", 42)
+    assert keys.digest("mrpc", q, "oneshot", 42) != keys.digest("mrpc", p, "oneshot", 42)
+    assert keys.digest("mrpc", P.load(None, ["runtime.threads=1"]), "gradual", 42) == keys.digest(
         "mrpc", p, "gradual", 42
     )
 
