@@ -95,7 +95,7 @@ def test_the_flow_prints_the_report_summary(stsb):
     tables = [log.message for log in logs if summary_text(stsb["report"]) in log.message]
     assert len(tables) == 1  # one summary, the report's, read back from its summary.csv
     assert tables[0].startswith("## stsb: compression summary") and "| mean score (constant) |" in tables[0]
-    assert "| Δ pearson (pts) |" in tables[0]  # the headline metric: the task's first
+    assert "| Δ score (pts) |" in tables[0]  # the headline: GLUE's score, the mean of Pearson and Spearman
 
 
 def test_an_stsb_model_exports_and_predicts_its_scores(stsb, tmp_path):
