@@ -25,7 +25,7 @@ os.environ.setdefault("GLUE_DIR", str(os.environ.get("GLUE_DIR") or SHARED_GLUE)
 # flow, DVC, a server or a browser ran, or makes its own (tmp_path_factory), or is marked so by hand.
 SLOW_FIXTURES = {
     "flow", "grid", "ws", "flow_ws", "served", "chromium", "artifacts", "variants", "pt2e", "stsb", "run", "store",
-    "teacher_dir", "repo", "fresh_model",
+    "teacher_dir", "repo", "fresh_model", "read_by_step",
 }  # fmt: skip
 
 

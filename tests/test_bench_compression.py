@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 
 import pipeline_runs as pr
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses, servers or a whole bench: the slow tier (make test)
 
 TINY = [
     "data.max_train_samples=32",

@@ -156,6 +156,7 @@ def test_real_process_exit_code_and_help(workdir):
     assert helped.returncode == 0 and "--task" in helped.stdout and "-S SECTION.KEY=VALUE" in helped.stdout
 
 
+@pytest.mark.slow  # seconds of subprocesses or servers: make test-fast leaves it to the slow tier
 def test_real_commands_print_no_import_or_deprecation_noise(workdir):
     """finetune, quantize (eager int8) and evaluate in real processes: stderr stays empty (no torchao "Failed to
     load", no pytree or quantization deprecation lines)."""

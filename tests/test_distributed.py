@@ -59,6 +59,7 @@ def torchrun(nproc: int, args: list[str], cwd, timeout: float = 120) -> subproce
     )
 
 
+@pytest.mark.slow  # seconds of subprocesses or servers: make test-fast leaves it to the slow tier
 def test_two_gloo_processes_match_one_process(no_dropout_params, tmp_path, monkeypatch):
     ddp = torchrun(2, ["finetune", "--task", "mrpc", "--params", str(no_dropout_params), "--out", "ddp"], tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -81,6 +82,7 @@ def test_two_gloo_processes_match_one_process(no_dropout_params, tmp_path, monke
     assert ddp.stdout.count('"val_accuracy"') == 1
 
 
+@pytest.mark.slow  # seconds of subprocesses or servers: make test-fast leaves it to the slow tier
 def test_batch_that_does_not_split_fails_before_work(no_dropout_params, tmp_path):
     run = torchrun(
         2, ["finetune", "--task", "mrpc", "--params", str(no_dropout_params), "-S", "finetune.batch_size=15"], tmp_path

@@ -9,6 +9,8 @@ import time
 import pipeline_runs as pr
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a whole bench: the slow tier (make test)
+
 
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):

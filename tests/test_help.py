@@ -10,6 +10,8 @@ import sys
 import pipeline_runs as pr
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses, servers or a whole bench: the slow tier (make test)
+
 ENTRIES = ["flows.compress", "flows.serve", "tasks.report", "tasks.status", "bench.peers", "bench.ddp_scaling"]
 
 

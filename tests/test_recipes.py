@@ -59,6 +59,7 @@ def test_an_override_reaches_the_recipe_it_names_and_dvc_plans_per_task():
     assert files["report.json"]["objective"] == "latency"
 
 
+@pytest.mark.slow  # a process each: make test-fast leaves them to the slow tier
 @pytest.mark.parametrize(
     "override,said",
     [
@@ -119,6 +120,7 @@ def test_a_tasks_tiny_flow_runs_its_recipe_and_its_structured_cut_exports(tmp_pa
     assert m["format"] == "onnx" and m["validation"]["examples"] == 32
 
 
+@pytest.mark.slow  # seconds of subprocesses or servers: make test-fast leaves it to the slow tier
 def test_a_refusal_names_the_override_and_how_to_restore_what_dvc_rewrote(tmp_path):
     """Issue 37's newcomer list: a typo inside a variant given with -S is blamed on that -S, not on the params
     file; a refused `dvc exp run -S` (DVC writes the value into params.yaml first) says how to restore the file."""

@@ -314,7 +314,7 @@ def test_the_objective_chooses_the_champion_among_the_variants_within_budget():
     )
     with pytest.raises(P.UserError, match="experiment.objective 'speed' is unknown; choose one of: latency, size"):
         P.load(None, ["experiment.objective=speed"])
-    from tasks.plan import refuse
+    from tasks.refusals import refuse
 
     with pytest.raises(P.UserError, match="set evaluate.latency_runs=20, or experiment.objective=size"):
         refuse(P.load(None, ["evaluate.latency_runs=0"]))

@@ -42,6 +42,7 @@ def test_apply_cuts_every_structured_variant_to_the_chosen_shape():
         P.load(None, ["experiment.target_speedup=1"])
 
 
+@pytest.mark.slow  # seconds of subprocesses or servers: make test-fast leaves it to the slow tier
 def test_the_real_measure_cuts_and_times_in_openvino_int8():
     measure = shapes.measured(P.defaults().model.name, threads=1)
     dense_ms, dense_params = measure(0.0, 0.0)

@@ -102,7 +102,7 @@ def test_a_changed_source_file_is_read_again_not_reused(tmp_path, tiny_params, g
 
     import pandas as pd
 
-    from tasks.plan import step_record
+    from tasks.keys import step_record
 
     src = tmp_path / "glue"
     shutil.copytree(glue_dir / "mrpc", src / "mrpc")

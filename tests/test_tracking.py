@@ -198,6 +198,7 @@ def _params(path):
     return P.load(path)
 
 
+@pytest.mark.slow  # seconds of subprocesses or servers: make test-fast leaves it to the slow tier
 def test_runs_started_together_on_a_fresh_store_share_one_experiment(tmp_path):
     """Four processes open a store that does not exist yet at the same moment: its first-time set-up runs once,
     under the lock, and every one gets the same experiment."""
@@ -226,6 +227,7 @@ def test_runs_started_together_on_a_fresh_store_share_one_experiment(tmp_path):
     assert len({out.split()[0] for out, _ in outs}) == 1 and all(out.split()[1] == "bertcompress" for out, _ in outs)
 
 
+@pytest.mark.slow  # seconds of subprocesses or servers: make test-fast leaves it to the slow tier
 def test_a_run_killed_with_sigkill_is_failed_by_the_next_run(tmp_path):
     """A process opens a run through tasks.tracking and is killed with SIGKILL: its run stays RUNNING (nothing
     can close it) until the next process opens a parent run, which finds the pid gone and ends it FAILED with
