@@ -58,6 +58,7 @@ def quantized_ops(module) -> set[str]:
     return {str(n.target) for n in module.graph.nodes if n.op == "call_function" and "quantize" in str(n.target)}
 
 
+@pytest.mark.slow  # two PT2E programs made and compiled: the slow tier
 @pytest.mark.parametrize("mode,extra", [("static", {"calibration_size": 16}), ("qat", {"qat_steps": 2})])
 def test_pt2e_static_and_qat_produce_quantized_program(mode, extra, tiny_run, tiny_params, tiny_mrpc, tmp_path):
     out = tmp_path / mode
