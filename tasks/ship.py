@@ -130,8 +130,8 @@ def ship(task: str, p: Params, run_id: str, data: dict | None, parent: str | Non
         line = "  as shipped, on validation " + ", ".join(f"{k} {v[k]:.4f}" for k in spec.metrics if k in v)
         if "batch1_ms" in v:
             line += (
-                f"; batch 1 {v['batch1_ms']:.1f} ms, batch 8 {v['batch8_ms']:.1f} ms ({v['threads']} threads, "
-                f"length {latency.LENGTH})\n  measured on {v['machine']['cpu'][:100]}"
+                f"\n  batch 1 {v['batch1_ms']:.1f} ms, batch 8 {v['batch8_ms']:.1f} ms ({v['threads']} threads, "
+                f"length {latency.LENGTH}), measured on {v['machine']['cpu'][:60]}"
             )
         lines.append(line)
         shipped |= {k: v[k] for k in (*spec.metrics, "batch1_ms", "batch8_ms") if k in v}
