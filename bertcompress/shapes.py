@@ -141,8 +141,9 @@ def choose(p, folder: str = "results/shapes") -> dict:
     where = {"model": p.model.name, "target": e.target_speedup, "threads": threads, "grid": [list(g) for g in GRID]}
     where["cpu"] = latency.machine()["cpu"]
     path = Path(folder) / f"{p.model.name.replace('/', '--')}-x{e.target_speedup:g}.json"
-    if path.is_file() and {k: v for k, v in io.read_json(path).items() if k in where} == where:
-        return io.read_json(path) | {"path": str(path)}
+    kept = io.read_json(path) if path.is_file() else {}
+    if {k: v for k, v in kept.items() if k in where} == where:
+        return kept | {"path": str(path)}
     print(f"timing {len(GRID)} structured shapes of {p.model.name} for {e.target_speedup:g}x (OpenVINO int8, batch 8)")
     result = where | pick(e.target_speedup, measured(p.model.name, threads))
     io.write_json(path, result)
