@@ -141,8 +141,8 @@ def choose(task: str, p: P.Params, summary: pd.DataFrame) -> str | None:
     ok = s[(s[column] >= floor) & ~s["verdict"].str.startswith("collapsed")]
     if ok.empty:
         return None
-    keys = list(OBJECTIVES[e.objective][0])
-    return ok.sort_values(keys, kind="stable", na_position="last").index[0]
+    order = list(OBJECTIVES[e.objective][0])
+    return ok.sort_values(order, kind="stable", na_position="last").index[0]
 
 
 def rule(task: str, p: P.Params) -> tuple[str, str]:
